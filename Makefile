@@ -1,0 +1,63 @@
+# meshlb — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export PATH := $(CURDIR)/bin:$(PATH)
+
+.PHONY: all build test test-short deps deps-consul deps-python deps-tools demo bench fmt vet fuzz clean generate
+
+all: build
+
+build: $(BIN)/agent $(BIN)/registrar
+
+$(BIN)/agent: FORCE
+	$(GO) build -o $@ ./cmd/agent
+$(BIN)/registrar: FORCE
+	$(GO) build -o $@ ./cmd/registrar
+FORCE:
+
+# deps installs what the tests and the demo need on a fresh machine: Consul
+# (built from the MPL-2.0 v1.16.1 source, cached outside the clone), Tornado
+# (Debian's python3-tornado, else pip), and the tools the tests drive.
+deps: deps-consul deps-python deps-tools
+
+deps-consul:
+	@bash deploy/consul/install.sh >/dev/null
+
+deps-python:
+	@bash scripts/ensure-python.sh >/dev/null
+
+deps-tools:
+	@bash scripts/ensure-tools.sh
+
+# test runs every test, with the race detector, against a real Consul and
+# real Tornado processes, plus a short fuzz run.
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz
+
+FUZZTIME ?= 5s
+fuzz:
+	@set -e; for t in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do \
+	  pkg=$$(grep -rlE "^func $$t\(" --include='*_test.go' . | head -1 | xargs dirname); \
+	  echo "fuzz $$t in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+# demo runs the classic example: Consul, five Tornado instances under
+# registrars on 8071-8075, the agent on 8070. Ctrl-C stops everything.
+demo: deps-consul deps-python build
+	@bash examples/demo.sh
+
+bench: deps build
+	@bash bench/run.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)
