@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlb/meshlb/discovery"
+)
+
+// prober checks the app the way Consul's own checks would: HTTP 2xx is
+// passing, 429 warning, anything else critical; TCP connect is passing.
+type prober struct {
+	kind    string // "http" or "tcp"
+	addr    string // host:port of the app
+	url     string
+	timeout time.Duration
+	client  *http.Client
+}
+
+func newProber(c *config) *prober {
+	addr := net.JoinHostPort(c.probeHost, strconv.Itoa(c.port))
+	return &prober{
+		kind:    c.check,
+		addr:    addr,
+		url:     "http://" + addr + c.checkPath,
+		timeout: c.checkTimeout,
+		client: &http.Client{
+			Timeout: c.checkTimeout,
+			Transport: &http.Transport{
+				Proxy:             nil,
+				DisableKeepAlives: true, // a probe must see a dead app, not a pooled conn
+			},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+func (p *prober) probe(ctx context.Context) discovery.Health {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	if p.kind == "tcp" {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", p.addr)
+		if err != nil {
+			return discovery.Health{Status: api.HealthCritical, Output: fmt.Sprintf("TCP connect %s: %v", p.addr, err)}
+		}
+		c.Close()
+		return discovery.Health{Status: api.HealthPassing, Output: "TCP connect " + p.addr + ": ok"}
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
+	req.Header.Set("User-Agent", "meshlb-registrar/health")
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return discovery.Health{Status: api.HealthCritical, Output: fmt.Sprintf("HTTP GET %s: %v", p.url, err)}
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	out := fmt.Sprintf("HTTP GET %s: %s", p.url, resp.Status)
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 400:
+		return discovery.Health{Status: api.HealthPassing, Output: out}
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return discovery.Health{Status: api.HealthWarning, Output: out}
+	default:
+		return discovery.Health{Status: api.HealthCritical, Output: out}
+	}
+}
