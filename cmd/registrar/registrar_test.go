@@ -6,11 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +16,7 @@ import (
 
 	"github.com/meshlb/meshlb/internal/consultest"
 	"github.com/meshlb/meshlb/internal/sockpid"
+	"github.com/meshlb/meshlb/internal/testproc"
 )
 
 var registrarBin string
@@ -28,93 +26,25 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	registrarBin = filepath.Join(dir, "registrar")
-	out, err := exec.Command("go", "build", "-race", "-o", registrarBin, ".").CombinedOutput()
+	bins, err := testproc.Build(dir, "registrar")
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "building registrar: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	registrarBin = bins["registrar"]
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-// proc is a started registrar (or app) with its output captured.
-type proc struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func start(t *testing.T, env []string, name string, args ...string) *proc {
+func start(t *testing.T, env []string, name string, args ...string) *testproc.Proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("output of %s:\n%s", filepath.Base(name), p.out.String())
-		}
-	})
-	return p
+	return testproc.Start(t, env, name, args...)
 }
 
-func (p *proc) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return exitStatus(p.cmd.ProcessState)
-	case <-time.After(timeout):
-		t.Fatalf("process %d still running after %v", p.cmd.Process.Pid, timeout)
-		return -1
-	}
-}
+func freePort(t *testing.T) int { return testproc.FreePort(t) }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	p, err := consultest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func appArgs(t *testing.T, port int) []string {
-	t.Helper()
-	argv, err := consultest.AppCommand(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return argv
-}
+func appArgs(t *testing.T, port int) []string { return testproc.App(t, port) }
 
 // instance is what Consul's health endpoint says of one service instance.
 type instance struct {
@@ -135,18 +65,9 @@ func lookup(t *testing.T, c *api.Client, service string) []instance {
 	return out
 }
 
-// waitFor polls cond until it holds or timeout passes, and returns how
-// long it took.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
+	return testproc.WaitFor(t, timeout, what, cond)
 }
 
 func passing(t *testing.T, c *api.Client, service string) func() bool {
@@ -201,10 +122,10 @@ func TestWrapRegistersWithPortAndPID(t *testing.T) {
 	}
 
 	// SIGTERM: deregistered within the drain period plus 2 s, app stopped, exit 0.
-	_ = reg.cmd.Process.Signal(syscall.SIGTERM)
+	_ = reg.Cmd.Process.Signal(syscall.SIGTERM)
 	took := waitFor(t, 500*time.Millisecond+2*time.Second, "deregistration", func() bool { return len(lookup(t, c, "hello")) == 0 })
 	t.Logf("MEASURE wrap SIGTERM to deregistered: %v (drain 500ms)", took)
-	if code := reg.wait(t, 5*time.Second); code != 0 {
+	if code := reg.Wait(t, 5*time.Second); code != 0 {
 		t.Errorf("registrar exit status %d after SIGTERM, want 0", code)
 	}
 	if syscall.Kill(pid, 0) == nil {
@@ -224,18 +145,18 @@ func TestAttachFindsPIDAndLeavesAppRunning(t *testing.T) {
 	reg := start(t, srv.Env(), registrarBin, "--service", "attached", "--port", strconv.Itoa(port), "--check", "tcp", "--drain", "1s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "attached"))
 	e := lookup(t, c, "attached")[0].entry
-	if e.Service.Meta["pid"] != strconv.Itoa(app.cmd.Process.Pid) {
-		t.Errorf("meta pid %q, want the app's %d", e.Service.Meta["pid"], app.cmd.Process.Pid)
+	if e.Service.Meta["pid"] != strconv.Itoa(app.Cmd.Process.Pid) {
+		t.Errorf("meta pid %q, want the app's %d", e.Service.Meta["pid"], app.Cmd.Process.Pid)
 	}
 
-	_ = reg.cmd.Process.Signal(syscall.SIGTERM)
+	_ = reg.Cmd.Process.Signal(syscall.SIGTERM)
 	took := waitFor(t, 1*time.Second+2*time.Second, "deregistration", func() bool { return len(lookup(t, c, "attached")) == 0 })
 	t.Logf("MEASURE attach SIGTERM to deregistered: %v (drain 1s)", took)
-	if code := reg.wait(t, 5*time.Second); code != 0 {
+	if code := reg.Wait(t, 5*time.Second); code != 0 {
 		t.Errorf("registrar exit status %d, want 0", code)
 	}
 	select {
-	case <-app.done:
+	case <-app.Done:
 		t.Fatal("the attached app was stopped: a registrar must never signal an app it did not start")
 	default:
 	}
@@ -257,7 +178,7 @@ func TestAppKilledStopsPassing(t *testing.T) {
 		}
 		took := waitFor(t, 5*time.Second, "instance not passing", func() bool { return !passing(t, c, "w")() })
 		t.Logf("MEASURE wrap SIGKILL of app to not passing: %v", took)
-		if code := reg.wait(t, 10*time.Second); code != 128+int(syscall.SIGKILL) {
+		if code := reg.Wait(t, 10*time.Second); code != 128+int(syscall.SIGKILL) {
 			t.Errorf("registrar exit status %d, want the app's %d", code, 128+int(syscall.SIGKILL))
 		}
 		if n := len(lookup(t, c, "w")); n != 0 {
@@ -275,7 +196,7 @@ func TestAppKilledStopsPassing(t *testing.T) {
 		}
 		start(t, srv.Env(), registrarBin, "--service", "a", "--port", strconv.Itoa(port))
 		waitFor(t, 15*time.Second, "instance passing", passing(t, c, "a"))
-		_ = app.cmd.Process.Kill()
+		_ = app.Cmd.Process.Kill()
 		took := waitFor(t, 5*time.Second, "instance not passing", func() bool { return !passing(t, c, "a")() })
 		t.Logf("MEASURE attach SIGKILL of app to not passing: %v", took)
 	})
@@ -292,7 +213,7 @@ func TestRegistrarKilledGoesCriticalWithinTTL(t *testing.T) {
 	}
 	reg := start(t, srv.Env(), registrarBin, "--service", "k", "--port", strconv.Itoa(port), "--ttl", "2s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "k"))
-	_ = reg.cmd.Process.Kill()
+	_ = reg.Cmd.Process.Kill()
 	took := waitFor(t, 2*time.Second+2*time.Second, "instance critical after TTL", func() bool { return !passing(t, c, "k")() })
 	t.Logf("MEASURE registrar SIGKILL to not passing (TTL 2s): %v", took)
 }
