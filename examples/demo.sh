@@ -27,7 +27,8 @@ done
 
 consul="$(bash deploy/consul/install.sh)"
 python="$(bash scripts/ensure-python.sh)"
-[ -x bin/agent ] && [ -x bin/registrar ] || die "bin/agent and bin/registrar are missing: run 'make build' (make demo does)"
+BIN_DIR="${BIN_DIR:-$root/bin}"
+[ -x "$BIN_DIR/agent" ] && [ -x "$BIN_DIR/registrar" ] || die "$BIN_DIR/agent and $BIN_DIR/registrar are missing: run 'make build' (make demo does)"
 
 app_ports=()
 for i in $(seq 1 "$INSTANCES"); do app_ports+=($((PORT + i))); done
@@ -73,13 +74,13 @@ done
 
 reg_pids=()
 for p in "${app_ports[@]}"; do
-  bin/registrar --service "$SERVICE" --port "$p" --drain "$DRAIN" --log-level warn -- \
+  "$BIN_DIR/registrar" --service "$SERVICE" --port "$p" --drain "$DRAIN" --log-level warn -- \
     "$python" examples/tornado/app.py --port="$p" --logging=warning >"$state/app-$p.log" 2>&1 &
   reg_pids+=($!)
 done
 say "started $INSTANCES Tornado instances under registrars on ports ${app_ports[*]}"
 
-bin/agent --listen ":$PORT" --service "$SERVICE" --admin "127.0.0.1:$ADMIN_PORT" \
+"$BIN_DIR/agent" --listen ":$PORT" --service "$SERVICE" --admin "127.0.0.1:$ADMIN_PORT" \
   --snapshot-file "$state/pools.json" >"$state/agent.log" 2>&1 &
 agent_pid=$!
 
@@ -102,7 +103,7 @@ cat <<MSG
     for i in \$(seq 10); do curl -s 127.0.0.1:$PORT/; echo; done
 
   Add a sixth instance from another terminal; it joins within a second:
-    CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR $root/bin/registrar --service $SERVICE --port $next -- $python $root/examples/tornado/app.py --port=$next
+    CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR $BIN_DIR/registrar --service $SERVICE --port $next -- $python $root/examples/tornado/app.py --port=$next
 
   Kill one; it leaves the pool and no request fails:
     kill -9 \$(curl -s 127.0.0.1:$((PORT + 1))/ | awk '{print \$NF}')
