@@ -50,8 +50,13 @@ type Stats struct {
 	EjectedUntil atomic.Int64
 	// Ejections counts consecutive ejections, for exponential backoff.
 	Ejections atomic.Int32
-	// EWMANanos is the latency EWMA in nanoseconds (float64 bits), used by p2c_ewma.
+	// EWMABits is the latency EWMA in nanoseconds (float64 bits), used by
+	// p2c_ewma; read it with Latency, which also applies the decay.
 	EWMABits atomic.Uint64
+	// EWMAStamp is the unix-nano time of the last EWMA update: the estimate
+	// decays towards zero from there, so an instance avoided for being slow
+	// is tried again after a while.
+	EWMAStamp atomic.Int64
 	// Draining is set by an operator (admin API) or by a first-hand drain
 	// signal from the instance; a draining instance gets no new requests.
 	Draining atomic.Bool

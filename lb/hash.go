@@ -1,0 +1,171 @@
+package lb
+
+import (
+	"net/http"
+	"slices"
+	"strings"
+)
+
+// Consistent hashing: a ring of virtual nodes, ketama style, 160 points per
+// unit of weight, capped at ringMaxPoints points in all. A point's position
+// depends only on its instance's ID, so adding or removing an instance moves
+// only the keys of that instance. Positions use a fixed hash (FNV-1a
+// finished by a 64-bit mixer), never a per-process seed: every agent maps a
+// key to the same instance.
+const (
+	ringPointsPerWeight = 160
+	ringMaxPoints       = 1 << 18
+	// ringWalk bounds how many distinct owners a pick visits on the ring
+	// before falling back to a scan.
+	ringWalk = 32
+	// A point is one uint64: the position in the high bits, the owner's
+	// index in Pool.Instances in the low ringOwnerBits. Sorting plain
+	// integers builds a 240k-point ring several times faster than sorting
+	// structs with a comparator, at 8 bytes a point; 40 bits of position
+	// are plenty for 2^18 points. Pools stay far below 2^24 instances.
+	ringOwnerBits = 24
+	ringOwnerMask = 1<<ringOwnerBits - 1
+)
+
+type ring struct {
+	points []uint64 // sorted: position<<ringOwnerBits | owner
+}
+
+func buildRing(insts []*Instance) *ring {
+	var total int64
+	for _, in := range insts {
+		total += int64(in.Weight)
+	}
+	points := func(w int) int64 {
+		if total*ringPointsPerWeight <= ringMaxPoints {
+			return int64(w) * ringPointsPerWeight
+		}
+		return max(1, int64(float64(w)*ringMaxPoints/float64(total)))
+	}
+	var n int64
+	for _, in := range insts {
+		n += points(in.Weight)
+	}
+	pts := make([]uint64, 0, n)
+	for i, in := range insts {
+		base := hashString(in.ID)
+		for v := range points(in.Weight) {
+			pos := mix64(base + uint64(v+1)*0x9e3779b97f4a7c15)
+			pts = append(pts, pos&^ringOwnerMask|uint64(i)&ringOwnerMask)
+		}
+	}
+	slices.Sort(pts)
+	return &ring{points: pts}
+}
+
+// pickHash returns the owner of the first point at or after the key's hash;
+// if that instance is not ready it walks on to the next distinct owners,
+// so a key whose instance is tried, draining or ejected still lands on the
+// same alternative every time.
+func (p *Pool) pickHash(key string, tried []*Instance, c *clock) *Instance {
+	pts := p.ring.points
+	pos, _ := slices.BinarySearch(pts, hashString(key)&^ringOwnerMask)
+	last, seen := -1, 0
+	for range len(pts) {
+		if pos == len(pts) {
+			pos = 0
+		}
+		o := int(pts[pos] & ringOwnerMask)
+		pos++
+		if o == last {
+			continue
+		}
+		if in := p.Instances[o]; rank(in, tried, c) == rankReady {
+			return in
+		}
+		if last, seen = o, seen+1; seen == ringWalk {
+			break
+		}
+	}
+	return p.scan(tried, c, costNone)
+}
+
+// hashKey extracts the hash key of r; false when it has none (the pick then
+// falls back to round robin). It does not allocate.
+func (pol *policy) hashKey(r *http.Request) (string, bool) {
+	if r == nil {
+		return "", false
+	}
+	switch pol.kind {
+	case kindHashHeader:
+		if pol.key == "Host" { // net/http moves Host out of the header map
+			return r.Host, r.Host != ""
+		}
+		if v := r.Header[pol.key]; len(v) > 0 && v[0] != "" {
+			return v[0], true
+		}
+	case kindHashCookie:
+		return cookieValue(r.Header["Cookie"], pol.key)
+	case kindHashIP:
+		return remoteHost(r.RemoteAddr)
+	}
+	return "", false
+}
+
+// cookieValue finds the cookie name in Cookie header lines, as
+// http.Request.Cookie would but without allocating. An empty value counts as
+// missing.
+func cookieValue(lines []string, name string) (string, bool) {
+	for _, line := range lines {
+		for line != "" {
+			var part string
+			if i := strings.IndexByte(line, ';'); i >= 0 {
+				part, line = line[:i], line[i+1:]
+			} else {
+				part, line = line, ""
+			}
+			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+			if !ok || k != name {
+				continue
+			}
+			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			if v != "" {
+				return v, true
+			}
+		}
+	}
+	return "", false
+}
+
+// remoteHost returns the host part of a RemoteAddr ("1.2.3.4:5",
+// "[::1]:5"); an address without a port is returned whole.
+func remoteHost(addr string) (string, bool) {
+	if strings.HasPrefix(addr, "[") {
+		if i := strings.IndexByte(addr, ']'); i > 1 {
+			return addr[1:i], true
+		}
+		return "", false
+	}
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 && strings.IndexByte(addr, ':') == i {
+		addr = addr[:i]
+	}
+	return addr, addr != ""
+}
+
+// hashString is 64-bit FNV-1a finished with mix64 for a good spread of
+// short, similar keys.
+func hashString(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return mix64(h)
+}
+
+// mix64 is the MurmurHash3 64-bit finalizer (a bijection).
+func mix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
+}
