@@ -1,0 +1,82 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"syscall"
+
+	"github.com/meshlb/meshlb/lb"
+)
+
+// statusClientClosed is what the access log and the server span record
+// when the client went away before an answer (nginx's 499). Nothing is
+// written to the client then.
+const statusClientClosed = 499
+
+// fail answers the client with a short plain-text error.
+func (x *exchange) fail(status int, msg string) {
+	x.status = status
+	x.written = int64(len(msg) + 1)
+	http.Error(x.w, msg, status)
+}
+
+// failPick answers a request no instance could be picked for.
+func (x *exchange) failPick(err error) {
+	x.err = err
+	svc := x.route.service
+	switch {
+	case errors.Is(err, lb.ErrNoPool):
+		x.fail(http.StatusServiceUnavailable, "service "+svc+": no pool yet, waiting for Consul")
+	case errors.Is(err, lb.ErrNoInstance):
+		x.fail(http.StatusServiceUnavailable, "no instance available for service "+svc)
+	default:
+		x.fail(http.StatusServiceUnavailable, "service "+svc+" unavailable")
+	}
+}
+
+// failUpstream answers after the last attempt failed with x.err: 504 on a
+// timeout, 502 otherwise, nothing when the client is gone.
+func (x *exchange) failUpstream() {
+	if x.ctx.Err() != nil {
+		x.status = statusClientClosed
+		return
+	}
+	if isTimeout(x.err) {
+		x.fail(http.StatusGatewayTimeout, "upstream of service "+x.route.service+" timed out")
+		return
+	}
+	x.fail(http.StatusBadGateway, "upstream of service "+x.route.service+" failed")
+}
+
+// isTimeout reports whether err is a timeout (connect, response header).
+func isTimeout(err error) bool {
+	t, ok := errors.AsType[interface {
+		error
+		Timeout() bool
+	}](err)
+	return ok && t.Timeout()
+}
+
+// errorType is the low-cardinality error.type of a span.
+func errorType(err error) string {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case isTimeout(err):
+		return "timeout"
+	}
+	if _, ok := errors.AsType[*DialError](err); ok {
+		return "dial_error"
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection_reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection_closed"
+	case errors.Is(err, lb.ErrNoInstance), errors.Is(err, lb.ErrNoPool):
+		return "no_instance"
+	}
+	return "_OTHER"
+}

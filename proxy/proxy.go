@@ -1,0 +1,336 @@
+// Package proxy is meshlb's HTTP data path: it matches a request to a route,
+// asks the route's lb.Balancer for an instance, forwards the request over a
+// pool of keep-alive connections, retries on another instance only when that
+// is safe, and streams the answer back (WebSocket and other upgrades
+// included).
+//
+// The package must not talk to Consul, choose instances itself or keep
+// per-instance state: picking and passive health belong to lb, discovery
+// feeds the balancers. It must not set up OpenTelemetry either; it only uses
+// the global API, which the tracing package configures.
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/meshlb/meshlb/lb"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultConnectTimeout        = time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultIdleConnTimeout       = 90 * time.Second
+	DefaultMaxIdleConnsPerHost   = 256
+	DefaultMaxAttempts           = 3
+	DefaultMaxReplayBody         = 64 << 10
+)
+
+// Config tunes a Proxy. Zero fields take the defaults above.
+type Config struct {
+	// ConnectTimeout bounds one TCP connect to an instance (default 1s).
+	ConnectTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for an instance's response
+	// headers once the request is written (default 60s).
+	ResponseHeaderTimeout time.Duration
+	// IdleConnTimeout closes upstream keep-alive connections idle that long
+	// (default 90s).
+	IdleConnTimeout time.Duration
+	// MaxIdleConnsPerHost caps the idle keep-alive connections kept per
+	// instance (default 256).
+	MaxIdleConnsPerHost int
+	// MaxAttempts is the number of tries per request, the first included
+	// (default 3; 1 disables retries).
+	MaxAttempts int
+	// MaxReplayBody is the largest idempotent request body buffered so it
+	// can be replayed on another instance (default 64 KiB; negative: never
+	// buffer, so such requests are only retried when nothing was sent).
+	MaxReplayBody int64
+	// TrustedProxies lists the peers whose X-Forwarded-* and Forwarded
+	// headers are kept and extended; from any other peer they are replaced.
+	TrustedProxies []netip.Prefix
+	// Logger receives the proxy's logs; pass one already Named("proxy").
+	// Nil discards them.
+	Logger hclog.Logger
+	// AccessLog logs one line per request at Info.
+	AccessLog bool
+	// Tracing turns on OpenTelemetry spans, propagation and the
+	// traceresponse header. When false the request path does no otel work.
+	Tracing bool
+}
+
+// Proxy is the agent's reverse proxy. It is an http.Handler; the route table
+// can be swapped at any time with SetRoutes.
+type Proxy struct {
+	cfg       Config
+	log       hclog.Logger
+	routes    atomic.Pointer[routeTable]
+	transport *http.Transport
+	tracer    trace.Tracer // nil when tracing is off
+}
+
+// New validates cfg and routes and returns a Proxy. When cfg.Tracing is set
+// it takes its tracer from the global provider, so set that up first.
+func New(cfg Config, routes []Route) (*Proxy, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	rt, err := compileRoutes(routes)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		transport: newTransport(cfg),
+	}
+	if cfg.Tracing {
+		p.tracer = newTracer()
+	}
+	p.routes.Store(rt)
+	return p, nil
+}
+
+func (c *Config) setDefaults() error {
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"ConnectTimeout", &c.ConnectTimeout, DefaultConnectTimeout},
+		{"ResponseHeaderTimeout", &c.ResponseHeaderTimeout, DefaultResponseHeaderTimeout},
+		{"IdleConnTimeout", &c.IdleConnTimeout, DefaultIdleConnTimeout},
+	} {
+		if *d.v < 0 {
+			return fmt.Errorf("proxy: invalid %s %v: must not be negative", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	switch {
+	case c.MaxIdleConnsPerHost < 0:
+		return fmt.Errorf("proxy: invalid MaxIdleConnsPerHost %d: must not be negative", c.MaxIdleConnsPerHost)
+	case c.MaxIdleConnsPerHost == 0:
+		c.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+	}
+	switch {
+	case c.MaxAttempts < 0:
+		return fmt.Errorf("proxy: invalid MaxAttempts %d: must be at least 1", c.MaxAttempts)
+	case c.MaxAttempts == 0:
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.MaxReplayBody == 0 {
+		c.MaxReplayBody = DefaultMaxReplayBody
+	}
+	for _, pfx := range c.TrustedProxies {
+		if !pfx.IsValid() {
+			return fmt.Errorf("proxy: invalid trusted proxy prefix %q", pfx)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return nil
+}
+
+// SetRoutes validates routes and atomically replaces the route table;
+// requests already running keep the route they matched.
+func (p *Proxy) SetRoutes(routes []Route) error {
+	rt, err := compileRoutes(routes)
+	if err != nil {
+		return err
+	}
+	p.routes.Store(rt)
+	return nil
+}
+
+// CloseIdleConnections closes the idle upstream keep-alive connections.
+func (p *Proxy) CloseIdleConnections() {
+	p.transport.CloseIdleConnections()
+}
+
+// exchange is the state of one client request on its way through the
+// proxy: one allocation, which also holds the first attempt.
+type exchange struct {
+	p     *Proxy
+	w     http.ResponseWriter
+	r     *http.Request
+	ctx   context.Context // r's context, plus the server span when tracing
+	route *compiledRoute
+	start time.Time
+
+	upgrade    string // requested protocol upgrade ("" for none)
+	idempotent bool
+	body       reqBody
+	span       trace.Span // server span; nil when tracing is off
+	traceResp  string     // traceresponse header value, when tracing
+
+	// Outcome, for the access log and the server span.
+	status   int
+	written  int64
+	attempts int
+	inst     *lb.Instance // instance that served (or last failed)
+	err      error        // last upstream error, if any
+	abort    bool         // the response was cut short: abort the client connection
+
+	first attempt // the first attempt's storage
+}
+
+// ServeHTTP forwards r to an instance of the service its route names.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{p: p, w: w, r: r, ctx: r.Context(), start: time.Now()}
+	x.route = p.routes.Load().match(r.Host, r.URL.Path)
+	if p.tracer != nil {
+		x.startServerSpan()
+	}
+	if x.route == nil {
+		x.fail(http.StatusNotFound, "no route")
+	} else {
+		x.forward()
+	}
+	if x.span != nil {
+		x.endServerSpan()
+	}
+	if p.cfg.AccessLog {
+		x.logAccess()
+	}
+	if x.abort {
+		// The upstream died mid-body: all we can do is cut the client
+		// connection so it does not take a truncated body for a whole one.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// forward runs the attempts: pick, send, maybe retry elsewhere, answer.
+func (x *exchange) forward() {
+	r := x.r
+	if r.Header == nil {
+		r.Header = make(http.Header) // only a hand-made request lacks it
+	}
+	x.upgrade = upgradeType(r.Header)
+	if !validUpgrade(x.upgrade) {
+		x.fail(http.StatusBadRequest, "invalid upgrade protocol")
+		return
+	}
+	x.idempotent = isIdempotent(r.Method)
+	x.p.prepareHeaders(r, x.upgrade)
+	if err := x.prepareBody(); err != nil {
+		x.err = err
+		x.fail(http.StatusBadRequest, "error reading request body")
+		return
+	}
+	bal := x.route.balancer
+
+	var (
+		triedBuf [DefaultMaxAttempts]*lb.Instance // Pick keeps no reference: stays on the stack
+		tried    = triedBuf[:0]
+		held     *attempt // a draining 503, forwarded if no retry is possible
+	)
+	for n := 1; ; n++ {
+		inst, err := bal.Pick(r, tried)
+		if err != nil {
+			switch {
+			case held != nil:
+				x.respond(held)
+			case x.err != nil:
+				x.failUpstream()
+			default:
+				x.failPick(err)
+			}
+			return
+		}
+		if held != nil {
+			held.discard()
+			held = nil
+		}
+		x.attempts = n
+		x.inst = inst
+		a := x.newAttempt(inst, n)
+		res, err := x.p.transport.RoundTrip(&a.req)
+		if err != nil {
+			a.finish(x.failedResult(a, err), 0, err)
+			x.err = err
+			retry := n < x.p.cfg.MaxAttempts && x.retryable(a, err)
+			if x.p.log.IsDebug() {
+				x.p.log.Debug("upstream attempt failed", "service", x.route.service,
+					"instance", inst.ID, "attempt", n, "retry", retry, "error", err)
+			}
+			if retry {
+				tried = append(tried, inst)
+				continue
+			}
+			x.failUpstream()
+			return
+		}
+		a.res = res
+		a.latency = time.Since(a.start)
+		if x.drainSignal(inst, res) && res.StatusCode == http.StatusServiceUnavailable &&
+			n < x.p.cfg.MaxAttempts && x.idempotent && x.replayable() && x.ctx.Err() == nil {
+			// The instance said first-hand it is going away and did not
+			// serve: try another one, or pass its 503 on if none is left.
+			held = a
+			tried = append(tried, inst)
+			continue
+		}
+		x.respond(a)
+		return
+	}
+}
+
+// drainSignal reports whether the instance said first-hand that it is
+// draining (DrainingHeader: 1), marks it so in the balancer, and strips the
+// header from res.
+func (x *exchange) drainSignal(inst *lb.Instance, res *http.Response) bool {
+	v, ok := res.Header[DrainingHeader]
+	if !ok {
+		return false
+	}
+	delete(res.Header, DrainingHeader)
+	if len(v) == 0 || strings.TrimSpace(v[0]) != "1" {
+		return false
+	}
+	if err := x.route.balancer.SetDraining(inst.ID, true); err != nil {
+		x.p.log.Debug("cannot mark instance draining", "service", x.route.service, "instance", inst.ID, "error", err)
+	}
+	return true
+}
+
+// failedResult is what the balancer hears of an attempt that failed with
+// err: nothing when the client went away, which says nothing of the
+// instance.
+func (x *exchange) failedResult(a *attempt, err error) lb.Result {
+	if x.ctx.Err() != nil {
+		return lb.Result{}
+	}
+	return lb.Result{Err: err, Latency: time.Since(a.start)}
+}
+
+// respond forwards a's response to the client and ends the attempt.
+func (x *exchange) respond(a *attempt) {
+	res := a.res
+	x.inst = a.inst
+	x.status = res.StatusCode
+	x.err = nil // earlier attempts' errors were overcome
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		x.serveUpgrade(a)
+		return
+	}
+	result := lb.Result{Status: res.StatusCode, Latency: a.latency, RetryAfter: retryAfter(res)}
+	readErr := x.writeResponse(res)
+	if readErr != nil && x.ctx.Err() == nil {
+		result.Err = readErr
+		x.err = readErr
+		x.abort = true
+	}
+	a.finish(result, res.StatusCode, readErr)
+}

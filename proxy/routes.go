@@ -1,0 +1,189 @@
+package proxy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/meshlb/meshlb/lb"
+)
+
+// Route sends the requests it matches to a balancer's service.
+type Route struct {
+	// Host is "" for any host, an exact host name ("api.example.com",
+	// matched case-insensitively, port ignored) or a wildcard
+	// ("*.example.com": any name ending in ".example.com", however many
+	// labels deep, but not "example.com" itself).
+	Host string
+	// PathPrefix is "" or "/" for every path; otherwise it matches on a path
+	// segment boundary: "/api" (or "/api/") matches "/api" and "/api/x",
+	// not "/apix".
+	PathPrefix string
+	// Balancer picks the instances of the route's service.
+	Balancer *lb.Balancer
+}
+
+// compiledRoute is a validated Route in matching form.
+type compiledRoute struct {
+	host     string // lower case; "*.x" kept for messages
+	prefix   string // "" or "/seg..." without a trailing slash
+	balancer *lb.Balancer
+	service  string
+	policy   string
+}
+
+// routeTable is an immutable, compiled route set. Matching goes like an
+// nginx user expects: the most specific host first (exact, then the longest
+// wildcard, then any host), and within a host the longest path prefix. A host
+// whose routes match no prefix falls through to the less specific hosts.
+type routeTable struct {
+	exact    map[string][]*compiledRoute // by lower-case host
+	wildcard []wildcardRoutes            // longest suffix first
+	any      []*compiledRoute
+}
+
+type wildcardRoutes struct {
+	suffix string // ".example.com"
+	routes []*compiledRoute
+}
+
+// compileRoutes validates routes and builds their table.
+func compileRoutes(routes []Route) (*routeTable, error) {
+	if len(routes) == 0 {
+		return nil, errors.New("proxy: no routes: at least one is required")
+	}
+	rt := &routeTable{exact: make(map[string][]*compiledRoute)}
+	wild := make(map[string][]*compiledRoute)
+	seen := make(map[[2]string]bool, len(routes))
+	for i, r := range routes {
+		cr, err := compileRoute(r)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: route %d: %w", i, err)
+		}
+		key := [2]string{cr.host, cr.prefix}
+		if seen[key] {
+			return nil, fmt.Errorf("proxy: route %d: duplicate route host %q path prefix %q", i, r.Host, r.PathPrefix)
+		}
+		seen[key] = true
+		switch {
+		case cr.host == "":
+			rt.any = append(rt.any, cr)
+		case strings.HasPrefix(cr.host, "*."):
+			wild[cr.host[1:]] = append(wild[cr.host[1:]], cr)
+		default:
+			rt.exact[cr.host] = append(rt.exact[cr.host], cr)
+		}
+	}
+	byPrefix := func(a, b *compiledRoute) int { return cmp.Compare(len(b.prefix), len(a.prefix)) }
+	slices.SortFunc(rt.any, byPrefix)
+	for _, rs := range rt.exact {
+		slices.SortFunc(rs, byPrefix)
+	}
+	for suffix, rs := range wild {
+		slices.SortFunc(rs, byPrefix)
+		rt.wildcard = append(rt.wildcard, wildcardRoutes{suffix: suffix, routes: rs})
+	}
+	slices.SortFunc(rt.wildcard, func(a, b wildcardRoutes) int {
+		return cmp.Or(cmp.Compare(len(b.suffix), len(a.suffix)), strings.Compare(a.suffix, b.suffix))
+	})
+	return rt, nil
+}
+
+func compileRoute(r Route) (*compiledRoute, error) {
+	if r.Balancer == nil {
+		return nil, fmt.Errorf("host %q path prefix %q: nil balancer", r.Host, r.PathPrefix)
+	}
+	host, err := normalizeRouteHost(r.Host)
+	if err != nil {
+		return nil, err
+	}
+	prefix := r.PathPrefix
+	if prefix != "" && prefix[0] != '/' {
+		return nil, fmt.Errorf("invalid path prefix %q: must start with /", r.PathPrefix)
+	}
+	if strings.ContainsAny(prefix, "?#*") {
+		return nil, fmt.Errorf("invalid path prefix %q: a path, without query, fragment or wildcard", r.PathPrefix)
+	}
+	prefix = strings.TrimRight(prefix, "/")
+	return &compiledRoute{
+		host:     host,
+		prefix:   prefix,
+		balancer: r.Balancer,
+		service:  r.Balancer.Service(),
+		policy:   r.Balancer.Policy(),
+	}, nil
+}
+
+func normalizeRouteHost(h string) (string, error) {
+	if h == "" {
+		return "", nil
+	}
+	host := strings.ToLower(strings.TrimSuffix(h, "."))
+	name := host
+	if strings.HasPrefix(name, "*.") {
+		name = name[2:]
+	}
+	if strings.HasPrefix(name, "[") && strings.HasSuffix(name, "]") {
+		name = name[1 : len(name)-1]
+		host = name
+	}
+	if net.ParseIP(name) == nil {
+		if name == "" || strings.ContainsAny(name, ":*/ ") {
+			return "", fmt.Errorf("invalid route host %q: want a host name without port, \"*.domain\" or \"\" for any", h)
+		}
+	}
+	return host, nil
+}
+
+// match returns the route for a request's Host header and path, or nil.
+func (rt *routeTable) match(hostport, path string) *compiledRoute {
+	host := requestHost(hostport)
+	if rs, ok := rt.exact[host]; ok {
+		if cr := matchPrefix(rs, path); cr != nil {
+			return cr
+		}
+	}
+	for _, w := range rt.wildcard {
+		if len(host) > len(w.suffix) && strings.HasSuffix(host, w.suffix) {
+			if cr := matchPrefix(w.routes, path); cr != nil {
+				return cr
+			}
+		}
+	}
+	return matchPrefix(rt.any, path)
+}
+
+// matchPrefix returns the first (longest) route whose prefix matches path
+// on a segment boundary.
+func matchPrefix(rs []*compiledRoute, path string) *compiledRoute {
+	for _, cr := range rs {
+		p := cr.prefix
+		if p == "" || path == p || (len(path) > len(p) && path[len(p)] == '/' && path[:len(p)] == p) {
+			return cr
+		}
+	}
+	return nil
+}
+
+// requestHost returns the host of a Host header without port or trailing
+// dot, lower-cased (allocating only when it has upper-case letters).
+func requestHost(hostport string) string {
+	h := hostport
+	if strings.HasPrefix(h, "[") {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			h = h[1:i]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		h = h[:i]
+	}
+	h = strings.TrimSuffix(h, ".")
+	for i := 0; i < len(h); i++ {
+		if 'A' <= h[i] && h[i] <= 'Z' {
+			return strings.ToLower(h)
+		}
+	}
+	return h
+}

@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"context"
+	"encoding/hex"
+	"net/http"
+	"strconv"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// tracerName is the instrumentation scope of the proxy's spans.
+const tracerName = "github.com/meshlb/meshlb/proxy"
+
+// Attribute keys meshlb adds to the upstream attempt spans.
+const (
+	attrService      = attribute.Key("meshlb.service")
+	attrInstancePID  = attribute.Key("meshlb.instance.pid")
+	attrInstanceHost = attribute.Key("meshlb.instance.host")
+	attrPolicy       = attribute.Key("meshlb.lb.policy")
+	attrAttempt      = attribute.Key("meshlb.attempt")
+)
+
+func newTracer() trace.Tracer {
+	return otel.GetTracerProvider().Tracer(tracerName, trace.WithSchemaURL(semconv.SchemaURL))
+}
+
+// startServerSpan continues the client's trace (W3C traceparent) with a
+// SERVER span for the whole request and puts the traceresponse header on the
+// response.
+func (x *exchange) startServerSpan() {
+	r := x.r
+	ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	ip, _, _ := x.p.peer(r.RemoteAddr)
+	attrs := make([]attribute.KeyValue, 0, 7)
+	attrs = append(attrs,
+		methodAttr(r.Method),
+		semconv.URLPath(r.URL.Path),
+		semconv.URLScheme(scheme),
+		semconv.ServerAddress(requestHost(r.Host)),
+		semconv.ClientAddress(ip),
+	)
+	if x.route != nil {
+		attrs = append(attrs, attrService.String(x.route.service))
+	}
+	ctx, span := x.p.tracer.Start(ctx, spanName(r.Method),
+		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
+	x.ctx = ctx
+	x.span = span
+	if sc := span.SpanContext(); sc.IsValid() {
+		x.traceResp = traceResponse(sc)
+		x.setTraceResponse(x.w.Header())
+	}
+}
+
+// endServerSpan records the outcome on the server span and ends it.
+func (x *exchange) endServerSpan() {
+	span := x.span
+	if x.status > 0 {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(x.status))
+	}
+	if x.status >= 500 && x.status != statusClientClosed {
+		if x.err != nil {
+			span.SetAttributes(semconv.ErrorTypeKey.String(errorType(x.err)))
+			span.SetStatus(codes.Error, x.err.Error())
+		} else {
+			span.SetStatus(codes.Error, "")
+		}
+	}
+	span.End()
+}
+
+// startClientSpan starts the CLIENT span of an upstream attempt, child of
+// the server span, naming the instance; it returns the context carrying it.
+func (a *attempt) startClientSpan(ctx context.Context) context.Context {
+	x, inst := a.x, a.inst
+	attrs := make([]attribute.KeyValue, 0, 10)
+	attrs = append(attrs,
+		methodAttr(x.r.Method),
+		semconv.ServerAddress(inst.Address),
+		semconv.ServerPort(inst.Port),
+		semconv.ServiceInstanceID(inst.ID),
+		attrService.String(x.route.service),
+		attrPolicy.String(x.route.policy),
+		attrAttempt.Int(a.n),
+	)
+	if pid := inst.Meta["pid"]; pid != "" {
+		if n, err := strconv.Atoi(pid); err == nil {
+			attrs = append(attrs, attrInstancePID.Int(n))
+		} else {
+			attrs = append(attrs, attrInstancePID.String(pid))
+		}
+	}
+	if host := inst.Meta["host"]; host != "" {
+		attrs = append(attrs, attrInstanceHost.String(host))
+	}
+	if a.n > 1 {
+		attrs = append(attrs, semconv.HTTPRequestResendCount(a.n-1))
+	}
+	ctx, a.span = x.p.tracer.Start(ctx, spanName(x.r.Method),
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	return ctx
+}
+
+// endClientSpan records an attempt's outcome on its span and ends it.
+func (a *attempt) endClientSpan(status int, err error) {
+	span := a.span
+	if status > 0 {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	}
+	switch {
+	case err != nil:
+		span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
+		span.SetStatus(codes.Error, err.Error())
+	case status >= 400:
+		span.SetAttributes(semconv.ErrorTypeKey.String(strconv.Itoa(status)))
+		span.SetStatus(codes.Error, "")
+	}
+	span.End()
+}
+
+// injectTrace writes the trace context of ctx into the upstream headers.
+func injectTrace(ctx context.Context, h http.Header) {
+	otel.GetTextMapPropagator().Inject(ctx, propagation.HeaderCarrier(h))
+}
+
+// setTraceResponse sets the W3C traceresponse header when tracing.
+func (x *exchange) setTraceResponse(h http.Header) {
+	if x.traceResp != "" {
+		h["Traceresponse"] = []string{x.traceResp}
+	}
+}
+
+// traceResponse formats a W3C Trace Context Level 2 traceresponse value:
+// 00-<trace id>-<span id>-<flags>.
+func traceResponse(sc trace.SpanContext) string {
+	var b [55]byte
+	tid, sid := sc.TraceID(), sc.SpanID()
+	copy(b[:], "00-")
+	hex.Encode(b[3:35], tid[:])
+	b[35] = '-'
+	hex.Encode(b[36:52], sid[:])
+	b[52] = '-'
+	hex.Encode(b[53:55], []byte{byte(sc.TraceFlags())})
+	return string(b[:])
+}
+
+// methodAttr is http.request.method, "_OTHER" for unknown methods as the
+// semantic conventions ask.
+func methodAttr(m string) attribute.KeyValue {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodConnect, http.MethodOptions, http.MethodTrace, http.MethodPatch:
+		return semconv.HTTPRequestMethodKey.String(m)
+	}
+	return semconv.HTTPRequestMethodOther
+}
+
+// spanName is the span name the semantic conventions give an HTTP span
+// without a route template: the method, or "HTTP" for unknown ones.
+func spanName(m string) string {
+	if methodAttr(m) == semconv.HTTPRequestMethodOther {
+		return "HTTP"
+	}
+	return m
+}
