@@ -61,3 +61,27 @@ vet:
 
 clean:
 	rm -rf $(BIN)
+
+# generate regenerates the checked-in gRPC/protobuf code of the admin API
+# (internal/admin/adminpb) from its .proto. It installs what is missing:
+# protoc from Debian's protobuf-compiler, protoc-gen-go at the
+# google.golang.org/protobuf version in go.mod, protoc-gen-go-grpc into GOBIN.
+# Tests never need protoc: the generated code is committed.
+GOBIN_DIR := $(shell $(GO) env GOBIN)
+ifeq ($(GOBIN_DIR),)
+GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
+endif
+PROTO_GEN_GO_GRPC_VERSION ?= v1.6.2
+
+generate:
+	@command -v protoc >/dev/null || { \
+	  sudo_=""; [ "$$(id -u)" = 0 ] || sudo_=sudo; \
+	  $$sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y -qq protobuf-compiler >/dev/null; }
+	@[ -x "$(GOBIN_DIR)/protoc-gen-go" ] || \
+	  $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+	@[ -x "$(GOBIN_DIR)/protoc-gen-go-grpc" ] || \
+	  $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTO_GEN_GO_GRPC_VERSION)
+	PATH="$(GOBIN_DIR):$$PATH" protoc -I internal/admin/adminpb \
+	  --go_out=internal/admin/adminpb --go_opt=paths=source_relative \
+	  --go-grpc_out=internal/admin/adminpb --go-grpc_opt=paths=source_relative \
+	  internal/admin/adminpb/admin.proto

@@ -66,6 +66,11 @@ type Config struct {
 	// Tracing turns on OpenTelemetry spans, propagation and the
 	// traceresponse header. When false the request path does no otel work.
 	Tracing bool
+	// OnFailure, if set, is called after a routed request answered with a
+	// 5xx status, with the instance that last served or failed it ("" if
+	// none was picked) and the trace id ("" if none). It runs on the
+	// request path: it must be cheap and must not block.
+	OnFailure func(service, instanceID, traceID string, status int)
 }
 
 // Proxy is the agent's reverse proxy. It is an http.Handler; the route table
@@ -203,6 +208,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.cfg.AccessLog {
 		x.logAccess()
+	}
+	if p.cfg.OnFailure != nil && x.status >= 500 && x.route != nil {
+		id := ""
+		if x.inst != nil {
+			id = x.inst.ID
+		}
+		p.cfg.OnFailure(x.route.service, id, x.traceID(), x.status)
 	}
 	if x.abort {
 		// The upstream died mid-body: all we can do is cut the client

@@ -422,3 +422,39 @@ func TestNewValidates(t *testing.T) {
 		t.Error("SetRoutes accepted duplicate routes")
 	}
 }
+
+func TestOnFailureReportsFailedRequests(t *testing.T) {
+	ctx := testCtx(t)
+	type failure struct {
+		service, instance, trace string
+		status                   int
+	}
+	got := make(chan failure, 4)
+	ok := nameUpstream(t, "ok")
+	bal := newBalancer(t, "svc", instanceAt("dead", closedAddr(t)))
+	f := newFrontend(t, Config{MaxAttempts: 1, OnFailure: func(s, i, tr string, st int) { got <- failure{s, i, tr, st} }},
+		Route{PathPrefix: "/ok", Balancer: newBalancer(t, "good", ok.instance())}, Route{Balancer: bal})
+
+	hdr := http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+	res, _ := f.do(t, ctx, http.MethodGet, "/", nil, hdr)
+	if res.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", res.StatusCode)
+	}
+	select {
+	case fl := <-got:
+		want := failure{"svc", "dead", "4bf92f3577b34da6a3ce929d0e0e4736", http.StatusBadGateway}
+		if fl != want {
+			t.Errorf("OnFailure got %+v, want %+v", fl, want)
+		}
+	default:
+		t.Fatal("OnFailure not called for a 502")
+	}
+	if res, _ := f.do(t, ctx, http.MethodGet, "/ok", nil, nil); res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	select {
+	case fl := <-got:
+		t.Errorf("OnFailure called for a success: %+v", fl)
+	default:
+	}
+}

@@ -1,0 +1,513 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2/hclsimple"
+
+	"github.com/meshlb/meshlb/discovery"
+	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/lb"
+)
+
+const usageHead = `agent: the meshlb edge. Clients call one host:port; the agent follows the
+healthy instances of a Consul service live (blocking queries, no reloads) and
+balances requests over them, retrying on another instance only what is safe.
+
+Usage:
+  agent --listen ADDR --service NAME [--balance POLICY] [flags]
+  agent --config FILE [flags]                 several listeners, services, routes
+  agent status [--admin ADDR] [--json] [--watch]   the pools, from a running agent
+
+Examples:
+  agent --listen :8070 --service hello
+  agent --listen :8070 --service hello --balance least_conn
+  agent --config /etc/meshlb/agent.hcl
+
+Balancing policies (nginx names): round_robin (default, smooth weighted by
+Consul's Service.Weights), least_conn, random_two, p2c_ewma,
+hash:header:NAME, hash:cookie:NAME, hash:ip.
+Passive health: --max-fails consecutive failures eject an instance for
+--fail-timeout (doubling while it keeps failing), never all at once.
+
+Consul is reached through the standard CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
+CONSUL_CACERT ... variables; --consul-* flags override them. The token needs
+service:read on the services and node:read. Tracing uses the standard OTEL_*
+variables (OTEL_EXPORTER_OTLP_ENDPOINT ...); without an endpoint it is off.
+
+Flags:
+`
+
+// fileConfig is the HCL configuration file.
+//
+//	consul { address = "127.0.0.1:8500"  stale = false }
+//	admin = "127.0.0.1:9070"
+//	service "hello" { balance = "round_robin"  max_fails = 3  fail_timeout = "10s" }
+//	listener "web" {
+//	  address = ":8070"
+//	  route { host = "api.example.com"  path_prefix = "/v1"  service = "hello" }
+//	}
+type fileConfig struct {
+	Admin          *string        `hcl:"admin,optional"`
+	SnapshotFile   *string        `hcl:"snapshot_file,optional"`
+	AccessLog      *bool          `hcl:"access_log,optional"`
+	TrustedProxies []string       `hcl:"trusted_proxies,optional"`
+	Consul         *fileConsul    `hcl:"consul,block"`
+	Proxy          *fileProxy     `hcl:"proxy,block"`
+	Services       []fileService  `hcl:"service,block"`
+	Listeners      []fileListener `hcl:"listener,block"`
+}
+
+type fileConsul struct {
+	Address   *string `hcl:"address,optional"`
+	TokenFile *string `hcl:"token_file,optional"`
+	Stale     *bool   `hcl:"stale,optional"`
+	Cached    *bool   `hcl:"cached,optional"`
+}
+
+type fileProxy struct {
+	ConnectTimeout        *string `hcl:"connect_timeout,optional"`
+	ResponseHeaderTimeout *string `hcl:"response_header_timeout,optional"`
+	IdleTimeout           *string `hcl:"idle_timeout,optional"`
+	MaxAttempts           *int    `hcl:"max_attempts,optional"`
+	MaxHeaderBytes        *int    `hcl:"max_header_bytes,optional"`
+	ReadHeaderTimeout     *string `hcl:"read_header_timeout,optional"`
+}
+
+type fileService struct {
+	Name        string  `hcl:"name,label"`
+	Balance     *string `hcl:"balance,optional"`
+	Tag         *string `hcl:"tag,optional"`
+	MaxFails    *int    `hcl:"max_fails,optional"`
+	FailTimeout *string `hcl:"fail_timeout,optional"`
+}
+
+type fileListener struct {
+	Name    string      `hcl:"name,label"`
+	Address string      `hcl:"address"`
+	Routes  []fileRoute `hcl:"route,block"`
+}
+
+type fileRoute struct {
+	Host       *string `hcl:"host,optional"`
+	PathPrefix *string `hcl:"path_prefix,optional"`
+	Service    string  `hcl:"service"`
+}
+
+// config is the agent's resolved, validated configuration.
+type config struct {
+	admin          string // "" = off
+	adminAllow     []netip.Prefix
+	snapshotFile   string
+	accessLog      bool
+	trustedProxies []netip.Prefix
+	consul         discovery.ClientOptions
+	stale, cached  bool
+	emptyGrace     time.Duration
+
+	connectTimeout        time.Duration
+	responseHeaderTimeout time.Duration
+	idleTimeout           time.Duration
+	readHeaderTimeout     time.Duration
+	maxAttempts           int
+	maxHeaderBytes        int
+
+	services  []serviceConfig
+	listeners []listenerConfig
+
+	logLevel string
+	logJSON  bool
+}
+
+type serviceConfig struct {
+	name string
+	tag  string
+	lb   lb.Config
+}
+
+type listenerConfig struct {
+	name    string
+	address string
+	routes  []routeConfig
+}
+
+type routeConfig struct {
+	host, pathPrefix, service string
+}
+
+// flags holds the raw command line before it is merged with the file.
+type flags struct {
+	listen, service, balance, configFile, admin, snapshotFile string
+	consulAddr, consulTokenFile                               string
+	maxFails                                                  int
+	failTimeout, connectTimeout, emptyGrace                   time.Duration
+	stale, cached, accessLog, logJSON                         bool
+	trusted, adminAllow                                       cli.StringList
+	logLevel                                                  string
+	set                                                       map[string]bool
+}
+
+func parseArgs(args []string, stderr io.Writer) (*config, error) {
+	var f flags
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageHead)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&f.listen, "listen", "", "`ADDR` to serve clients on, e.g. :8070 (with --service)")
+	fs.StringVar(&f.service, "service", "", "Consul service `NAME` to balance over (with --listen)")
+	fs.StringVar(&f.balance, "balance", "round_robin", "balancing `POLICY`: "+strings.Join(lb.ValidPolicies(), ", "))
+	fs.StringVar(&f.configFile, "config", "", "HCL config `FILE` for several listeners, services and routes")
+	fs.StringVar(&f.admin, "admin", "127.0.0.1:9070", "admin listener `ADDR`: gRPC admin API, status page at /, /healthz, /metrics; \"off\" disables it")
+	fs.Var(&f.adminAllow, "admin-allow", "`CIDR` of non-loopback callers allowed on the admin listener (repeatable; default loopback only)")
+	fs.StringVar(&f.snapshotFile, "snapshot-file", "", "`FILE` where the last known pools are saved, and restored at start if Consul is not reachable yet")
+	fs.StringVar(&f.consulAddr, "consul-addr", "", "Consul HTTP `ADDR` (overrides CONSUL_HTTP_ADDR; default 127.0.0.1:8500)")
+	fs.StringVar(&f.consulTokenFile, "consul-token-file", "", "`FILE` holding the Consul ACL token (overrides CONSUL_HTTP_TOKEN[_FILE])")
+	fs.BoolVar(&f.stale, "stale", false, "allow stale reads from any Consul server (lower load, may lag the leader)")
+	fs.BoolVar(&f.cached, "cached", false, "use the Consul agent's cache / streaming backend for health queries")
+	fs.IntVar(&f.maxFails, "max-fails", 3, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
+	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
+	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
+	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
+	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
+	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (subcommands: status)", fs.Arg(0))
+	}
+	f.set = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
+	return f.resolve()
+}
+
+func (f *flags) resolve() (*config, error) {
+	c := &config{
+		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog,
+		consul: discovery.ClientOptions{Address: f.consulAddr, TokenFile: f.consulTokenFile},
+		stale:  f.stale, cached: f.cached, emptyGrace: f.emptyGrace,
+		connectTimeout: f.connectTimeout, responseHeaderTimeout: 60 * time.Second,
+		idleTimeout: 90 * time.Second, readHeaderTimeout: 10 * time.Second,
+		maxAttempts: 3, maxHeaderBytes: 64 << 10,
+		logLevel: f.logLevel, logJSON: f.logJSON,
+	}
+	if err := lb.ValidatePolicy(f.balance); err != nil {
+		return nil, fmt.Errorf("invalid --balance: %w", err)
+	}
+	if f.configFile != "" {
+		if err := c.loadFile(f.configFile); err != nil {
+			return nil, err
+		}
+	}
+	// Flags given explicitly override the file.
+	if f.set["admin"] {
+		c.admin = f.admin
+	}
+	if f.set["snapshot-file"] {
+		c.snapshotFile = f.snapshotFile
+	}
+	if f.set["connect-timeout"] {
+		c.connectTimeout = f.connectTimeout
+	}
+	if f.set["stale"] {
+		c.stale = f.stale
+	}
+	if f.set["cached"] {
+		c.cached = f.cached
+	}
+	if f.set["access-log"] {
+		c.accessLog = f.accessLog
+	}
+	if f.set["consul-addr"] {
+		c.consul.Address = f.consulAddr
+	}
+	if f.set["consul-token-file"] {
+		c.consul.TokenFile = f.consulTokenFile
+	}
+	for _, p := range f.trusted {
+		pfx, err := parsePrefix(p)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --trusted-proxy %q: %w", p, err)
+		}
+		c.trustedProxies = append(c.trustedProxies, pfx)
+	}
+	for _, p := range f.adminAllow {
+		pfx, err := parsePrefix(p)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --admin-allow %q: %w", p, err)
+		}
+		c.adminAllow = append(c.adminAllow, pfx)
+	}
+	if f.maxFails == 0 || f.maxFails < -1 {
+		return nil, fmt.Errorf("invalid --max-fails %d: must be >= 1, or -1 to disable passive health", f.maxFails)
+	}
+	if f.failTimeout <= 0 {
+		return nil, fmt.Errorf("invalid --fail-timeout %v: must be > 0", f.failTimeout)
+	}
+	if f.emptyGrace < 0 {
+		return nil, fmt.Errorf("invalid --empty-pool-grace %v: must be >= 0", f.emptyGrace)
+	}
+	if f.connectTimeout <= 0 {
+		return nil, fmt.Errorf("invalid --connect-timeout %v: must be > 0", f.connectTimeout)
+	}
+
+	switch {
+	case f.listen != "" && f.service == "":
+		return nil, errors.New("--listen needs --service NAME (or use --config FILE)")
+	case f.service != "" && f.listen == "":
+		return nil, errors.New("--service needs --listen ADDR (or use --config FILE)")
+	case f.listen == "" && f.configFile == "":
+		return nil, errors.New("nothing to serve: give --listen ADDR --service NAME, or --config FILE")
+	}
+	if f.listen != "" {
+		if err := discovery.ValidateServiceName(f.service); err != nil {
+			return nil, fmt.Errorf("invalid --service: %w", err)
+		}
+		if c.service(f.service) == nil {
+			c.services = append(c.services, serviceConfig{name: f.service,
+				lb: lb.Config{Policy: f.balance, MaxFails: f.maxFails, FailTimeout: f.failTimeout}})
+		} else if f.set["balance"] {
+			c.service(f.service).lb.Policy = f.balance
+		}
+		c.listeners = append(c.listeners, listenerConfig{name: "cli", address: f.listen,
+			routes: []routeConfig{{service: f.service}}})
+	}
+	for i := range c.services {
+		s := &c.services[i]
+		if s.lb.MaxFails == 0 {
+			s.lb.MaxFails = f.maxFails
+		}
+		if s.lb.FailTimeout == 0 {
+			s.lb.FailTimeout = f.failTimeout
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *config) service(name string) *serviceConfig {
+	for i := range c.services {
+		if c.services[i].name == name {
+			return &c.services[i]
+		}
+	}
+	return nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		return netip.ParsePrefix(s)
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, errors.New("not an IP address or CIDR prefix")
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func parseDuration(what, s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("invalid %s %q: want a positive duration such as 500ms, 10s, 1m", what, s)
+	}
+	return d, nil
+}
+
+// loadFile reads the HCL file into c. Errors name the file, line and value.
+func (c *config) loadFile(path string) error {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading config file: %w", err)
+	}
+	var fc fileConfig
+	if err := hclsimple.Decode(path+".hcl", src, nil, &fc); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return c.apply(path, &fc)
+}
+
+func (c *config) apply(path string, fc *fileConfig) error {
+	wrap := func(err error) error { return fmt.Errorf("config file %s: %w", path, err) }
+	if fc.Admin != nil {
+		c.admin = *fc.Admin
+	}
+	if fc.SnapshotFile != nil {
+		c.snapshotFile = *fc.SnapshotFile
+	}
+	if fc.AccessLog != nil {
+		c.accessLog = *fc.AccessLog
+	}
+	for _, p := range fc.TrustedProxies {
+		pfx, err := parsePrefix(p)
+		if err != nil {
+			return wrap(fmt.Errorf("invalid trusted_proxies entry %q: %w", p, err))
+		}
+		c.trustedProxies = append(c.trustedProxies, pfx)
+	}
+	if fc.Consul != nil {
+		if fc.Consul.Address != nil {
+			c.consul.Address = *fc.Consul.Address
+		}
+		if fc.Consul.TokenFile != nil {
+			c.consul.TokenFile = *fc.Consul.TokenFile
+		}
+		if fc.Consul.Stale != nil {
+			c.stale = *fc.Consul.Stale
+		}
+		if fc.Consul.Cached != nil {
+			c.cached = *fc.Consul.Cached
+		}
+	}
+	if p := fc.Proxy; p != nil {
+		for _, d := range []struct {
+			name string
+			src  *string
+			dst  *time.Duration
+		}{
+			{"proxy.connect_timeout", p.ConnectTimeout, &c.connectTimeout},
+			{"proxy.response_header_timeout", p.ResponseHeaderTimeout, &c.responseHeaderTimeout},
+			{"proxy.idle_timeout", p.IdleTimeout, &c.idleTimeout},
+			{"proxy.read_header_timeout", p.ReadHeaderTimeout, &c.readHeaderTimeout},
+		} {
+			if d.src == nil {
+				continue
+			}
+			v, err := parseDuration(d.name, *d.src)
+			if err != nil {
+				return wrap(err)
+			}
+			*d.dst = v
+		}
+		if p.MaxAttempts != nil {
+			if *p.MaxAttempts < 1 || *p.MaxAttempts > 10 {
+				return wrap(fmt.Errorf("invalid proxy.max_attempts %d: must be 1-10", *p.MaxAttempts))
+			}
+			c.maxAttempts = *p.MaxAttempts
+		}
+		if p.MaxHeaderBytes != nil {
+			if *p.MaxHeaderBytes < 1024 || *p.MaxHeaderBytes > 1<<20 {
+				return wrap(fmt.Errorf("invalid proxy.max_header_bytes %d: must be 1024-1048576", *p.MaxHeaderBytes))
+			}
+			c.maxHeaderBytes = *p.MaxHeaderBytes
+		}
+	}
+	for _, s := range fc.Services {
+		if err := discovery.ValidateServiceName(s.Name); err != nil {
+			return wrap(fmt.Errorf("service block: %w", err))
+		}
+		if c.service(s.Name) != nil {
+			return wrap(fmt.Errorf("service %q defined twice", s.Name))
+		}
+		sc := serviceConfig{name: s.Name}
+		if s.Balance != nil {
+			if err := lb.ValidatePolicy(*s.Balance); err != nil {
+				return wrap(fmt.Errorf("service %q: invalid balance: %w", s.Name, err))
+			}
+			sc.lb.Policy = *s.Balance
+		}
+		if s.Tag != nil {
+			sc.tag = *s.Tag
+		}
+		if s.MaxFails != nil {
+			if *s.MaxFails == 0 || *s.MaxFails < -1 {
+				return wrap(fmt.Errorf("service %q: invalid max_fails %d: must be >= 1, or -1 to disable", s.Name, *s.MaxFails))
+			}
+			sc.lb.MaxFails = *s.MaxFails
+		}
+		if s.FailTimeout != nil {
+			d, err := parseDuration(fmt.Sprintf("service %q fail_timeout", s.Name), *s.FailTimeout)
+			if err != nil {
+				return wrap(err)
+			}
+			sc.lb.FailTimeout = d
+		}
+		c.services = append(c.services, sc)
+	}
+	for _, l := range fc.Listeners {
+		lc := listenerConfig{name: l.Name, address: l.Address}
+		if len(l.Routes) == 0 {
+			return wrap(fmt.Errorf("listener %q has no route block", l.Name))
+		}
+		for _, r := range l.Routes {
+			rc := routeConfig{service: r.Service}
+			if r.Host != nil {
+				rc.host = *r.Host
+			}
+			if r.PathPrefix != nil {
+				rc.pathPrefix = *r.PathPrefix
+				if rc.pathPrefix != "" && !strings.HasPrefix(rc.pathPrefix, "/") {
+					return wrap(fmt.Errorf("listener %q: invalid path_prefix %q: must start with /", l.Name, rc.pathPrefix))
+				}
+			}
+			// A route may name a service without a service block: it gets defaults.
+			if c.service(r.Service) == nil {
+				if err := discovery.ValidateServiceName(r.Service); err != nil {
+					return wrap(fmt.Errorf("listener %q route: %w", l.Name, err))
+				}
+				c.services = append(c.services, serviceConfig{name: r.Service})
+			}
+			lc.routes = append(lc.routes, rc)
+		}
+		c.listeners = append(c.listeners, lc)
+	}
+	return nil
+}
+
+func (c *config) validate() error {
+	if c.admin == "off" {
+		c.admin = ""
+	}
+	if c.admin != "" {
+		if err := validateListenAddr(c.admin); err != nil {
+			return fmt.Errorf("invalid --admin %q: %w (or \"off\")", c.admin, err)
+		}
+	}
+	seen := map[string]string{}
+	for _, l := range c.listeners {
+		if err := validateListenAddr(l.address); err != nil {
+			return fmt.Errorf("invalid listen address %q (listener %q): %w", l.address, l.name, err)
+		}
+		if other, dup := seen[l.address]; dup {
+			return fmt.Errorf("listen address %q used by listeners %q and %q", l.address, other, l.name)
+		}
+		seen[l.address] = l.name
+	}
+	if len(c.listeners) == 0 {
+		return errors.New("no listener configured: give --listen ADDR --service NAME or a listener block")
+	}
+	return nil
+}
+
+// validateListenAddr checks host:port syntax; binding errors come later and
+// name the address too.
+func validateListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want HOST:PORT or :PORT")
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port %q must be 0-65535", port)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		if _, err := net.LookupHost(host); err != nil {
+			return fmt.Errorf("unknown host %q", host)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,467 @@
+// Command agent is meshlb's edge: it follows Consul's healthy instances of
+// one or more services with blocking queries and balances client requests
+// over them. See --help.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshlb/meshlb/discovery"
+	"github.com/meshlb/meshlb/internal/admin"
+	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/tracing"
+)
+
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitBadInput = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, nil))
+}
+
+// run is the agent's main; ready, if not nil, is closed once every
+// listener is bound (tests use it).
+func run(args []string, stdout, stderr io.Writer, ready chan<- string) int {
+	if len(args) > 0 && args[0] == "status" {
+		return runStatus(args[1:], stdout, stderr)
+	}
+	cfg, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "agent: %v\n", err)
+		return exitBadInput
+	}
+	logger, err := cli.NewLogger("agent", cfg.logLevel, cfg.logJSON, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "agent: %v\n", err)
+		return exitBadInput
+	}
+	a, err := newAgent(cfg, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "agent: %v\n", err)
+		return exitBadInput
+	}
+	return a.run(ready)
+}
+
+// serviceState is one watched service: its balancer and its watcher.
+type serviceState struct {
+	name     string
+	balancer *lb.Balancer
+	watcher  *discovery.Watcher
+
+	mu         sync.Mutex  // serializes updates; never taken on the request path
+	emptyTimer *time.Timer // pending "pool became empty", see onUpdate
+}
+
+type agent struct {
+	cfg      *config
+	log      hclog.Logger
+	client   *api.Client
+	services map[string]*serviceState
+	ordered  []*serviceState
+	metrics  *metrics
+
+	listeners []net.Listener
+	servers   []*http.Server
+	proxies   []*proxy.Proxy
+	admin     *http.Server
+	adminLn   net.Listener
+	adminAPI  *admin.Server
+
+	tracingShutdown func(context.Context) error
+	tracingOn       bool
+
+	saveMu   sync.Mutex
+	saveKick chan struct{}
+}
+
+func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
+	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
+	client, err := discovery.NewClient(cfg.consul)
+	if err != nil {
+		return nil, err
+	}
+	a.client = client
+	for _, sc := range cfg.services {
+		lbc := sc.lb
+		lbc.Logger = logger.Named("lb").With("service", sc.name)
+		b, err := lb.NewBalancer(sc.name, lbc)
+		if err != nil {
+			return nil, fmt.Errorf("service %q: %w", sc.name, err)
+		}
+		s := &serviceState{name: sc.name, balancer: b}
+		a.services[sc.name] = s
+		a.ordered = append(a.ordered, s)
+	}
+	a.metrics = newMetrics(a.ordered)
+	return a, nil
+}
+
+func (a *agent) run(ready chan<- string) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	shutdownTracing, on, err := tracing.Setup(ctx, tracing.Options{ServiceName: "meshlb-agent", Logger: a.log.Named("tracing")})
+	if err != nil {
+		a.log.Error("invalid tracing configuration", "error", err)
+		return exitBadInput
+	}
+	a.tracingShutdown, a.tracingOn = shutdownTracing, on
+
+	// Bind every port first: a taken port is a clear error before anything runs.
+	if err := a.listen(); err != nil {
+		a.log.Error("cannot listen", "error", err)
+		a.closeListeners()
+		return exitFailure
+	}
+	a.restoreSnapshot()
+	a.buildAdminAPI()
+	if err := a.buildServers(); err != nil {
+		a.log.Error("invalid configuration", "error", err)
+		a.closeListeners()
+		return exitBadInput
+	}
+
+	var wg sync.WaitGroup
+	for _, s := range a.ordered {
+		sc := a.cfg.service(s.name)
+		s := s
+		w, err := discovery.NewWatcher(a.client, discovery.WatchConfig{
+			Service: s.name, Tag: sc.tag, Stale: a.cfg.stale, Cached: a.cfg.cached,
+			Logger: a.log.Named("watch").With("service", s.name),
+		}, func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) })
+		if err != nil {
+			a.log.Error("invalid watch", "service", s.name, "error", err)
+			return exitBadInput
+		}
+		s.watcher = w
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w.Run(ctx) }()
+	}
+	if a.cfg.snapshotFile != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.saveLoop(ctx) }()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); a.adminAPI.Run(ctx) }()
+
+	errc := make(chan error, len(a.servers)+1)
+	for i, srv := range a.servers {
+		ln := a.listeners[i]
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serving %s: %w", ln.Addr(), err)
+			}
+		}()
+	}
+	if a.admin != nil {
+		go func() {
+			if err := a.admin.Serve(a.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin listener %s: %w", a.adminLn.Addr(), err)
+			}
+		}()
+	}
+	addrs := make([]string, 0, len(a.listeners))
+	for _, ln := range a.listeners {
+		addrs = append(addrs, ln.Addr().String())
+	}
+	names := make([]string, 0, len(a.services))
+	for n := range a.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	adminAddr := "off"
+	if a.adminLn != nil {
+		adminAddr = a.adminLn.Addr().String()
+	}
+	a.log.Info("agent started", "listen", strings.Join(addrs, ","), "services", strings.Join(names, ","),
+		"admin", adminAddr, "tracing", a.tracingOn)
+	if ready != nil {
+		ready <- adminAddr
+	}
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	code := exitOK
+	select {
+	case sig := <-sigs:
+		a.log.Info("signal received, shutting down gracefully", "signal", sig.String())
+	case err := <-errc:
+		a.log.Error("listener failed", "error", err)
+		code = exitFailure
+	}
+	a.shutdown(cancel, &wg)
+	return code
+}
+
+// onUpdate applies a watch update to the service's pool. An update that
+// would empty a non-empty pool is held for --empty-pool-grace: a Consul
+// agent that restarted empty answers "no instances" until the registrars
+// have registered again, and dropping every instance meanwhile would turn
+// a Consul restart into an outage. Instances that really are gone are
+// still avoided by passive health during the grace.
+func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instance) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.emptyTimer != nil {
+		s.emptyTimer.Stop()
+		s.emptyTimer = nil
+	}
+	if pool := s.balancer.Pool(); len(insts) == 0 && pool != nil && len(pool.Instances) > 0 && a.cfg.emptyGrace > 0 {
+		a.log.Warn("consul reports no instances; keeping the last pool for the grace period in case Consul lost its state",
+			"service", s.name, "instances", len(pool.Instances), "grace", a.cfg.emptyGrace)
+		s.emptyTimer = time.AfterFunc(a.cfg.emptyGrace, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if ctx.Err() != nil || s.emptyTimer == nil {
+				return
+			}
+			s.emptyTimer = nil
+			s.balancer.Update(nil)
+			a.log.Warn("pool emptied: consul still reports no instances after the grace period", "service", s.name)
+			a.kickSave()
+		})
+		return
+	}
+	s.balancer.Update(insts)
+	a.log.Info("pool updated", "service", s.name, "instances", len(insts))
+	a.kickSave()
+}
+
+// listen binds the client listeners and the admin listener.
+func (a *agent) listen() error {
+	for _, l := range a.cfg.listeners {
+		ln, err := net.Listen("tcp", l.address)
+		if err != nil {
+			return fmt.Errorf("listener %q on %s: %w", l.name, l.address, err)
+		}
+		a.listeners = append(a.listeners, ln)
+	}
+	if a.cfg.admin != "" {
+		ln, err := net.Listen("tcp", a.cfg.admin)
+		if err != nil {
+			return fmt.Errorf("admin listener on %s: %w (use --admin ADDR or --admin off)", a.cfg.admin, err)
+		}
+		a.adminLn = ln
+	}
+	return nil
+}
+
+func (a *agent) closeListeners() {
+	for _, ln := range a.listeners {
+		ln.Close()
+	}
+	if a.adminLn != nil {
+		a.adminLn.Close()
+	}
+}
+
+func (a *agent) buildServers() error {
+	for _, l := range a.cfg.listeners {
+		routes := make([]proxy.Route, 0, len(l.routes))
+		for _, r := range l.routes {
+			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Balancer: a.services[r.service].balancer})
+		}
+		p, err := proxy.New(proxy.Config{
+			ConnectTimeout:        a.cfg.connectTimeout,
+			ResponseHeaderTimeout: a.cfg.responseHeaderTimeout,
+			IdleConnTimeout:       a.cfg.idleTimeout,
+			MaxAttempts:           a.cfg.maxAttempts,
+			TrustedProxies:        a.cfg.trustedProxies,
+			Logger:                a.log.Named("proxy").With("listener", l.name),
+			AccessLog:             a.cfg.accessLog,
+			Tracing:               a.tracingOn,
+			OnFailure: func(service, instance, traceID string, status int) {
+				a.adminAPI.RecordFailure(service, instance, traceID, status, time.Now())
+			},
+		}, routes)
+		if err != nil {
+			return fmt.Errorf("listener %q: %w", l.name, err)
+		}
+		a.proxies = append(a.proxies, p)
+		h := a.metrics.instrument(l.name, p)
+		a.servers = append(a.servers, proxy.NewServer(l.address, h, proxy.ServerConfig{
+			ReadHeaderTimeout: a.cfg.readHeaderTimeout,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    a.cfg.maxHeaderBytes,
+		}, a.log.Named("http")))
+	}
+	if a.adminLn != nil {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", a.healthz)
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+		// One port for browsers (HTTP/1) and gRPC clients (h2c). No
+		// WriteTimeout: it would cut watch streams.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true)
+		a.admin = &http.Server{Handler: a.adminAPI.Handler(mux), ReadHeaderTimeout: 5 * time.Second, Protocols: &protos}
+	}
+	return nil
+}
+
+// buildAdminAPI makes the admin API (gRPC, status page) over the pools.
+func (a *agent) buildAdminAPI() {
+	svcs := make([]admin.Service, 0, len(a.ordered))
+	for _, s := range a.ordered {
+		s := s
+		svcs = append(svcs, admin.Service{Name: s.name, Balancer: s.balancer, Status: func() admin.WatchInfo {
+			if s.watcher == nil {
+				return admin.WatchInfo{}
+			}
+			st := s.watcher.Status()
+			info := admin.WatchInfo{LastSuccess: st.LastSuccess, Errors: st.Errors, Index: st.Index}
+			if st.LastError != nil {
+				info.LastError = st.LastError.Error()
+			}
+			return info
+		}})
+	}
+	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin")})
+}
+
+// healthz answers 200 once every service has a pool (from Consul or from
+// the snapshot file), else 503 naming the services still waiting.
+func (a *agent) healthz(w http.ResponseWriter, _ *http.Request) {
+	var waiting []string
+	var b strings.Builder
+	for _, s := range a.ordered {
+		pool := s.balancer.Pool()
+		if pool == nil {
+			waiting = append(waiting, s.name)
+			fmt.Fprintf(&b, "%s: waiting for the first pool from Consul\n", s.name)
+			continue
+		}
+		fmt.Fprintf(&b, "%s: %d instances\n", s.name, len(pool.Instances))
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(waiting) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	io.WriteString(w, b.String())
+}
+
+// shutdown stops accepting, lets in-flight requests finish (bounded), stops
+// the watches, saves the pools and flushes traces.
+func (a *agent) shutdown(cancel context.CancelFunc, wg *sync.WaitGroup) {
+	ctx, done := context.WithTimeout(context.Background(), 30*time.Second)
+	defer done()
+	var swg sync.WaitGroup
+	for _, srv := range a.servers {
+		swg.Add(1)
+		go func() { defer swg.Done(); _ = srv.Shutdown(ctx) }()
+	}
+	swg.Wait()
+	cancel() // ends watches, admin streams and the snapshot loop
+	if a.admin != nil {
+		_ = a.admin.Shutdown(ctx)
+	}
+	wg.Wait()
+	a.saveSnapshot()
+	for _, p := range a.proxies {
+		p.CloseIdleConnections()
+	}
+	if a.tracingShutdown != nil {
+		tctx, tdone := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = a.tracingShutdown(tctx)
+		tdone()
+	}
+	a.log.Info("agent stopped")
+}
+
+// restoreSnapshot loads the last known pools so the agent serves at once
+// after a restart, even before Consul answers. Consul's answers replace them.
+func (a *agent) restoreSnapshot() {
+	if a.cfg.snapshotFile == "" {
+		return
+	}
+	pools, err := discovery.LoadSnapshot(a.cfg.snapshotFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		a.log.Warn("cannot restore the pool snapshot; waiting for Consul", "error", err)
+		return
+	}
+	for name, insts := range pools {
+		if s, ok := a.services[name]; ok && len(insts) > 0 {
+			s.balancer.Update(insts)
+			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.snapshotFile)
+		}
+	}
+}
+
+func (a *agent) kickSave() {
+	select {
+	case a.saveKick <- struct{}{}:
+	default:
+	}
+}
+
+// saveLoop writes the snapshot after pool changes, at most once a second.
+func (a *agent) saveLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.saveKick:
+			a.saveSnapshot()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (a *agent) saveSnapshot() {
+	if a.cfg.snapshotFile == "" {
+		return
+	}
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	pools := map[string][]lb.Instance{}
+	for _, s := range a.ordered {
+		pool := s.balancer.Pool()
+		if pool == nil {
+			continue
+		}
+		insts := make([]lb.Instance, 0, len(pool.Instances))
+		for _, in := range pool.Instances {
+			c := *in
+			c.Stats = nil
+			insts = append(insts, c)
+		}
+		pools[s.name] = insts
+	}
+	if err := discovery.SaveSnapshot(a.cfg.snapshotFile, pools); err != nil {
+		a.log.Warn("cannot save the pool snapshot", "file", a.cfg.snapshotFile, "error", err)
+	}
+}

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshlb/meshlb/internal/admin"
+	"github.com/meshlb/meshlb/internal/admin/adminpb"
+)
+
+const statusUsage = `Usage: agent status [--admin ADDR] [--json] [--watch] [SERVICE...]
+
+Shows the pools of a running agent (all services, or the ones named), read
+from its admin API: one line per instance with its state (serving, ejected,
+draining), requests in flight, request and error counts, latency EWMA and
+weight. --watch then prints every change as it happens; --json prints the
+pools as JSON (and, with --watch, one JSON event per line after them).
+
+Flags:
+`
+
+// runStatus is `agent status`: it prints the pools of the agent whose admin
+// API listens on --admin, and with --watch follows their changes until
+// interrupted. It returns the exit code.
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return statusMain(ctx, args, stdout, stderr)
+}
+
+// statusMain is runStatus with the context that ends --watch.
+func statusMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), statusUsage)
+		fs.PrintDefaults()
+	}
+	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
+	asJSON := fs.Bool("json", false, "print JSON (for scripts) instead of a table")
+	watch := fs.Bool("watch", false, "after the pools, print their changes as they happen, until interrupted")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitBadInput
+	}
+	if err := checkAdminAddr(*addr); err != nil {
+		fmt.Fprintf(stderr, "agent status: invalid --admin %q: %v\n", *addr, err)
+		return exitBadInput
+	}
+	if *timeout <= 0 {
+		fmt.Fprintf(stderr, "agent status: invalid --timeout %s: must be positive\n", *timeout)
+		return exitBadInput
+	}
+
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintf(stderr, "agent status: invalid --admin %q: %v\n", *addr, err)
+		return exitBadInput
+	}
+	defer conn.Close()
+	client := adminpb.NewAdminClient(conn)
+
+	lctx, cancel := context.WithTimeout(ctx, *timeout)
+	resp, err := client.ListPools(lctx, &adminpb.ListPoolsRequest{Services: fs.Args()})
+	cancel()
+	if err != nil {
+		fmt.Fprintf(stderr, "agent status: %v\n", callError(*addr, *timeout, err))
+		return exitFailure
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		if !*watch {
+			enc.SetIndent("", "  ")
+		}
+		if err := enc.Encode(admin.ViewPools(resp)); err != nil {
+			fmt.Fprintf(stderr, "agent status: %v\n", err)
+			return exitFailure
+		}
+	} else if err := printPools(stdout, resp); err != nil {
+		fmt.Fprintf(stderr, "agent status: %v\n", err)
+		return exitFailure
+	}
+	if !*watch {
+		return exitOK
+	}
+
+	// Continue from the snapshot just printed: the agent replays what
+	// changed since, so nothing falls between the table and the watch.
+	stream, err := client.WatchPools(ctx, &adminpb.WatchPoolsRequest{
+		Services: fs.Args(), Replay: true, AfterSeq: resp.GetLastEventSeq(),
+	})
+	if err == nil && !*asJSON {
+		fmt.Fprintln(stderr, "watching for changes (Ctrl-C to stop)")
+	}
+	for err == nil {
+		var ev *adminpb.PoolEvent
+		if ev, err = stream.Recv(); err != nil {
+			break
+		}
+		if *asJSON {
+			err = json.NewEncoder(stdout).Encode(admin.ViewEvent(ev))
+		} else {
+			err = printEvent(stdout, ev)
+		}
+	}
+	if ctx.Err() != nil {
+		return exitOK // interrupted: the normal end of --watch
+	}
+	fmt.Fprintf(stderr, "agent status: watch ended: %v\n", callError(*addr, *timeout, err))
+	return exitFailure
+}
+
+// checkAdminAddr accepts HOST:PORT with a numeric port.
+func checkAdminAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:9070: %w", err)
+	}
+	if host == "" {
+		return errors.New("want HOST:PORT with a host, e.g. 127.0.0.1:9070")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// callError explains a failed call to the admin API at addr in words a
+// person can act on.
+func callError(addr string, timeout time.Duration, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Errorf("cannot reach the agent's admin API at %s (is the agent running with --admin %s?): %s",
+			addr, addr, st.Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("no answer from the agent's admin API at %s within %s", addr, timeout)
+	case codes.Unimplemented:
+		return fmt.Errorf("%s does not serve the meshlb admin API: %s", addr, st.Message())
+	default:
+		return fmt.Errorf("admin API at %s: %s", addr, st.Message())
+	}
+}
+
+// printPools writes the pools as a table, then a note for every pool whose
+// discovery is failing.
+func printPools(w io.Writer, resp *adminpb.ListPoolsResponse) error {
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tADDRESS\tPID\tHOST\tSTATE\tINFLIGHT\tREQS\tERRS\tEWMA\tWEIGHT")
+	for _, p := range resp.GetPools() {
+		switch {
+		case !p.GetHasPool():
+			fmt.Fprintf(tw, "%s\t(no pool yet)\t\t\t\t\t\t\t\t\t\n", p.GetService())
+		case len(p.GetInstances()) == 0:
+			fmt.Fprintf(tw, "%s\t(no instances)\t\t\t\t\t\t\t\t\t\n", p.GetService())
+		}
+		for _, in := range p.GetInstances() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\n",
+				p.GetService(), in.GetId(), dash(in.GetAddress()), dash(in.GetPid()), dash(in.GetHost()),
+				admin.StateName(in.GetState()), in.GetInFlight(), in.GetRequests(), in.GetFailures(),
+				formatEWMA(in), in.GetWeight())
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// The padding of empty trailing cells is noise.
+	for line := range strings.Lines(buf.String()) {
+		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
+		}
+	}
+	for _, p := range resp.GetPools() {
+		wi := p.GetWatch()
+		if wi.GetLastError() == "" {
+			continue
+		}
+		last := "never"
+		if wi.GetLastSuccess() != nil {
+			last = wi.GetLastSuccess().AsTime().Local().Format(time.DateTime)
+		}
+		if _, err := fmt.Fprintf(w, "\n%s: discovery failing (%d errors, last success %s): %s\n",
+			p.GetService(), wi.GetErrors(), last, wi.GetLastError()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printEvent writes one change as a line.
+func printEvent(w io.Writer, ev *adminpb.PoolEvent) error {
+	in := ev.GetInstance()
+	_, err := fmt.Fprintf(w, "%s  %-9s  %s  %s  %s  pid=%s host=%s state=%s\n",
+		ev.GetTime().AsTime().Local().Format("15:04:05.000"), admin.KindName(ev.GetKind()),
+		ev.GetService(), in.GetId(), dash(in.GetAddress()), dash(in.GetPid()), dash(in.GetHost()),
+		admin.StateName(in.GetState()))
+	return err
+}
+
+func formatEWMA(in *adminpb.Instance) string {
+	d := in.GetEwmaLatency().AsDuration()
+	switch {
+	case in.GetEwmaLatency() == nil || d <= 0:
+		return "-"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,154 @@
+package admin
+
+import (
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/meshlb/meshlb/internal/admin/adminpb"
+	"github.com/meshlb/meshlb/lb"
+)
+
+// pollOnce diffs every pool against the previous poll, records the changes
+// as events and updates the health service. Pools are read with one atomic
+// load and instance states from the Stats atomics: nothing here slows the
+// request path down.
+func (s *Server) pollOnce(now time.Time) {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	var evs []*adminpb.PoolEvent
+	add := func(svc string, kind adminpb.PoolEvent_Kind, in *lb.Instance) {
+		evs = append(evs, &adminpb.PoolEvent{
+			Time:     timestamppb.New(now),
+			Service:  svc,
+			Kind:     kind,
+			Instance: instanceProto(in, now),
+		})
+	}
+	for i := range s.services {
+		svc := &s.services[i]
+		prev := s.prev[svc.Name]
+		var cur map[string]seen
+		if p := svc.Balancer.Pool(); p != nil {
+			cur = make(map[string]seen, len(p.Instances))
+			for _, in := range p.Instances {
+				st := seen{inst: in, ejected: ejected(in, now), draining: draining(in)}
+				cur[in.ID] = st
+				old, ok := prev[in.ID]
+				switch {
+				case !ok:
+					add(svc.Name, adminpb.PoolEvent_KIND_JOINED, in)
+					continue
+				case old.inst.Stats != in.Stats:
+					// Left and came back between two polls: its counters
+					// started over, so say so.
+					add(svc.Name, adminpb.PoolEvent_KIND_LEFT, old.inst)
+					add(svc.Name, adminpb.PoolEvent_KIND_JOINED, in)
+					continue
+				}
+				if st.ejected != old.ejected {
+					add(svc.Name, pick(st.ejected, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
+				}
+				if st.draining != old.draining {
+					add(svc.Name, pick(st.draining, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
+				}
+			}
+		}
+		for id, old := range prev {
+			if _, ok := cur[id]; !ok {
+				add(svc.Name, adminpb.PoolEvent_KIND_LEFT, old.inst)
+			}
+		}
+		s.prev[svc.Name] = cur
+	}
+	s.publish(evs)
+	s.updateHealth()
+}
+
+func pick[T any](cond bool, yes, no T) T {
+	if cond {
+		return yes
+	}
+	return no
+}
+
+// publish appends events to the ring and wakes the watchers.
+func (s *Server) publish(evs []*adminpb.PoolEvent) {
+	if len(evs) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, ev := range evs {
+		s.seq++
+		ev.Seq = s.seq
+		s.events[(s.seq-1)%maxEvents] = ev
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	for _, ev := range evs {
+		s.log.Debug("pool changed", "service", ev.Service, "instance", ev.Instance.GetId(),
+			"change", KindName(ev.Kind))
+	}
+}
+
+// eventsAfter returns the recorded events with a sequence number above
+// after (the oldest first; fewer than asked for if the ring no longer holds
+// them), the last sequence number, and a channel closed on the next change.
+// The events are shared and must not be modified.
+func (s *Server) eventsAfter(after uint64) ([]*adminpb.PoolEvent, uint64, <-chan struct{}) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	first := after + 1
+	if s.seq > maxEvents && first <= s.seq-maxEvents {
+		first = s.seq - maxEvents + 1
+	}
+	var evs []*adminpb.PoolEvent
+	for q := first; q <= s.seq; q++ {
+		evs = append(evs, s.events[(q-1)%maxEvents])
+	}
+	return evs, s.seq, s.changed
+}
+
+// notifier returns a channel closed on the next change.
+func (s *Server) notifier() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// lastSeq returns the sequence number of the last event.
+func (s *Server) lastSeq() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.seq
+}
+
+// updateHealth sets the health status of every service (SERVING once it
+// has a pool) and the overall one (SERVING when they all have).
+func (s *Server) updateHealth() {
+	all := healthpb.HealthCheckResponse_SERVING
+	for i := range s.services {
+		svc := &s.services[i]
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if svc.Balancer.Pool() != nil {
+			st = healthpb.HealthCheckResponse_SERVING
+		} else {
+			all = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		s.setHealth(svc.Name, st)
+	}
+	s.setHealth("", all)
+}
+
+func (s *Server) setHealth(name string, st healthpb.HealthCheckResponse_ServingStatus) {
+	if old, ok := s.serving[name]; ok && old == st {
+		return
+	}
+	s.serving[name] = st
+	s.health.SetServingStatus(name, st)
+	if name != "" {
+		s.log.Debug("health changed", "service", name, "status", st.String())
+	}
+}
