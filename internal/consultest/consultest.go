@@ -33,6 +33,8 @@ type Server struct {
 	Binary  string
 
 	extraHCL string
+	client   *api.Client
+	clientMu sync.Once
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	done     chan struct{}
@@ -203,16 +205,21 @@ func waitLeader(ctx context.Context, addr string, exited <-chan struct{}) error 
 	}
 }
 
-// Client returns a consul/api client for this agent.
+// Client returns a consul/api client for this agent. It is made once and
+// shared, so polling tests reuse its connections instead of running into
+// Consul's per-client connection limit (http_max_conns_per_client, 200).
 func (s *Server) Client() *api.Client {
-	cfg := api.DefaultConfig()
-	cfg.Address = s.HTTPAddr
-	cfg.Token = ""
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		panic(err) // only fails on bad TLS config, which we never set
-	}
-	return c
+	s.clientMu.Do(func() {
+		cfg := api.DefaultConfig()
+		cfg.Address = s.HTTPAddr
+		cfg.Token = ""
+		c, err := api.NewClient(cfg)
+		if err != nil {
+			panic(err) // only fails on bad TLS config, which we never set
+		}
+		s.client = c
+	})
+	return s.client
 }
 
 // Env returns CONSUL_HTTP_ADDR=... for child processes.
