@@ -50,6 +50,7 @@ type config struct {
 	tags                 cli.StringList
 	meta                 cli.KeyValues
 	check, checkPath     string
+	grpcService          string
 	probeHost            string
 	checkInterval        time.Duration
 	checkTimeout         time.Duration
@@ -64,7 +65,7 @@ type config struct {
 	command              []string
 }
 
-var checkTypes = []string{"http", "tcp"}
+var checkTypes = []string{"http", "tcp", "grpc"}
 
 // errHelp is returned when --help was asked for.
 var errHelp = flag.ErrHelp
@@ -86,7 +87,8 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.meshPort, "mesh-port", 0, "mesh mode: listen on `PORT`, register it, and forward to the app on loopback, tracing every request")
 	fs.Var(&c.tags, "tag", "service `TAG` (repeatable, or comma-separated)")
 	fs.Var(c.meta, "meta", "service metadata `KEY=VALUE` (repeatable); pid and host are set by the registrar")
-	fs.StringVar(&c.check, "check", "http", "how to probe the app: `http|tcp`")
+	fs.StringVar(&c.check, "check", "http", "how to probe the app: `http|tcp|grpc` (grpc: the standard grpc.health.v1 service)")
+	fs.StringVar(&c.grpcService, "check-grpc-service", "", "service `NAME` to ask about when --check grpc (default \"\": the server as a whole)")
 	fs.StringVar(&c.checkPath, "check-path", "/", "HTTP `PATH` to GET when --check http")
 	fs.StringVar(&c.probeHost, "probe-host", "127.0.0.1", "`HOST` the app is probed on")
 	fs.DurationVar(&c.checkInterval, "check-interval", time.Second, "time between probes")
@@ -147,7 +149,7 @@ func (c *config) validate() error {
 		}
 	}
 	switch c.check {
-	case "http", "tcp":
+	case "http", "tcp", "grpc":
 	default:
 		return fmt.Errorf("unknown --check %q: valid check types are %s", c.check, strings.Join(checkTypes, ", "))
 	}

@@ -217,6 +217,7 @@ func (r *registrar) attach(ctx context.Context, sigs <-chan os.Signal) error {
 // attach mode it also follows the app's PID when the app is restarted.
 func (r *registrar) probeLoop(ctx context.Context) {
 	p := newProber(r.cfg)
+	defer p.close()
 	var last discovery.Health
 	t := time.NewTicker(r.cfg.checkInterval)
 	defer t.Stop()

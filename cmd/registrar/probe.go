@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/meshlb/meshlb/discovery"
 )
@@ -17,11 +20,14 @@ import (
 // prober checks the app the way Consul's own checks would: HTTP 2xx is
 // passing, 429 warning, anything else critical; TCP connect is passing.
 type prober struct {
-	kind    string // "http" or "tcp"
+	kind    string // "http", "tcp" or "grpc"
 	addr    string // host:port of the app
 	url     string
 	timeout time.Duration
 	client  *http.Client
+
+	grpcService string
+	grpcConn    *grpc.ClientConn // made lazily, kept: gRPC reconnects by itself
 }
 
 func newProber(c *config) *prober {
@@ -39,12 +45,44 @@ func newProber(c *config) *prober {
 			},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
+		grpcService: c.grpcService,
 	}
+}
+
+// close releases the gRPC connection, if any.
+func (p *prober) close() {
+	if p.grpcConn != nil {
+		p.grpcConn.Close()
+	}
+}
+
+// probeGRPC asks the app's grpc.health.v1 service: SERVING is passing,
+// anything else critical.
+func (p *prober) probeGRPC(ctx context.Context) discovery.Health {
+	if p.grpcConn == nil {
+		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return discovery.Health{Status: api.HealthCritical, Output: fmt.Sprintf("gRPC health %s: %v", p.addr, err)}
+		}
+		p.grpcConn = conn
+	}
+	resp, err := healthpb.NewHealthClient(p.grpcConn).Check(ctx, &healthpb.HealthCheckRequest{Service: p.grpcService})
+	if err != nil {
+		return discovery.Health{Status: api.HealthCritical, Output: fmt.Sprintf("gRPC health %s service %q: %v", p.addr, p.grpcService, err)}
+	}
+	out := fmt.Sprintf("gRPC health %s service %q: %s", p.addr, p.grpcService, resp.GetStatus())
+	if resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+		return discovery.Health{Status: api.HealthPassing, Output: out}
+	}
+	return discovery.Health{Status: api.HealthCritical, Output: out}
 }
 
 func (p *prober) probe(ctx context.Context) discovery.Health {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
+	if p.kind == "grpc" {
+		return p.probeGRPC(ctx)
+	}
 	if p.kind == "tcp" {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", p.addr)
