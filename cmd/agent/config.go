@@ -80,6 +80,7 @@ type fileProxy struct {
 	IdleTimeout           *string `hcl:"idle_timeout,optional"`
 	MaxAttempts           *int    `hcl:"max_attempts,optional"`
 	MaxHeaderBytes        *int    `hcl:"max_header_bytes,optional"`
+	MaxBodySize           *string `hcl:"max_body_size,optional"`
 	ReadHeaderTimeout     *string `hcl:"read_header_timeout,optional"`
 }
 
@@ -120,6 +121,7 @@ type config struct {
 	readHeaderTimeout     time.Duration
 	maxAttempts           int
 	maxHeaderBytes        int
+	maxBodyBytes          int64
 
 	services  []serviceConfig
 	listeners []listenerConfig
@@ -148,7 +150,8 @@ type routeConfig struct {
 type flags struct {
 	listen, service, balance, configFile, admin, snapshotFile string
 	consulAddr, consulTokenFile                               string
-	maxFails                                                  int
+	maxFails, maxHeaderBytes                                  int
+	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
 	stale, cached, accessLog, logJSON                         bool
 	trusted, adminAllow                                       cli.StringList
@@ -179,6 +182,8 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
 	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
+	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
+	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
@@ -227,6 +232,19 @@ func (f *flags) resolve() (*config, error) {
 	}
 	if f.set["cached"] {
 		c.cached = f.cached
+	}
+	if f.set["max-header-bytes"] {
+		if f.maxHeaderBytes < 1024 || f.maxHeaderBytes > 1<<20 {
+			return nil, fmt.Errorf("invalid --max-header-bytes %d: must be 1024-1048576", f.maxHeaderBytes)
+		}
+		c.maxHeaderBytes = f.maxHeaderBytes
+	}
+	if f.set["max-body-size"] {
+		n, err := parseSize(f.maxBodySize)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --max-body-size %q: %w", f.maxBodySize, err)
+		}
+		c.maxBodyBytes = n
 	}
 	if f.set["access-log"] {
 		c.accessLog = f.accessLog
@@ -320,6 +338,25 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// parseSize reads a byte size as nginx writes it: 1048576, 512k, 1m, 2g.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	t := strings.ToLower(strings.TrimSpace(s))
+	switch {
+	case strings.HasSuffix(t, "k"):
+		mult, t = 1<<10, t[:len(t)-1]
+	case strings.HasSuffix(t, "m"):
+		mult, t = 1<<20, t[:len(t)-1]
+	case strings.HasSuffix(t, "g"):
+		mult, t = 1<<30, t[:len(t)-1]
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, errors.New("want a size such as 1048576, 512k, 1m or 2g (0 for no limit)")
+	}
+	return n * mult, nil
+}
+
 func parseDuration(what, s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
@@ -334,6 +371,11 @@ func (c *config) loadFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("reading config file: %w", err)
 	}
+	return c.loadBytes(path, src)
+}
+
+// loadBytes parses HCL source; path names it in errors.
+func (c *config) loadBytes(path string, src []byte) error {
 	var fc fileConfig
 	if err := hclsimple.Decode(path+".hcl", src, nil, &fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
@@ -398,6 +440,13 @@ func (c *config) apply(path string, fc *fileConfig) error {
 				return wrap(fmt.Errorf("invalid proxy.max_attempts %d: must be 1-10", *p.MaxAttempts))
 			}
 			c.maxAttempts = *p.MaxAttempts
+		}
+		if p.MaxBodySize != nil {
+			n, err := parseSize(*p.MaxBodySize)
+			if err != nil {
+				return wrap(fmt.Errorf("invalid proxy.max_body_size %q: %w", *p.MaxBodySize, err))
+			}
+			c.maxBodyBytes = n
 		}
 		if p.MaxHeaderBytes != nil {
 			if *p.MaxHeaderBytes < 1024 || *p.MaxHeaderBytes > 1<<20 {

@@ -24,20 +24,34 @@ import (
 	"github.com/meshlb/meshlb/internal/testproc"
 )
 
-var bins map[string]string
+var (
+	binsOnce sync.Once
+	binsDir  string
+	binsMap  map[string]string
+	binsErr  error
+)
+
+// bin builds the agent and registrar once per test binary (lazily, so
+// unit and fuzz runs don't pay for it) and returns the path of name.
+func bin(t testing.TB, name string) string {
+	t.Helper()
+	binsOnce.Do(func() {
+		binsDir, binsErr = os.MkdirTemp("", "agent-test")
+		if binsErr == nil {
+			binsMap, binsErr = testproc.Build(binsDir, "agent", "registrar")
+		}
+	})
+	if binsErr != nil {
+		t.Fatal(binsErr)
+	}
+	return binsMap[name]
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agent-test")
-	if err != nil {
-		panic(err)
-	}
-	bins, err = testproc.Build(dir, "agent", "registrar")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if binsDir != "" {
+		os.RemoveAll(binsDir)
+	}
 	os.Exit(code)
 }
 
@@ -72,7 +86,7 @@ func (c *cluster) addInstance(extra ...string) int {
 	port := testproc.FreePort(c.t)
 	args := append([]string{"--service", c.service, "--port", strconv.Itoa(port), "--drain", "1s", "--log-level", "warn"}, extra...)
 	args = append(append(args, "--"), append(testproc.App(c.t, port), "--logging=warning")...)
-	c.regs[port] = testproc.Start(c.t, c.consul.Env(), bins["registrar"], args...)
+	c.regs[port] = testproc.Start(c.t, c.consul.Env(), bin(c.t, "registrar"), args...)
 	return port
 }
 
@@ -82,7 +96,7 @@ func (c *cluster) startAgent(extra ...string) {
 	c.addr = fmt.Sprintf("127.0.0.1:%d", lport)
 	c.admin = fmt.Sprintf("127.0.0.1:%d", aport)
 	args := append([]string{"--listen", c.addr, "--service", c.service, "--admin", c.admin}, extra...)
-	c.agent = testproc.Start(c.t, c.consul.Env(), bins["agent"], args...)
+	c.agent = testproc.Start(c.t, c.consul.Env(), bin(c.t, "agent"), args...)
 	if err := consultest.WaitListening(c.addr, 10*time.Second); err != nil {
 		c.t.Fatal(err)
 	}
@@ -419,7 +433,7 @@ func TestBeforeFirstPoolAnswers503(t *testing.T) {
 	port := testproc.FreePort(t)
 	lport, aport := testproc.FreePort(t), testproc.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", lport)
-	testproc.Start(t, []string{fmt.Sprintf("CONSUL_HTTP_ADDR=127.0.0.1:%d", port)}, bins["agent"],
+	testproc.Start(t, []string{fmt.Sprintf("CONSUL_HTTP_ADDR=127.0.0.1:%d", port)}, bin(t, "agent"),
 		"--listen", addr, "--service", "nothing", "--admin", fmt.Sprintf("127.0.0.1:%d", aport))
 	if err := consultest.WaitListening(addr, 10*time.Second); err != nil {
 		t.Fatal(err)

@@ -305,7 +305,7 @@ func (a *agent) buildServers() error {
 			return fmt.Errorf("listener %q: %w", l.name, err)
 		}
 		a.proxies = append(a.proxies, p)
-		h := a.metrics.instrument(l.name, p)
+		h := a.metrics.instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
 		a.servers = append(a.servers, proxy.NewServer(l.address, h, proxy.ServerConfig{
 			ReadHeaderTimeout: a.cfg.readHeaderTimeout,
 			IdleTimeout:       120 * time.Second,
@@ -324,6 +324,28 @@ func (a *agent) buildServers() error {
 		a.admin = &http.Server{Handler: a.adminAPI.Handler(mux), ReadHeaderTimeout: 5 * time.Second, Protocols: &protos}
 	}
 	return nil
+}
+
+// limitBody answers 413 to a request whose declared body is larger than
+// max, and caps an undeclared (chunked) one; max 0 means no limit.
+func limitBody(max int64, next http.Handler) http.Handler {
+	if max <= 0 {
+		return next
+	}
+	msg := fmt.Sprintf("request body larger than %d bytes\n", max)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, msg)
+			return
+		}
+		if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+			r.Body = http.MaxBytesReader(w, r.Body, max)
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // buildAdminAPI makes the admin API (gRPC, status page) over the pools.
