@@ -59,7 +59,9 @@ func TestMain(m *testing.M) {
 // agent in front of them.
 type cluster struct {
 	t       *testing.T
-	consul  *consultest.Server
+	consul  *consultest.Server // nil when the cluster runs on a consultest.Cluster
+	env     []string           // CONSUL_HTTP_ADDR for registrars and the agent
+	capi    *api.Client        // for the test's own queries
 	service string
 	regs    map[int]*testproc.Proc // by app port
 	agent   *testproc.Proc
@@ -70,7 +72,15 @@ type cluster struct {
 
 func newCluster(t *testing.T, service string, instances int, agentArgs ...string) *cluster {
 	t.Helper()
-	c := &cluster{t: t, consul: consultest.New(t), service: service, regs: map[int]*testproc.Proc{},
+	srv := consultest.New(t)
+	return newClusterOn(t, srv, srv.Env(), srv.Client(), service, instances, agentArgs...)
+}
+
+// newClusterOn is newCluster with Consul reached through env (for
+// processes) and capi (for the test).
+func newClusterOn(t *testing.T, srv *consultest.Server, env []string, capi *api.Client, service string, instances int, agentArgs ...string) *cluster {
+	t.Helper()
+	c := &cluster{t: t, consul: srv, env: env, capi: capi, service: service, regs: map[int]*testproc.Proc{},
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
 	t.Cleanup(c.client.CloseIdleConnections)
 	for range instances {
@@ -86,7 +96,7 @@ func (c *cluster) addInstance(extra ...string) int {
 	port := testproc.FreePort(c.t)
 	args := append([]string{"--service", c.service, "--port", strconv.Itoa(port), "--drain", "1s", "--log-level", "warn"}, extra...)
 	args = append(append(args, "--"), append(testproc.App(c.t, port), "--logging=warning")...)
-	c.regs[port] = testproc.Start(c.t, c.consul.Env(), bin(c.t, "registrar"), args...)
+	c.regs[port] = testproc.Start(c.t, c.env, bin(c.t, "registrar"), args...)
 	return port
 }
 
@@ -96,7 +106,7 @@ func (c *cluster) startAgent(extra ...string) {
 	c.addr = fmt.Sprintf("127.0.0.1:%d", lport)
 	c.admin = fmt.Sprintf("127.0.0.1:%d", aport)
 	args := append([]string{"--listen", c.addr, "--service", c.service, "--admin", c.admin}, extra...)
-	c.agent = testproc.Start(c.t, c.consul.Env(), bin(c.t, "agent"), args...)
+	c.agent = testproc.Start(c.t, c.env, bin(c.t, "agent"), args...)
 	if err := consultest.WaitListening(c.addr, 10*time.Second); err != nil {
 		c.t.Fatal(err)
 	}
@@ -125,7 +135,7 @@ func (c *cluster) get(path string) (int, int, error) {
 
 // passingPIDs returns the PIDs Consul lists as passing for the service.
 func (c *cluster) passingPIDs() map[int]bool {
-	entries, _, err := c.consul.Client().Health().Service(c.service, "", true, nil)
+	entries, _, err := c.capi.Health().Service(c.service, "", true, nil)
 	if err != nil {
 		return nil
 	}
@@ -612,5 +622,44 @@ func TestConsulDownAMinuteThenBackEmpty(t *testing.T) {
 		took, l.gets.Load(), l.getFails.Load(), len(l.postResults), failedPosts)
 	if l.getFails.Load() != 0 || failedPosts != 0 {
 		t.Errorf("%d GETs and %d POSTs failed across the Consul outage: %v", l.getFails.Load(), failedPosts, l.firstErrs)
+	}
+}
+
+// TestConsulLeaderLossInterruptsNothing runs registrars and the agent
+// against the client agent of a 3-server cluster and kills the raft
+// leader under load: no request fails, and a new instance still joins
+// once a new leader is elected.
+func TestConsulLeaderLossInterruptsNothing(t *testing.T) {
+	cl := consultest.NewCluster(t, 3)
+	c := newClusterOn(t, nil, cl.Client.Env(), cl.Client.API(), "quorum", 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := c.runLoad(ctx, 4, 2)
+	leader, err := cl.Leader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // load before the loss
+	killed := time.Now()
+	leader.Kill()
+	took := testproc.WaitFor(t, 30*time.Second, "a new leader", func() bool {
+		l, err := cl.Leader()
+		return err == nil && l != leader
+	})
+	c.addInstance()
+	c.waitPool(4)
+	joined := time.Since(killed)
+	cancel()
+	l.wait()
+	failedPosts := 0
+	for _, res := range l.postResults {
+		if res.status != 200 {
+			failedPosts++
+		}
+	}
+	t.Logf("MEASURE leader %s killed: new leader after %v, new instance served %v after the kill; %d GETs (%d failed), %d POSTs (%d failed)",
+		leader.Name, took, joined, l.gets.Load(), l.getFails.Load(), len(l.postResults), failedPosts)
+	if l.getFails.Load() != 0 || failedPosts != 0 {
+		t.Errorf("losing the leader failed %d GETs and %d POSTs: %v", l.getFails.Load(), failedPosts, l.firstErrs)
 	}
 }
