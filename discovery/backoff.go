@@ -7,52 +7,100 @@ import (
 	"time"
 )
 
-// backoff returns the delay before retry number n (1-based): capped
-// exponential growth from min to max, with jitter over the upper half so
-// that many watchers do not retry in step.
-func backoff(n int, minD, maxD time.Duration) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	d := minD << min(n-1, 30)
-	if d <= 0 || d > maxD {
-		d = maxD
-	}
-	return d/2 + rand.N(d/2+1)
+// backoff is a capped exponential backoff with full jitter: the n-th
+// consecutive failure waits a uniformly random time in
+// [0, min(max, min·2^(n-1))]. Full jitter spreads out the retries of many
+// agents that lost Consul at the same moment; the query limiter keeps the
+// loop from spinning when the random draw is near zero. reset is called on
+// success, so the next failure starts from min again.
+type backoff struct {
+	min, max time.Duration
+	failures int
+	// rand returns a float64 in [0, 1); nil means math/rand/v2.
+	rand func() float64
 }
 
-// limiter is a token bucket: burst queries at once, then one per interval.
-// It keeps a watch loop from spinning when the index changes very often.
+func newBackoff(lo, hi time.Duration) *backoff {
+	return &backoff{min: lo, max: hi}
+}
+
+// ceiling is the upper bound of the n-th wait (n >= 1).
+func (b *backoff) ceiling(n int) time.Duration {
+	d := b.min
+	for i := 1; i < n; i++ {
+		if d >= b.max/2 {
+			return b.max
+		}
+		d *= 2
+	}
+	return min(d, b.max)
+}
+
+// next records a failure and returns how long to wait before retrying.
+func (b *backoff) next() time.Duration {
+	b.failures++
+	c := b.ceiling(b.failures)
+	r := rand.Float64
+	if b.rand != nil {
+		r = b.rand
+	}
+	return time.Duration(r() * float64(c+1))
+}
+
+// reset forgets past failures.
+func (b *backoff) reset() { b.failures = 0 }
+
+// limiter is a token bucket: it holds up to burst tokens, earns one every
+// interval and each query spends one. Consul's blocking-query docs ask for
+// exactly this ("a token bucket with burst of 2"): in the happy case a long
+// poll lasts long enough for the bucket to refill and the loop never waits,
+// but when the result churns the loop degrades into polling once per
+// interval instead of a busy loop. A plain sleep per iteration would delay
+// every update instead.
 type limiter struct {
 	mu       sync.Mutex
 	interval time.Duration
 	burst    float64
 	tokens   float64
 	last     time.Time
+	now      func() time.Time
 }
 
-func newLimiter(interval time.Duration, burst int) *limiter {
-	return &limiter{interval: interval, burst: float64(burst), tokens: float64(burst)}
+func newLimiter(interval time.Duration, burst int, now func() time.Time) *limiter {
+	if now == nil {
+		now = time.Now
+	}
+	return &limiter{interval: interval, burst: float64(burst), tokens: float64(burst), last: now(), now: now}
 }
 
-// wait takes a token, sleeping until one is available or ctx is done.
-func (l *limiter) wait(ctx context.Context) error {
+// reserve takes a token and returns how long the caller must wait before
+// using it (0 when a token was available).
+func (l *limiter) reserve() time.Duration {
 	l.mu.Lock()
-	now := time.Now()
-	if !l.last.IsZero() {
-		l.tokens = min(l.burst, l.tokens+float64(now.Sub(l.last))/float64(l.interval))
+	defer l.mu.Unlock()
+	now := l.now()
+	if l.interval <= 0 {
+		return 0
+	}
+	if elapsed := now.Sub(l.last); elapsed > 0 {
+		l.tokens = min(l.burst, l.tokens+float64(elapsed)/float64(l.interval))
 	}
 	l.last = now
-	var d time.Duration
-	if l.tokens >= 1 {
-		l.tokens--
-	} else {
-		d = time.Duration((1 - l.tokens) * float64(l.interval))
-		l.tokens = 0
-		l.last = now.Add(d)
+	l.tokens--
+	if l.tokens >= 0 {
+		return 0
 	}
-	l.mu.Unlock()
-	if d == 0 {
+	return time.Duration(-l.tokens * float64(l.interval))
+}
+
+// wait blocks until the next query may start or ctx is done.
+func (l *limiter) wait(ctx context.Context) error {
+	return sleepCtx(ctx, l.reserve())
+}
+
+// sleepCtx waits d or until ctx is done, whichever comes first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
 		return ctx.Err()
 	}
 	t := time.NewTimer(d)

@@ -17,6 +17,9 @@ type ClientOptions struct {
 	Address   string
 	Token     string
 	TokenFile string
+	// Watchers is how many Watchers will share the client (one long poll
+	// each); the connection pool is sized for them.
+	Watchers int
 }
 
 // NewClient returns a Consul API client configured from the standard
@@ -38,6 +41,7 @@ func NewClient(opts ClientOptions) (*api.Client, error) {
 		cfg.Token = opts.Token
 		cfg.TokenFile = ""
 	}
+	ConfigureTransport(cfg, opts.Watchers)
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %q: %w", cfg.Address, err)

@@ -1,126 +1,221 @@
 package discovery
 
 import (
+	"maps"
 	"net"
-	"regexp"
 	"slices"
-	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlb/meshlb/lb"
 )
 
-var hostnameRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$`)
-
-// validAddress reports whether addr is an IP address or a DNS name.
-func validAddress(addr string) bool {
-	if addr == "" || len(addr) > 253 {
-		return false
-	}
-	if net.ParseIP(addr) != nil {
-		return true
-	}
-	return hostnameRE.MatchString(addr)
-}
-
-// Instances converts a health answer into pool instances. It keeps passing
-// and warning instances and drops any entry with a critical check (the
-// node's serfHealth and maintenance checks included). Address is
-// Service.Address, else the node's address; Weight is Service.Weights.Passing,
-// or .Warning when a check warns (1 when unset). An entry with an empty or
-// invalid address or a port outside 1-65535 is skipped and reported to warn
-// (which may be nil). Service IDs are unique per node only: an ID seen on
-// several nodes is qualified with the node name. The result is sorted by ID.
+// Instances converts a /v1/health/service answer (queried with
+// passingOnly=false) into the instances that may receive traffic, sorted by
+// ID.
+//
+// An entry is kept when none of its checks is critical, in maintenance
+// (_node_maintenance, _service_maintenance:*) or in an unknown state; the
+// node's own checks such as serfHealth count too, since Consul returns them
+// with the service's. Warning instances are kept: Consul's
+// Service.Weights.Warning says how much traffic they get. The weight is
+// Weights.Passing, or Weights.Warning when any check is warning; a weight
+// of 0 or less becomes 1 (lb requires >= 1).
+//
+// The address is Service.Address, else Node.Address. An entry whose address
+// is empty or neither an IP nor a valid DNS name, or whose port is outside
+// 1..65535, is skipped and reported to warn (when non-nil) once per service
+// ID with the reason. When one service ID is registered on several nodes
+// (IDs are unique per agent only), those instances get the ID "ID@node" so
+// that lb, which keys its per-instance state by ID, keeps them apart.
+//
+// Tags and Meta are copied; the result shares no memory with entries.
 func Instances(entries []*api.ServiceEntry, warn func(id, reason string)) []lb.Instance {
-	seen := make(map[string]int, len(entries))
-	for _, e := range entries {
-		if e != nil && e.Service != nil {
-			seen[e.Service.ID]++
+	reported := make(map[string]bool)
+	report := func(id, reason string) {
+		if warn == nil || reported[id] {
+			return
 		}
+		reported[id] = true
+		warn(id, reason)
 	}
-	out := make([]lb.Instance, 0, len(entries))
+
+	type candidate struct {
+		inst lb.Instance
+		node string
+	}
+	cands := make([]candidate, 0, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			continue
 		}
+		warning, ok := usable(e.Checks)
+		if !ok {
+			continue
+		}
 		s := e.Service
-		status := e.Checks.AggregatedStatus()
-		if status == api.HealthCritical || status == api.HealthMaint {
-			continue
-		}
 		id := s.ID
-		node := ""
-		nodeAddr := ""
-		if e.Node != nil {
-			node, nodeAddr = e.Node.Node, e.Node.Address
+		if id == "" {
+			id = s.Service // Consul defaults the ID to the name
 		}
-		if seen[id] > 1 {
-			id = node + "/" + id
-		}
-		addr := s.Address
-		if addr == "" {
-			addr = nodeAddr
-		}
-		if !validAddress(addr) {
-			if warn != nil {
-				warn(id, "invalid or empty address "+strconv.Quote(addr))
-			}
+		if id == "" {
+			report(id, "no service ID and no service name")
 			continue
 		}
-		if s.Port < 1 || s.Port > 65535 {
-			if warn != nil {
-				warn(id, "port "+strconv.Itoa(s.Port)+" outside 1-65535")
+		node := ""
+		addr := s.Address
+		if e.Node != nil {
+			node = e.Node.Node
+			if addr == "" {
+				addr = e.Node.Address
 			}
+		}
+		if reason := checkEndpoint(addr, s.Port); reason != "" {
+			report(id, reason)
 			continue
 		}
 		weight := s.Weights.Passing
-		if status == api.HealthWarning {
+		if warning {
 			weight = s.Weights.Warning
 		}
-		if weight < 1 {
+		if weight <= 0 {
 			weight = 1
 		}
-		var meta map[string]string
-		if len(s.Meta) > 0 {
-			meta = make(map[string]string, len(s.Meta))
-			for k, v := range s.Meta {
-				meta[k] = v
-			}
-		}
-		out = append(out, lb.Instance{
+		inst := lb.Instance{
 			ID:       id,
 			Service:  s.Service,
 			Address:  addr,
 			Port:     s.Port,
 			HostPort: net.JoinHostPort(addr, strconv.Itoa(s.Port)),
 			Weight:   weight,
-			Tags:     slices.Clone(s.Tags),
-			Meta:     meta,
-		})
+			Tags:     cloneTags(s.Tags),
+			Meta:     cloneMeta(s.Meta),
+		}
+		cands = append(cands, candidate{inst: inst, node: node})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+
+	// Qualify service IDs registered on several nodes.
+	count := make(map[string]int, len(cands))
+	for _, c := range cands {
+		count[c.inst.ID]++
+	}
+	out := make([]lb.Instance, 0, len(cands))
+	seen := make(map[string]bool, len(cands))
+	for _, c := range cands {
+		if count[c.inst.ID] > 1 {
+			report(c.inst.ID, "service ID registered on several nodes: using ID@node")
+			c.inst.ID += "@" + c.node
+		}
+		if seen[c.inst.ID] {
+			// Same ID on the same node twice: Consul never answers that,
+			// but a pool must not hold two instances with one ID.
+			continue
+		}
+		seen[c.inst.ID] = true
+		out = append(out, c.inst)
+	}
+	slices.SortFunc(out, func(x, y lb.Instance) int { return strings.Compare(x.ID, y.ID) })
 	return out
 }
 
-// sameInstances reports whether two sorted instance lists describe the
-// same pool (IDs, addresses, ports, weights, tags and meta).
-func sameInstances(a, b []lb.Instance) bool {
-	if len(a) != len(b) {
+// usable reports whether an entry with these checks may get traffic, and
+// whether it is in the warning state.
+func usable(checks api.HealthChecks) (warning, ok bool) {
+	for _, c := range checks {
+		if c == nil {
+			continue
+		}
+		if c.CheckID == api.NodeMaint || strings.HasPrefix(c.CheckID, api.ServiceMaintPrefix) {
+			return false, false
+		}
+		switch c.Status {
+		case api.HealthPassing:
+		case api.HealthWarning:
+			warning = true
+		default: // critical, maintenance, or a state this code does not know
+			return false, false
+		}
+	}
+	return warning, true
+}
+
+// checkEndpoint returns why addr:port cannot be dialled, or "".
+func checkEndpoint(addr string, port int) string {
+	switch {
+	case addr == "":
+		return "no address: neither Service.Address nor Node.Address is set"
+	case net.ParseIP(addr) == nil && !isDNSName(addr):
+		return "invalid address " + strconv.Quote(addr) + ": want an IP address or a DNS name"
+	case port < 1 || port > 65535:
+		return "invalid port " + strconv.Itoa(port) + ": want 1..65535"
+	}
+	return ""
+}
+
+// isDNSName reports whether s is a syntactically valid host name
+// (RFC 1035 with '_' allowed, as in package net): labels of 1..63 letters,
+// digits, '-' or '_', not starting or ending with '-', at most 253
+// characters plus an optional final dot, and not all numeric (so that a
+// broken IPv4 address such as "10.0.0.300" is not taken for a name).
+func isDNSName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
 		return false
 	}
-	for i := range a {
-		x, y := &a[i], &b[i]
-		if x.ID != y.ID || x.Address != y.Address || x.Port != y.Port || x.Weight != y.Weight ||
-			!slices.Equal(x.Tags, y.Tags) || len(x.Meta) != len(y.Meta) {
+	nonNumeric := false
+	for label := range strings.SplitSeq(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}
-		for k, v := range x.Meta {
-			if w, ok := y.Meta[k]; !ok || w != v {
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			switch {
+			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', c == '_', c == '-':
+				nonNumeric = true
+			case '0' <= c && c <= '9':
+			default:
 				return false
 			}
 		}
 	}
-	return true
+	return nonNumeric
+}
+
+// sameInstances reports whether two sorted pools hold the same instances
+// (ID, service, address, port, weight, tags, meta); Stats is ignored.
+func sameInstances(a, b []lb.Instance) bool {
+	return slices.EqualFunc(a, b, func(x, y lb.Instance) bool {
+		return x.ID == y.ID && x.Service == y.Service && x.Address == y.Address &&
+			x.Port == y.Port && x.HostPort == y.HostPort && x.Weight == y.Weight &&
+			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
+	})
+}
+
+// cloneInstances returns a deep copy of pool (Tags and Meta included), so
+// that what is handed to a consumer shares nothing with the watcher.
+func cloneInstances(pool []lb.Instance) []lb.Instance {
+	out := make([]lb.Instance, len(pool))
+	for i, in := range pool {
+		in.Tags = cloneTags(in.Tags)
+		in.Meta = cloneMeta(in.Meta)
+		in.Stats = nil
+		out[i] = in
+	}
+	return out
+}
+
+func cloneTags(t []string) []string {
+	if len(t) == 0 {
+		return nil
+	}
+	return slices.Clone(t)
+}
+
+func cloneMeta(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return maps.Clone(m)
 }

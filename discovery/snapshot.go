@@ -6,93 +6,146 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshlb/meshlb/lb"
 )
 
+// snapshotVersion is the format of the snapshot file; LoadSnapshot refuses
+// other versions rather than guessing.
 const snapshotVersion = 1
 
 type snapshotFile struct {
 	Version int                           `json:"version"`
-	Saved   time.Time                     `json:"saved"`
+	SavedAt time.Time                     `json:"saved"`
 	Pools   map[string][]snapshotInstance `json:"pools"`
 }
 
+// snapshotInstance is lb.Instance without its live Stats and without
+// HostPort, which is derived.
 type snapshotInstance struct {
 	ID      string            `json:"id"`
+	Service string            `json:"service"`
 	Address string            `json:"address"`
 	Port    int               `json:"port"`
-	Weight  int               `json:"weight,omitempty"`
+	Weight  int               `json:"weight"`
 	Tags    []string          `json:"tags,omitempty"`
 	Meta    map[string]string `json:"meta,omitempty"`
 }
 
-// SaveSnapshot writes the pools per service to path atomically (a temp
-// file in the same folder, synced, then renamed), so a crash never leaves
-// a torn file.
+// SaveSnapshot writes the pools (service name → instances) to path as JSON,
+// atomically: it writes a temporary file in the same folder, syncs it and
+// renames it over path, so a crash leaves either the old file or the new
+// one, never half of one. The agent saves its pools as they change so
+// that, restarted while Consul is unreachable, it serves the last known
+// pools within a second (LoadSnapshot) instead of nothing.
 func SaveSnapshot(path string, pools map[string][]lb.Instance) error {
-	f := snapshotFile{Version: snapshotVersion, Saved: time.Now().UTC(), Pools: map[string][]snapshotInstance{}}
-	for svc, insts := range pools {
-		out := make([]snapshotInstance, 0, len(insts))
-		for _, in := range insts {
-			out = append(out, snapshotInstance{ID: in.ID, Address: in.Address, Port: in.Port, Weight: in.Weight, Tags: in.Tags, Meta: in.Meta})
+	f := snapshotFile{Version: snapshotVersion, SavedAt: time.Now().UTC(), Pools: make(map[string][]snapshotInstance, len(pools))}
+	for svc, pool := range pools {
+		out := make([]snapshotInstance, 0, len(pool))
+		for _, in := range pool {
+			out = append(out, snapshotInstance{ID: in.ID, Service: in.Service, Address: in.Address,
+				Port: in.Port, Weight: in.Weight, Tags: in.Tags, Meta: in.Meta})
 		}
 		f.Pools[svc] = out
 	}
-	b, err := json.MarshalIndent(f, "", "  ")
+	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encoding pool snapshot: %w", err)
+		return fmt.Errorf("encoding pool snapshot for %q: %w", path, err)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".pools-*.json")
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("writing pool snapshot in %s: %w", dir, err)
+		return fmt.Errorf("writing pool snapshot %q: %w", path, err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing pool snapshot %s: %w", tmp.Name(), err)
+	done := false
+	defer func() {
+		if !done {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = tmp.Write(append(data, '\n')); err != nil {
+		return fmt.Errorf("writing pool snapshot %q: %w", path, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("syncing pool snapshot %s: %w", tmp.Name(), err)
+	if err = tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("writing pool snapshot %q: %w", path, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	if err = tmp.Sync(); err != nil {
+		return fmt.Errorf("syncing pool snapshot %q: %w", path, err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing pool snapshot %s: %w", path, err)
+	if err = tmp.Close(); err != nil {
+		return fmt.Errorf("writing pool snapshot %q: %w", path, err)
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replacing pool snapshot %q: %w", path, err)
+	}
+	done = true
+	// Make the rename itself durable; not every file system supports
+	// syncing a directory, and the data is already safe, so ignore errors.
+	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
+		_ = d.Sync()
+		_ = d.Close()
 	}
 	return nil
 }
 
-// LoadSnapshot reads pools saved by SaveSnapshot. Instances that fail
-// validation are dropped; errors name the file.
+// LoadSnapshot reads a file written by SaveSnapshot. Instances come back
+// sorted by ID with HostPort recomputed and no Stats. Every error names the
+// file; a file that is corrupt or holds an instance that could not be
+// dialled is an error as a whole, since serving half a snapshot is worse
+// than waiting for Consul.
 func LoadSnapshot(path string) (map[string][]lb.Instance, error) {
-	b, err := os.ReadFile(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading pool snapshot: %w", err) // *PathError names the file
 	}
 	var f snapshotFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("pool snapshot %s is not valid JSON: %w", path, err)
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("pool snapshot %q is not valid JSON: %w", path, err)
 	}
 	if f.Version != snapshotVersion {
-		return nil, fmt.Errorf("pool snapshot %s has version %d, want %d", path, f.Version, snapshotVersion)
+		return nil, fmt.Errorf("pool snapshot %q has version %d: this agent reads version %d only", path, f.Version, snapshotVersion)
 	}
-	out := make(map[string][]lb.Instance, len(f.Pools))
-	for svc, insts := range f.Pools {
-		list := make([]lb.Instance, 0, len(insts))
-		for _, in := range insts {
-			if in.ID == "" || !validAddress(in.Address) || in.Port < 1 || in.Port > 65535 {
-				continue
-			}
-			list = append(list, lb.Instance{ID: in.ID, Service: svc, Address: in.Address, Port: in.Port,
-				HostPort: net.JoinHostPort(in.Address, strconv.Itoa(in.Port)), Weight: max(in.Weight, 1), Tags: in.Tags, Meta: in.Meta})
+	if f.Pools == nil {
+		return nil, fmt.Errorf("pool snapshot %q has no \"pools\" object", path)
+	}
+	pools := make(map[string][]lb.Instance, len(f.Pools))
+	for svc, in := range f.Pools {
+		if svc == "" {
+			return nil, fmt.Errorf("pool snapshot %q: a pool has an empty service name", path)
 		}
-		out[svc] = list
+		pool := make([]lb.Instance, 0, len(in))
+		for i, s := range in {
+			if s.ID == "" {
+				return nil, fmt.Errorf("pool snapshot %q: service %q instance %d has no id", path, svc, i)
+			}
+			if reason := checkEndpoint(s.Address, s.Port); reason != "" {
+				return nil, fmt.Errorf("pool snapshot %q: service %q instance %q: %s", path, svc, s.ID, reason)
+			}
+			weight := s.Weight
+			if weight <= 0 {
+				weight = 1
+			}
+			service := s.Service
+			if service == "" {
+				service = svc
+			}
+			pool = append(pool, lb.Instance{
+				ID: s.ID, Service: service, Address: s.Address, Port: s.Port,
+				HostPort: net.JoinHostPort(s.Address, strconv.Itoa(s.Port)),
+				Weight:   weight, Tags: cloneTags(s.Tags), Meta: cloneMeta(s.Meta),
+			})
+		}
+		slices.SortFunc(pool, func(x, y lb.Instance) int { return strings.Compare(x.ID, y.ID) })
+		for i := 1; i < len(pool); i++ {
+			if pool[i].ID == pool[i-1].ID {
+				return nil, fmt.Errorf("pool snapshot %q: service %q lists instance %q twice", path, svc, pool[i].ID)
+			}
+		}
+		pools[svc] = pool
 	}
-	return out, nil
+	return pools, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,98 +15,176 @@ import (
 	"github.com/meshlb/meshlb/lb"
 )
 
+// Defaults and limits of WatchConfig.
+const (
+	DefaultWaitTime      = 60 * time.Second
+	MaxWaitTime          = 10 * time.Minute // Consul's own cap on ?wait
+	DefaultMinBackoff    = 250 * time.Millisecond
+	DefaultMaxBackoff    = 30 * time.Second
+	DefaultQueryInterval = 500 * time.Millisecond
+	queryBurst           = 2
+	// logEveryNth: after the first failure of an outage, log every Nth.
+	logEveryNth = 10
+	// requestSlack is added to the wait time (plus Consul's wait/16 jitter)
+	// for the whole request, so a connection that died silently cannot
+	// hold the long poll forever.
+	requestSlack = 10 * time.Second
+)
+
 // WatchConfig configures a Watcher.
 type WatchConfig struct {
-	Service    string
-	Tag        string // only instances with this tag, if set
+	// Service is the Consul service name to follow.
+	Service string
+	// Tag, when set, keeps only instances carrying this tag.
+	Tag string
+	// Datacenter defaults to the agent's own.
 	Datacenter string
-	// Stale allows any Consul server to answer (lower load on the leader,
-	// may lag it by a little).
+	// Stale allows any Consul server to answer (?stale), not only the
+	// leader: reads scale across servers and keep working without a leader,
+	// at the price of lagging the leader a little (usually under 50ms).
 	Stale bool
-	// Cached answers from the local agent's cache, which uses Consul's
-	// streaming backend for health queries where the agent has it
-	// (use_streaming_backend, the default on client agents since 1.10). A
-	// dev agent is a server and answers from its own state.
+	// Cached asks the local agent to answer from its cache (?cached).
+	// /v1/health/service supports background-refresh caching: the agent
+	// keeps one blocking watch per service towards the servers and answers
+	// every local watcher from it, and keeps answering (with a growing Age)
+	// when it loses the servers. On Consul 1.10 and later the agent serves
+	// health queries from its streaming backend (use_streaming_backend,
+	// true by default) whenever ?index or ?cached is set, so a blocking
+	// query uses streaming anyway; Cached changes only the first,
+	// non-blocking read. A dev agent is a server with streaming on: it
+	// answers ?cached from a streaming view of its own state (measured on
+	// 1.16: X-Consul-Query-Backend: streaming, X-Cache: MISS then HIT), so
+	// the behaviour is the same as without Cached. WatchStatus.Backend
+	// shows which backend answered.
 	Cached bool
-	// WaitTime bounds each blocking query (default 60s; Consul caps it at 10m).
+	// WaitTime bounds each blocking query (?wait): default 60s, at most 10m
+	// (Consul's cap; it adds up to WaitTime/16 of jitter).
 	WaitTime time.Duration
-	// MinBackoff and MaxBackoff bound the retry delay after errors
-	// (defaults 250ms and 30s).
+	// MinBackoff and MaxBackoff bound the wait after failed queries:
+	// capped exponential with full jitter, reset by a success. Defaults
+	// 250ms and 30s.
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 hclog.Logger
+	// QueryInterval is the refill period of the token bucket (burst 2)
+	// that paces queries: default 500ms. A long poll that lasts longer
+	// never waits for it; a result that churns is read at most once per
+	// interval instead of in a busy loop.
+	QueryInterval time.Duration
+	// Logger receives the watcher's logs, with "service" added; name it
+	// for the component (e.g. root.Named("watch")). Nil discards logs.
+	Logger hclog.Logger
 }
 
 // WatchStatus is what a Watcher last saw of Consul.
 type WatchStatus struct {
-	Service     string
+	Service string
+	// Index is the X-Consul-Index of the last successful answer.
 	Index       uint64
 	LastSuccess time.Time
+	// LastError is the error of the last query while it is failing, nil
+	// once a query succeeds again; LastErrorAt keeps when it last failed.
 	LastError   error
 	LastErrorAt time.Time
-	Errors      uint64
-	Instances   int
+	// Errors counts failed queries since the watcher started.
+	Errors uint64
+	// Instances is the size of the pool last handed to OnUpdate.
+	Instances int
+	// DownSince is when the current run of failures began; zero while
+	// queries succeed.
+	DownSince time.Time
+	// Backend is the query backend that last answered ("streaming" or
+	// "blocking-query", from X-Consul-Query-Backend; empty when Consul did
+	// not say).
+	Backend string
 }
 
-// healthAPI is the part of Consul's health endpoint the watcher needs
-// (ACL: service:read on the service, node:read).
-type healthAPI interface {
+// healthSource is the part of consul/api the watch loop needs: one call,
+// Health().Service, which needs an ACL token with service:read on the
+// service and node:read on the nodes.
+type healthSource interface {
 	Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
 }
 
-// Watcher follows the healthy (passing or warning) instances of one service
-// with blocking queries on /v1/health/service and calls OnUpdate with a
-// fresh slice whenever the set changes. On errors it keeps quiet towards
-// OnUpdate, so the last known pool stays in use, and retries with backoff.
+// Watcher follows the healthy instances of one service with blocking
+// queries on /v1/health/service and calls OnUpdate with a fresh slice only
+// when the set (IDs, addresses, ports, weights, tags, meta) changes.
+//
+// It keeps serving: when Consul fails or refuses, OnUpdate is not called and
+// the consumer keeps the last known pool; the watcher retries with backoff.
+// Several Watchers may share one api.Client (and so one HTTP connection
+// pool): see ConfigureTransport.
 type Watcher struct {
 	cfg      WatchConfig
-	src      healthAPI
+	src      healthSource
 	onUpdate func([]lb.Instance)
 	log      hclog.Logger
 	limit    *limiter
+	backoff  *backoff
+	// warned holds the instances already logged as unusable, with the
+	// reason; only the Run goroutine touches it.
+	warned map[string]string
 
 	mu     sync.Mutex
 	status WatchStatus
-	warned map[string]string // instance ID → reason already logged
 }
 
-// NewWatcher returns a watcher for cfg.Service; Run starts it.
+// NewWatcher returns a watcher of cfg.Service; Run starts it. onUpdate is
+// called from Run's goroutine with a slice (and Tags, Meta) that the
+// watcher never touches again; it should not block for long, since the
+// next query waits for it.
 func NewWatcher(client *api.Client, cfg WatchConfig, onUpdate func([]lb.Instance)) (*Watcher, error) {
+	if client == nil {
+		return nil, errors.New("watcher needs a consul client, got nil")
+	}
 	return newWatcher(client.Health(), cfg, onUpdate)
 }
 
-func newWatcher(src healthAPI, cfg WatchConfig, onUpdate func([]lb.Instance)) (*Watcher, error) {
-	if err := ValidateServiceName(cfg.Service); err != nil {
-		return nil, err
+func newWatcher(src healthSource, cfg WatchConfig, onUpdate func([]lb.Instance)) (*Watcher, error) {
+	if cfg.Service == "" {
+		return nil, errors.New("watcher needs a service name, got an empty one")
+	}
+	// consul/api puts the name into the URL path unescaped.
+	if i := strings.IndexFunc(cfg.Service, func(r rune) bool {
+		return r == '/' || r == '?' || r == '#' || r == '%' || r <= ' ' || r == 0x7f
+	}); i >= 0 {
+		return nil, fmt.Errorf("invalid service name %q: %q cannot be part of a Consul URL path", cfg.Service, cfg.Service[i:i+1])
 	}
 	if onUpdate == nil {
-		return nil, errors.New("watcher needs an OnUpdate function")
+		return nil, fmt.Errorf("watcher of service %q needs an OnUpdate function, got nil", cfg.Service)
 	}
-	if cfg.WaitTime <= 0 {
-		cfg.WaitTime = 60 * time.Second
+	switch {
+	case cfg.WaitTime == 0:
+		cfg.WaitTime = DefaultWaitTime
+	case cfg.WaitTime < 0 || cfg.WaitTime > MaxWaitTime:
+		return nil, fmt.Errorf("invalid wait time %v for service %q: want more than 0 and at most %v (Consul's cap)", cfg.WaitTime, cfg.Service, MaxWaitTime)
 	}
-	if cfg.WaitTime > 10*time.Minute {
-		return nil, fmt.Errorf("invalid wait time %v: Consul allows at most 10m", cfg.WaitTime)
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = DefaultMinBackoff
 	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 250 * time.Millisecond
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
 	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 30 * time.Second
+	if cfg.MinBackoff < 0 || cfg.MaxBackoff < cfg.MinBackoff {
+		return nil, fmt.Errorf("invalid backoff %v..%v for service %q: want 0 < min <= max", cfg.MinBackoff, cfg.MaxBackoff, cfg.Service)
 	}
-	if cfg.MaxBackoff < cfg.MinBackoff {
-		return nil, fmt.Errorf("invalid backoff: max %v < min %v", cfg.MaxBackoff, cfg.MinBackoff)
+	switch {
+	case cfg.QueryInterval == 0:
+		cfg.QueryInterval = DefaultQueryInterval
+	case cfg.QueryInterval < 0:
+		return nil, fmt.Errorf("invalid query interval %v for service %q: want more than 0", cfg.QueryInterval, cfg.Service)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = hclog.NewNullLogger()
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
 	}
 	return &Watcher{
-		cfg: cfg, src: src, onUpdate: onUpdate, log: cfg.Logger,
-		// At most 10 queries a second after a burst of 2: a fast-changing
-		// index cannot make the loop spin, and a change still lands within
-		// 100ms.
-		limit:  newLimiter(100*time.Millisecond, 2),
-		status: WatchStatus{Service: cfg.Service},
-		warned: map[string]string{},
+		cfg:      cfg,
+		src:      src,
+		onUpdate: onUpdate,
+		log:      log.With("service", cfg.Service),
+		limit:    newLimiter(cfg.QueryInterval, queryBurst, nil),
+		backoff:  newBackoff(cfg.MinBackoff, cfg.MaxBackoff),
+		warned:   map[string]string{},
+		status:   WatchStatus{Service: cfg.Service},
 	}, nil
 }
 
@@ -115,27 +195,22 @@ func (w *Watcher) Status() WatchStatus {
 	return w.status
 }
 
-// Run watches until ctx is done and returns ctx's error.
+// Run watches until ctx is done and returns ctx.Err(). Call it once.
 func (w *Watcher) Run(ctx context.Context) error {
 	var (
-		index    uint64
-		last     []lb.Instance
-		first    = true
-		failures int
-		downAt   time.Time
+		index     uint64 // what the next query waits on; 0 = do not block
+		last      []lb.Instance
+		published bool
+		failures  int
+		downSince time.Time
+		lastACL   bool
 	)
 	for {
 		if err := w.limit.wait(ctx); err != nil {
 			return err
 		}
-		q := (&api.QueryOptions{
-			Datacenter: w.cfg.Datacenter,
-			AllowStale: w.cfg.Stale,
-			UseCache:   w.cfg.Cached,
-			WaitIndex:  index,
-			WaitTime:   w.cfg.WaitTime,
-		}).WithContext(ctx)
-		entries, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q)
+		waitedOn := index
+		entries, meta, err := w.query(ctx, index)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -143,72 +218,147 @@ func (w *Watcher) Run(ctx context.Context) error {
 			err = errors.New("consul answered without query metadata")
 		}
 		if err != nil {
+			now := time.Now()
 			failures++
 			if failures == 1 {
-				downAt = time.Now()
+				downSince = now
+			}
+			acl := IsACLError(err)
+			if acl {
+				err = fmt.Errorf("consul refused the token (ACL): reading health of service %q: %w", w.cfg.Service, err)
+			} else {
+				err = fmt.Errorf("reading health of service %q from consul: %w", w.cfg.Service, err)
 			}
 			w.mu.Lock()
-			w.status.LastError, w.status.LastErrorAt = err, time.Now()
+			w.status.LastError, w.status.LastErrorAt = err, now
 			w.status.Errors++
+			w.status.DownSince = downSince
 			w.mu.Unlock()
-			w.logFailure(failures, err)
-			t := time.NewTimer(backoff(failures, w.cfg.MinBackoff, w.cfg.MaxBackoff))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
+			retry := w.backoff.next()
+			if failures == 1 || failures%logEveryNth == 0 || acl != lastACL {
+				w.logFailure(acl, failures, now.Sub(downSince), retry, err)
+			}
+			lastACL = acl
+			// Start over with a non-blocking read once Consul answers again:
+			// the agent that answers may have restarted or be another one,
+			// and its index has nothing to do with ours. Measured with a
+			// restarted dev agent: waiting on the old, higher index blocked
+			// for the whole WaitTime before the answer went backwards, and
+			// when the new agent's index reached the old one exactly, the
+			// equal index hid a changed pool until the next write.
+			index = 0
+			if err := sleepCtx(ctx, retry); err != nil {
+				return err
 			}
 			continue
 		}
+
+		w.backoff.reset()
 		if failures > 0 {
-			w.log.Info("consul reachable again", "failures", failures, "down_for", time.Since(downAt).Round(time.Millisecond))
-			failures = 0
+			w.log.Info("consul answers again: following the service", "failures", failures,
+				"down_for", time.Since(downSince).Round(time.Millisecond))
+			failures, lastACL = 0, false
 		}
-		next := NextIndex(index, meta.LastIndex)
-		if next == 0 && index != 0 {
-			w.log.Info("consul index went backwards, starting over", "was", index, "now", meta.LastIndex)
+		got := meta.LastIndex
+		index = NextIndex(waitedOn, got)
+		if index == 0 {
+			// Debug: with Stale, answers from servers that lag each other
+			// go backwards now and then.
+			w.log.Debug("consul index went backwards: reading the full state again", "was", waitedOn, "now", got)
 		}
-		index = next
-		insts := Instances(entries, w.warnOnce)
 		w.mu.Lock()
-		w.status.Index, w.status.LastSuccess, w.status.LastError, w.status.Instances = meta.LastIndex, time.Now(), nil, len(insts)
+		w.status.Index, w.status.LastSuccess = got, time.Now()
+		w.status.LastError, w.status.DownSince = nil, time.Time{}
+		w.status.Backend = meta.QueryBackend
 		w.mu.Unlock()
-		if first || !sameInstances(insts, last) {
-			first = false
-			last = insts
-			w.log.Debug("pool changed", "instances", len(insts), "index", meta.LastIndex)
-			w.onUpdate(cloneInstances(insts))
+		if published && waitedOn != 0 && got == waitedOn {
+			continue // equal index: the wait timed out, no news
 		}
+
+		insts := w.convert(entries)
+		if published && sameInstances(insts, last) {
+			continue
+		}
+		last, published = insts, true
+		w.mu.Lock()
+		w.status.Instances = len(insts)
+		w.mu.Unlock()
+		w.log.Debug("pool changed", "instances", len(insts), "index", got)
+		w.onUpdate(cloneInstances(insts))
 	}
 }
 
-func cloneInstances(in []lb.Instance) []lb.Instance {
-	out := make([]lb.Instance, len(in))
-	copy(out, in)
-	return out
-}
-
-// warnOnce logs a skipped instance once per ID and reason.
-func (w *Watcher) warnOnce(id, reason string) {
-	w.mu.Lock()
-	seen := w.warned[id] == reason
-	w.warned[id] = reason
-	w.mu.Unlock()
-	if !seen {
-		w.log.Warn("skipping instance with an unusable address", "instance", id, "reason", reason)
+// query runs one blocking query, bounded by the wait time plus Consul's
+// jitter and some slack, and cancelled with ctx.
+func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	qctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+w.cfg.WaitTime/16+requestSlack)
+	defer cancel()
+	q := &api.QueryOptions{
+		Datacenter: w.cfg.Datacenter,
+		AllowStale: w.cfg.Stale,
+		UseCache:   w.cfg.Cached,
+		WaitIndex:  index,
+		WaitTime:   w.cfg.WaitTime,
 	}
+	// passingOnly=false: warning instances stay, with their warning
+	// weight; Instances drops the critical ones.
+	return w.src.Service(w.cfg.Service, w.cfg.Tag, false, q.WithContext(qctx))
 }
 
-// logFailure logs the first failure, then every 10th.
-func (w *Watcher) logFailure(n int, err error) {
-	if n != 1 && n%10 != 0 {
+// convert runs Instances and logs each unusable instance once: again only
+// if its reason changes, or after it was fine or gone for a poll.
+func (w *Watcher) convert(entries []*api.ServiceEntry) []lb.Instance {
+	bad := make(map[string]string)
+	insts := Instances(entries, func(id, reason string) {
+		bad[id] = reason
+		if w.warned[id] != reason {
+			w.log.Warn("skipping an instance that cannot be dialled", "instance", id, "reason", reason)
+		}
+	})
+	w.warned = bad
+	return insts
+}
+
+func (w *Watcher) logFailure(acl bool, failures int, down, retry time.Duration, err error) {
+	args := []any{"failures", failures, "down_for", down.Round(time.Millisecond),
+		"retry_in", retry.Round(time.Millisecond), "error", err}
+	if acl {
+		w.log.Error("consul refused the token (ACL): reading health of service; it needs service:read on the service and node:read; keeping the last known pool", args...)
 		return
 	}
-	if IsACLError(err) {
-		w.log.Error("consul refused the token (ACL): reading health of service; the token needs service:read on it and node:read",
-			"failures", n, "error", err)
-		return
+	w.log.Warn("cannot read health of service from consul; keeping the last known pool", args...)
+}
+
+// ConfigureTransport sizes the HTTP connection pool of a Consul client
+// configuration for the given number of watchers; call it before
+// api.NewClient. Each watcher keeps one long poll open, so watchers sharing
+// a client need that many connections at once. consul/api's DefaultConfig
+// uses go-cleanhttp's pooled transport, which keeps only GOMAXPROCS+1 idle
+// connections per host: with more watchers than that, connections would be
+// closed and dialled again as polls return. MaxConnsPerHost, if set, must
+// not be lower either, or watchers would queue behind each other's polls.
+func ConfigureTransport(cfg *api.Config, watchers int) {
+	need := watchers + 2 // plus registration and status calls
+	var t *http.Transport
+	switch {
+	case cfg.HttpClient != nil:
+		t, _ = cfg.HttpClient.Transport.(*http.Transport)
+	case cfg.Transport != nil:
+		t = cfg.Transport
+	default:
+		cfg.Transport = api.DefaultConfig().Transport
+		t = cfg.Transport
 	}
-	w.log.Warn("cannot query consul; serving the last known pool and retrying with backoff", "failures", n, "error", err)
+	if t == nil {
+		return // a custom RoundTripper: its owner sizes it
+	}
+	if t.MaxIdleConnsPerHost < need {
+		t.MaxIdleConnsPerHost = need
+	}
+	if t.MaxIdleConns != 0 && t.MaxIdleConns < need {
+		t.MaxIdleConns = need
+	}
+	if t.MaxConnsPerHost != 0 && t.MaxConnsPerHost < need {
+		t.MaxConnsPerHost = need
+	}
 }

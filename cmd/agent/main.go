@@ -102,7 +102,9 @@ type agent struct {
 
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
-	client, err := discovery.NewClient(cfg.consul)
+	copts := cfg.consul
+	copts.Watchers = len(cfg.services)
+	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +155,9 @@ func (a *agent) run(ready chan<- string) int {
 		s := s
 		w, err := discovery.NewWatcher(a.client, discovery.WatchConfig{
 			Service: s.name, Tag: sc.tag, Stale: a.cfg.stale, Cached: a.cfg.cached,
-			Logger: a.log.Named("watch").With("service", s.name),
+			// A change lands within 100ms even when changes come back to back.
+			QueryInterval: 100 * time.Millisecond,
+			Logger:        a.log.Named("watch").With("service", s.name),
 		}, func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) })
 		if err != nil {
 			a.log.Error("invalid watch", "service", s.name, "error", err)
