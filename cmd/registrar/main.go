@@ -88,6 +88,12 @@ func (r *registrar) run() int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
+	if r.cfg.meshPort != 0 {
+		if err := checkTracing(ctx, r); err != nil {
+			r.log.Error("invalid tracing configuration", "error", err)
+			return exitBadInput
+		}
+	}
 	if len(r.cfg.command) > 0 {
 		if err := r.startApp(); err != nil {
 			r.log.Error("cannot start the app", "command", strings.Join(r.cfg.command, " "), "error", err)
