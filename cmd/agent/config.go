@@ -95,7 +95,13 @@ type fileService struct {
 type fileListener struct {
 	Name    string      `hcl:"name,label"`
 	Address string      `hcl:"address"`
+	TLS     *fileTLS    `hcl:"tls,block"`
 	Routes  []fileRoute `hcl:"route,block"`
+}
+
+type fileTLS struct {
+	CertFile string `hcl:"cert_file"`
+	KeyFile  string `hcl:"key_file"`
 }
 
 type fileRoute struct {
@@ -137,9 +143,10 @@ type serviceConfig struct {
 }
 
 type listenerConfig struct {
-	name    string
-	address string
-	routes  []routeConfig
+	name              string
+	address           string
+	certFile, keyFile string // TLS termination when set
+	routes            []routeConfig
 }
 
 type routeConfig struct {
@@ -150,6 +157,7 @@ type routeConfig struct {
 type flags struct {
 	listen, service, balance, configFile, admin, snapshotFile string
 	consulAddr, consulTokenFile                               string
+	tlsCert, tlsKey                                           string
 	maxFails, maxHeaderBytes                                  int
 	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
@@ -170,6 +178,8 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&f.listen, "listen", "", "`ADDR` to serve clients on, e.g. :8070 (with --service)")
 	fs.StringVar(&f.service, "service", "", "Consul service `NAME` to balance over (with --listen)")
 	fs.StringVar(&f.balance, "balance", "round_robin", "balancing `POLICY`: "+strings.Join(lb.ValidPolicies(), ", "))
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate `FILE` (PEM, chain included) for --listen: terminate TLS, HTTP/2 by ALPN; reloaded on SIGHUP")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS private key `FILE` (PEM) for --listen")
 	fs.StringVar(&f.configFile, "config", "", "HCL config `FILE` for several listeners, services and routes")
 	fs.StringVar(&f.admin, "admin", "127.0.0.1:9070", "admin listener `ADDR`: gRPC admin API, status page at /, /healthz, /metrics; \"off\" disables it")
 	fs.Var(&f.adminAllow, "admin-allow", "`CIDR` of non-loopback callers allowed on the admin listener (repeatable; default loopback only)")
@@ -282,6 +292,12 @@ func (f *flags) resolve() (*config, error) {
 		return nil, fmt.Errorf("invalid --connect-timeout %v: must be > 0", f.connectTimeout)
 	}
 
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	if f.tlsCert != "" && f.listen == "" {
+		return nil, errors.New("--tls-cert applies to --listen; in a config file use a tls block in the listener")
+	}
 	switch {
 	case f.listen != "" && f.service == "":
 		return nil, errors.New("--listen needs --service NAME (or use --config FILE)")
@@ -301,7 +317,7 @@ func (f *flags) resolve() (*config, error) {
 			c.service(f.service).lb.Policy = f.balance
 		}
 		c.listeners = append(c.listeners, listenerConfig{name: "cli", address: f.listen,
-			routes: []routeConfig{{service: f.service}}})
+			certFile: f.tlsCert, keyFile: f.tlsKey, routes: []routeConfig{{service: f.service}}})
 	}
 	for i := range c.services {
 		s := &c.services[i]
@@ -489,6 +505,12 @@ func (c *config) apply(path string, fc *fileConfig) error {
 	}
 	for _, l := range fc.Listeners {
 		lc := listenerConfig{name: l.Name, address: l.Address}
+		if l.TLS != nil {
+			if l.TLS.CertFile == "" || l.TLS.KeyFile == "" {
+				return wrap(fmt.Errorf("listener %q: tls needs cert_file and key_file", l.Name))
+			}
+			lc.certFile, lc.keyFile = l.TLS.CertFile, l.TLS.KeyFile
+		}
 		if len(l.Routes) == 0 {
 			return wrap(fmt.Errorf("listener %q has no route block", l.Name))
 		}

@@ -66,6 +66,7 @@ type cluster struct {
 	regs    map[int]*testproc.Proc // by app port
 	agent   *testproc.Proc
 	addr    string // agent's client address
+	scheme  string // "http" unless the agent terminates TLS
 	admin   string
 	client  *http.Client
 }
@@ -117,7 +118,11 @@ var pidRE = regexp.MustCompile(`Process Id = (\d+)`)
 // get sends one GET through the agent and returns the status and the PID
 // of the process that answered (0 if none).
 func (c *cluster) get(path string) (int, int, error) {
-	resp, err := c.client.Get("http://" + c.addr + path)
+	scheme := c.scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	resp, err := c.client.Get(scheme + "://" + c.addr + path)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/admin"
+	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
@@ -88,6 +90,7 @@ type agent struct {
 
 	listeners []net.Listener
 	servers   []*http.Server
+	certs     []*certreload.Reloader // per listener, nil without TLS
 	proxies   []*proxy.Proxy
 	admin     *http.Server
 	adminLn   net.Listener
@@ -177,6 +180,9 @@ func (a *agent) run(ready chan<- string) int {
 	errc := make(chan error, len(a.servers)+1)
 	for i, srv := range a.servers {
 		ln := a.listeners[i]
+		if srv.TLSConfig != nil {
+			ln = tls.NewListener(ln, srv.TLSConfig)
+		}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("serving %s: %w", ln.Addr(), err)
@@ -210,15 +216,24 @@ func (a *agent) run(ready chan<- string) int {
 	}
 
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	code := exitOK
-	select {
-	case sig := <-sigs:
-		a.log.Info("signal received, shutting down gracefully", "signal", sig.String())
-	case err := <-errc:
-		a.log.Error("listener failed", "error", err)
-		code = exitFailure
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				a.reloadCerts()
+				continue
+			}
+			a.log.Info("signal received, shutting down gracefully", "signal", sig.String())
+			break wait
+		case err := <-errc:
+			a.log.Error("listener failed", "error", err)
+			code = exitFailure
+			break wait
+		}
 	}
 	a.shutdown(cancel, &wg)
 	return code
@@ -256,6 +271,23 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 	s.balancer.Update(insts)
 	a.log.Info("pool updated", "service", s.name, "instances", len(insts))
 	a.kickSave()
+}
+
+// reloadCerts reads every listener's TLS files again (SIGHUP). New
+// handshakes get the new certificate; open connections are not dropped. A
+// pair that fails to load is logged and the old one kept.
+func (a *agent) reloadCerts() {
+	for i, cr := range a.certs {
+		if cr == nil {
+			continue
+		}
+		cert, key := cr.Files()
+		if err := cr.Reload(); err != nil {
+			a.log.Error("TLS reload failed; keeping the previous certificate", "listener", a.cfg.listeners[i].name, "error", err)
+			continue
+		}
+		a.log.Info("TLS certificate reloaded", "listener", a.cfg.listeners[i].name, "cert", cert, "key", key)
+	}
 }
 
 // listen binds the client listeners and the admin listener.
@@ -310,11 +342,25 @@ func (a *agent) buildServers() error {
 		}
 		a.proxies = append(a.proxies, p)
 		h := a.metrics.instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
-		a.servers = append(a.servers, proxy.NewServer(l.address, h, proxy.ServerConfig{
+		srv := proxy.NewServer(l.address, h, proxy.ServerConfig{
 			ReadHeaderTimeout: a.cfg.readHeaderTimeout,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    a.cfg.maxHeaderBytes,
-		}, a.log.Named("http")))
+		}, a.log.Named("http"))
+		var cr *certreload.Reloader
+		if l.certFile != "" {
+			var err error
+			if cr, err = certreload.New(l.certFile, l.keyFile); err != nil {
+				return fmt.Errorf("listener %q: %w", l.name, err)
+			}
+			srv.TLSConfig = &tls.Config{
+				MinVersion:     tls.VersionTLS12,
+				GetCertificate: cr.GetCertificate,
+				NextProtos:     []string{"h2", "http/1.1"},
+			}
+		}
+		a.certs = append(a.certs, cr)
+		a.servers = append(a.servers, srv)
 	}
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
