@@ -204,6 +204,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		failures  int
 		downSince time.Time
 		lastACL   bool
+		filtered  bool // the last answer was filtered by ACLs
 	)
 	for {
 		if err := w.limit.wait(ctx); err != nil {
@@ -258,6 +259,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.log.Info("consul answers again: following the service", "failures", failures,
 				"down_for", time.Since(downSince).Round(time.Millisecond))
 			failures, lastACL = 0, false
+		}
+		if meta.ResultsFilteredByACLs != filtered {
+			filtered = meta.ResultsFilteredByACLs
+			if filtered {
+				// Consul answers 200 with the entries the token may not
+				// read left out: without this the pool just looks empty.
+				w.log.Error("consul refused the token (ACL): reading health of service; results were filtered, the token needs service:read on the service and node:read")
+			} else {
+				w.log.Info("consul no longer filters the service's results by ACL")
+			}
 		}
 		got := meta.LastIndex
 		index = NextIndex(waitedOn, got)

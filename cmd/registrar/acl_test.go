@@ -7,55 +7,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/meshlb/meshlb/internal/consultest"
 	"github.com/meshlb/meshlb/internal/testproc"
 )
 
-const aclMgmt = "d9f1a8c6-3b2e-4f5a-9c7d-1e2f3a4b5c6d"
-
-// aclConsul starts a dev agent with ACLs on and default deny. Like a real
-// client agent it has an agent token of its own (here the management
-// token), which it uses for its own catalog syncs.
-func aclConsul(t *testing.T) (*consultest.Server, *api.Client) {
-	t.Helper()
-	srv := consultest.New(t, consultest.Options{ExtraHCL: `acl {
-  enabled = true
-  default_policy = "deny"
-  tokens {
-    initial_management = "` + aclMgmt + `"
-    agent = "` + aclMgmt + `"
-  }
-}`})
-	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Token = srv.HTTPAddr, aclMgmt
-	mgmt, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv, mgmt
-}
-
-// token creates a token with the given policy rules.
-func token(t *testing.T, mgmt *api.Client, name, rules string) string {
-	t.Helper()
-	pol, _, err := mgmt.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := mgmt.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok.SecretID
-}
-
 func TestACLMinimalTokenAndRefusedToken(t *testing.T) {
-	srv, mgmt := aclConsul(t)
+	srv, mgmt := consultest.NewACL(t)
 
 	t.Run("service:write is enough", func(t *testing.T) {
-		secret := token(t, mgmt, "registrar-acl", `service "acl" { policy = "write" }`)
+		secret := consultest.Token(t, mgmt, "registrar-acl", `service "acl" { policy = "write" }`)
 		port := freePort(t)
 		reg := start(t, append(srv.Env(), "CONSUL_HTTP_TOKEN="+secret), registrarBin,
 			append([]string{"--service", "acl", "--port", strconv.Itoa(port), "--drain", "200ms", "--"}, appArgs(t, port)...)...)
@@ -77,7 +37,7 @@ func TestACLMinimalTokenAndRefusedToken(t *testing.T) {
 	})
 
 	t.Run("a refused token is reported as an ACL problem", func(t *testing.T) {
-		secret := token(t, mgmt, "wrong-service", `service "other" { policy = "write" }`)
+		secret := consultest.Token(t, mgmt, "wrong-service", `service "other" { policy = "write" }`)
 		port := freePort(t)
 		reg := start(t, append(srv.Env(), "CONSUL_HTTP_TOKEN="+secret), registrarBin,
 			append([]string{"--service", "denied", "--port", strconv.Itoa(port), "--"}, appArgs(t, port)...)...)
