@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build test test-short deps deps-consul deps-python deps-tools demo bench fmt vet fuzz clean generate
+.PHONY: all build test deps deps-consul deps-python deps-tools demo bench soak fmt vet fuzz clean generate
 
 all: build
 
@@ -85,3 +85,10 @@ generate:
 	  --go_out=internal/admin/adminpb --go_opt=paths=source_relative \
 	  --go-grpc_out=internal/admin/adminpb --go-grpc_opt=paths=source_relative \
 	  internal/admin/adminpb/admin.proto
+
+# soak runs the agent for SOAK (10m) under GET and POST load with instance
+# churn (drained replacements and SIGKILLs) and reports failed requests,
+# memory growth and goroutines. Not part of `make test`.
+SOAK ?= 10m
+soak: deps build
+	$(GO) run ./bench/soak -duration $(SOAK)

@@ -1,0 +1,110 @@
+// Command profile runs meshlb's request path (lb.Balancer + proxy.Proxy +
+// proxy.NewServer, configured as the agent configures them) in-process over
+// fixed backends, drives it with wrk and writes a CPU profile of the run:
+// where the time goes per request, for bench/README.md. It leaves out only
+// what has nothing to do with proxying: Consul (the pool is set once) and
+// the agent's Prometheus request counters. It is a measuring tool; it must
+// not be used to serve traffic.
+//
+//	go run ./bench/profile -backends 127.0.0.1:8071,127.0.0.1:8072 -cpuprofile cpu.pprof
+//	go tool pprof -top cpu.pprof
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy"
+)
+
+func main() {
+	backends := flag.String("backends", "", "comma-separated `HOST:PORT` list of backends (required)")
+	out := flag.String("cpuprofile", "cpu.pprof", "where to write the CPU profile")
+	wrk := flag.String("wrk", "wrk -t1 -c64 -d10s --latency", "load `COMMAND`; the proxy's URL is appended")
+	flag.Parse()
+	if err := run(*backends, *out, *wrk); err != nil {
+		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(backends, out, wrk string) error {
+	if backends == "" {
+		return errors.New("-backends is required: e.g. -backends 127.0.0.1:8071,127.0.0.1:8072")
+	}
+	var insts []lb.Instance
+	for i, hp := range strings.Split(backends, ",") {
+		host, port, err := net.SplitHostPort(hp)
+		if err != nil {
+			return fmt.Errorf("invalid backend %q: want HOST:PORT", hp)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return fmt.Errorf("invalid backend %q: port must be a number", hp)
+		}
+		insts = append(insts, lb.Instance{ID: "b" + strconv.Itoa(i), Service: "bench", Address: host, Port: p, HostPort: hp, Weight: 1})
+	}
+	b, err := lb.NewBalancer("bench", lb.Config{Policy: "round_robin", MaxFails: 3, FailTimeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	b.Update(insts)
+	// The agent's defaults (cmd/agent/config.go).
+	p, err := proxy.New(proxy.Config{
+		ConnectTimeout:        time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxAttempts:           3,
+	}, []proxy.Route{{Balancer: b}})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := proxy.NewServer(ln.Addr().String(), p, proxy.ServerConfig{}, nil)
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	url := "http://" + ln.Addr().String() + "/"
+
+	// Warm the upstream connections before profiling.
+	warm := strings.Fields(wrk)
+	for i, a := range warm {
+		if strings.HasPrefix(a, "-d") {
+			warm[i] = "-d1s"
+		}
+	}
+	if err := exec.Command(warm[0], append(warm[1:], url)...).Run(); err != nil {
+		return fmt.Errorf("warm-up %v: %w", warm, err)
+	}
+
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	args := strings.Fields(wrk)
+	cmd := exec.Command(args[0], append(args[1:], url)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	err = cmd.Run()
+	pprof.StopCPUProfile()
+	if err != nil {
+		return fmt.Errorf("%s: %w", wrk, err)
+	}
+	fmt.Fprintf(os.Stderr, "profile: CPU profile written to %s\n", out)
+	return nil
+}

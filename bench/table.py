@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""table.py: turn bench/run.sh's rounds (TSV) into the markdown table.
+
+Input lines: set, contender, round, rps, p50 ms, p99 ms, errors.
+Per set and contender: rps median/min/max over the rounds, the median p50
+and p99, and the ratios to nginx with upstream keepalive (the reference).
+Then the agent's targets from the issue, met or missed.
+"""
+import statistics
+import sys
+
+NAMES = {
+    "direct": "direct (one backend, no proxy)",
+    "nginx": "nginx, upstream keepalive",
+    "nginx-classic": "nginx, classic config (no keepalive)",
+    "haproxy": "HAProxy",
+    "meshlb": "meshlb agent",
+}
+SETS = {"fast": "5 fast backends", "tornado": "5 Tornado"}
+ORDER = list(NAMES)
+
+
+def main(path):
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            s, c, _, rps, p50, p99, err = line.rstrip("\n").split("\t")
+            r = rows.setdefault((s, c), {"rps": [], "p50": [], "p99": [], "err": 0})
+            r["rps"].append(float(rps))
+            r["p50"].append(float(p50))
+            r["p99"].append(float(p99))
+            r["err"] += int(err)
+    med = {k: {m: statistics.median(v[m]) for m in ("rps", "p50", "p99")} for k, v in rows.items()}
+
+    print("| backends | contender | rps median | rps min | rps max | × nginx | p50 ms | p99 ms | p99 × nginx | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    sets = [s for s in SETS if any(k[0] == s for k in rows)]
+    for s in sets:
+        ref = med.get((s, "nginx"))
+        for c in ORDER:
+            if (s, c) not in rows:
+                continue
+            r, m = rows[(s, c)], med[(s, c)]
+            ratio = "%.2f" % (m["rps"] / ref["rps"]) if ref else "–"
+            p99r = "%.2f" % (m["p99"] / ref["p99"]) if ref and ref["p99"] > 0 else "–"
+            print("| %s | %s | %.0f | %.0f | %.0f | %s | %.2f | %.2f | %s | %d |" % (
+                SETS[s], NAMES[c], m["rps"], min(r["rps"]), max(r["rps"]), ratio,
+                m["p50"], m["p99"], p99r, r["err"]))
+    print()
+    print("rps: requests per second over each round; p50/p99: wrk's latency percentiles, median over the rounds;")
+    print("× nginx: median rps divided by nginx-with-keepalive's median on the same backends; errors: non-2xx")
+    print("responses plus socket errors, summed over the rounds.")
+
+    targets = []
+    for s, want in (("fast", 0.6), ("tornado", 0.95)):
+        a, n = med.get((s, "meshlb")), med.get((s, "nginx"))
+        if a and n:
+            got = a["rps"] / n["rps"]
+            targets.append("rps on %s ≥ %.2f × nginx: %.2f — %s" % (SETS[s], want, got, "met" if got >= want else "MISSED"))
+            got = a["p99"] / n["p99"]
+            targets.append("p99 on %s ≤ 1.5 × nginx's: %.2f — %s" % (SETS[s], got, "met" if got <= 1.5 else "MISSED"))
+    if targets:
+        print()
+        print("Targets for the agent (issue 6):")
+        print()
+        for t in targets:
+            print("- " + t)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
