@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"net/textproto"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // DrainingHeader is the response header by which an instance says first-hand
@@ -216,19 +218,6 @@ func writeForwardedValue(b *strings.Builder, v string) {
 	b.WriteByte('"')
 }
 
-// isToken reports whether s is an RFC 9110 token.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+// isToken reports whether s is a non-empty RFC 9110 token, which is what a
+// header field name or a cookie name must be.
+func isToken(s string) bool { return httpguts.ValidHeaderFieldName(s) }

@@ -334,6 +334,17 @@ func (c *cluster) runLoad(ctx context.Context, getters, posters int) *load {
 
 func (l *load) wait() { <-l.done }
 
+// failedPosts counts the POSTs that did not get a 200.
+func (l *load) failedPosts() int {
+	n := 0
+	for _, res := range l.postResults {
+		if res.status != 200 {
+			n++
+		}
+	}
+	return n
+}
+
 func (l *load) note(s string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -570,12 +581,7 @@ func TestRollingRestartZeroFailures(t *testing.T) {
 	}
 	cancel()
 	l.wait()
-	failedPosts := 0
-	for _, res := range l.postResults {
-		if res.status != 200 {
-			failedPosts++
-		}
-	}
+	failedPosts := l.failedPosts()
 	t.Logf("MEASURE rolling restart of 3 instances: %d GETs (%d failed), %d POSTs (%d failed)",
 		l.gets.Load(), l.getFails.Load(), len(l.postResults), failedPosts)
 	if l.getFails.Load() != 0 || failedPosts != 0 {
@@ -617,12 +623,7 @@ func TestConsulDownAMinuteThenBackEmpty(t *testing.T) {
 	c.waitPool(len(want))
 	cancel()
 	l.wait()
-	failedPosts := 0
-	for _, res := range l.postResults {
-		if res.status != 200 {
-			failedPosts++
-		}
-	}
+	failedPosts := l.failedPosts()
 	t.Logf("MEASURE consul down 60s then restarted empty: instances back after %v; %d GETs (%d failed), %d POSTs (%d failed)",
 		took, l.gets.Load(), l.getFails.Load(), len(l.postResults), failedPosts)
 	if l.getFails.Load() != 0 || failedPosts != 0 {
@@ -656,12 +657,7 @@ func TestConsulLeaderLossInterruptsNothing(t *testing.T) {
 	joined := time.Since(killed)
 	cancel()
 	l.wait()
-	failedPosts := 0
-	for _, res := range l.postResults {
-		if res.status != 200 {
-			failedPosts++
-		}
-	}
+	failedPosts := l.failedPosts()
 	t.Logf("MEASURE leader %s killed: new leader after %v, new instance served %v after the kill; %d GETs (%d failed), %d POSTs (%d failed)",
 		leader.Name, took, joined, l.gets.Load(), l.getFails.Load(), len(l.postResults), failedPosts)
 	if l.getFails.Load() != 0 || failedPosts != 0 {
