@@ -122,9 +122,15 @@ type Watcher struct {
 	// warned holds the instances already logged as unusable, with the
 	// reason; only the Run goroutine touches it.
 	warned map[string]string
+	// loop is the watch loop's memory; see loopState.
+	loop loopState
+	// fed: made by Hub.Add, which reads for it; Run refuses to start.
+	fed bool
 
 	mu     sync.Mutex
 	status WatchStatus
+	// readFailing: the hub's last read of a fed watcher failed.
+	readFailing bool
 }
 
 // NewWatcher returns a watcher of cfg.Service; Run starts it. onUpdate is
@@ -195,17 +201,14 @@ func (w *Watcher) Status() WatchStatus {
 	return w.status
 }
 
-// Run watches until ctx is done and returns ctx.Err(). Call it once.
+// Run watches until ctx is done and returns ctx.Err(). Call it once. A
+// watcher made by Hub.Add has no loop of its own: its Run returns an error
+// at once, and the hub's Run feeds it.
 func (w *Watcher) Run(ctx context.Context) error {
-	var (
-		index     uint64 // what the next query waits on; 0 = do not block
-		last      []lb.Instance
-		published bool
-		failures  int
-		downSince time.Time
-		lastACL   bool
-		filtered  bool // the last answer was filtered by ACLs
-	)
+	if w.fed {
+		return fmt.Errorf("watcher of service %q is fed by a hub: run the hub instead", w.cfg.Service)
+	}
+	var index uint64 // what the next query waits on; 0 = do not block
 	for {
 		if err := w.limit.wait(ctx); err != nil {
 			return err
@@ -215,88 +218,112 @@ func (w *Watcher) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err == nil && meta == nil {
-			err = errors.New("consul answered without query metadata")
-		}
-		if err != nil {
-			now := time.Now()
-			failures++
-			if failures == 1 {
-				downSince = now
-			}
-			acl := IsACLError(err)
-			if acl {
-				err = fmt.Errorf("consul refused the token (ACL): reading health of service %q: %w", w.cfg.Service, err)
-			} else {
-				err = fmt.Errorf("reading health of service %q from consul: %w", w.cfg.Service, err)
-			}
-			w.mu.Lock()
-			w.status.LastError, w.status.LastErrorAt = err, now
-			w.status.Errors++
-			w.status.DownSince = downSince
-			w.mu.Unlock()
-			retry := w.backoff.next()
-			if failures == 1 || failures%logEveryNth == 0 || acl != lastACL {
-				w.logFailure(acl, failures, now.Sub(downSince), retry, err)
-			}
-			lastACL = acl
-			// Start over with a non-blocking read once Consul answers again:
-			// the agent that answers may have restarted or be another one,
-			// and its index has nothing to do with ours. Measured with a
-			// restarted dev agent: waiting on the old, higher index blocked
-			// for the whole WaitTime before the answer went backwards, and
-			// when the new agent's index reached the old one exactly, the
-			// equal index hid a changed pool until the next write.
-			index = 0
+		next, retry, failed := w.handle(waitedOn, entries, meta, err)
+		index = next
+		if failed {
 			if err := sleepCtx(ctx, retry); err != nil {
 				return err
 			}
-			continue
 		}
-
-		w.backoff.reset()
-		if failures > 0 {
-			w.log.Info("consul answers again: following the service", "failures", failures,
-				"down_for", time.Since(downSince).Round(time.Millisecond))
-			failures, lastACL = 0, false
-		}
-		if meta.ResultsFilteredByACLs != filtered {
-			filtered = meta.ResultsFilteredByACLs
-			if filtered {
-				// Consul answers 200 with the entries the token may not
-				// read left out: without this the pool just looks empty.
-				w.log.Error("consul refused the token (ACL): reading health of service; results were filtered, the token needs service:read on the service and node:read")
-			} else {
-				w.log.Info("consul no longer filters the service's results by ACL")
-			}
-		}
-		got := meta.LastIndex
-		index = NextIndex(waitedOn, got)
-		if index == 0 {
-			// Debug: with Stale, answers from servers that lag each other
-			// go backwards now and then.
-			w.log.Debug("consul index went backwards: reading the full state again", "was", waitedOn, "now", got)
-		}
-		w.mu.Lock()
-		w.status.Index, w.status.LastSuccess = got, time.Now()
-		w.status.LastError, w.status.DownSince = nil, time.Time{}
-		w.status.Backend = meta.QueryBackend
-		w.mu.Unlock()
-		if published && waitedOn != 0 && got == waitedOn {
-			continue // equal index: the wait timed out, no news
-		}
-
-		insts := w.convert(entries)
-		if published && sameInstances(insts, last) {
-			continue
-		}
-		last, published = insts, true
-		w.mu.Lock()
-		w.status.Instances = len(insts)
-		w.mu.Unlock()
-		w.log.Debug("pool changed", "instances", len(insts), "index", got)
-		w.onUpdate(cloneInstances(insts))
 	}
+}
+
+// loopState is what the watch loop remembers between answers. Only the
+// goroutine feeding the watcher (Run, or the hub for one read at a time)
+// touches it.
+type loopState struct {
+	last      []lb.Instance
+	published bool
+	failures  int
+	downSince time.Time
+	lastACL   bool
+	filtered  bool // the last answer was filtered by ACLs
+}
+
+// handle applies one answer of Consul to the watcher: status, logs, and
+// OnUpdate when the pool changed. waitedOn is the index the query waited on
+// (0: it did not block). It returns the index to wait on next; on failure,
+// failed is true, next is 0 and retry is how long to back off.
+func (w *Watcher) handle(waitedOn uint64, entries []*api.ServiceEntry, meta *api.QueryMeta, err error) (next uint64, retry time.Duration, failed bool) {
+	st := &w.loop
+	if err == nil && meta == nil {
+		err = errors.New("consul answered without query metadata")
+	}
+	if err != nil {
+		now := time.Now()
+		st.failures++
+		if st.failures == 1 {
+			st.downSince = now
+		}
+		acl := IsACLError(err)
+		if acl {
+			err = fmt.Errorf("consul refused the token (ACL): reading health of service %q: %w", w.cfg.Service, err)
+		} else {
+			err = fmt.Errorf("reading health of service %q from consul: %w", w.cfg.Service, err)
+		}
+		w.mu.Lock()
+		w.status.LastError, w.status.LastErrorAt = err, now
+		w.status.Errors++
+		w.status.DownSince = st.downSince
+		w.mu.Unlock()
+		retry := w.backoff.next()
+		if st.failures == 1 || st.failures%logEveryNth == 0 || acl != st.lastACL {
+			w.logFailure(acl, st.failures, now.Sub(st.downSince), retry, err)
+		}
+		st.lastACL = acl
+		// Start over with a non-blocking read once Consul answers again:
+		// the agent that answers may have restarted or be another one,
+		// and its index has nothing to do with ours. Measured with a
+		// restarted dev agent: waiting on the old, higher index blocked
+		// for the whole WaitTime before the answer went backwards, and
+		// when the new agent's index reached the old one exactly, the
+		// equal index hid a changed pool until the next write.
+		return 0, retry, true
+	}
+
+	w.backoff.reset()
+	if st.failures > 0 {
+		w.log.Info("consul answers again: following the service", "failures", st.failures,
+			"down_for", time.Since(st.downSince).Round(time.Millisecond))
+		st.failures, st.lastACL = 0, false
+	}
+	if meta.ResultsFilteredByACLs != st.filtered {
+		st.filtered = meta.ResultsFilteredByACLs
+		if st.filtered {
+			// Consul answers 200 with the entries the token may not
+			// read left out: without this the pool just looks empty.
+			w.log.Error("consul refused the token (ACL): reading health of service; results were filtered, the token needs service:read on the service and node:read")
+		} else {
+			w.log.Info("consul no longer filters the service's results by ACL")
+		}
+	}
+	got := meta.LastIndex
+	next = NextIndex(waitedOn, got)
+	if next == 0 {
+		// Debug: with Stale, answers from servers that lag each other
+		// go backwards now and then.
+		w.log.Debug("consul index went backwards: reading the full state again", "was", waitedOn, "now", got)
+	}
+	w.mu.Lock()
+	w.status.Index, w.status.LastSuccess = got, time.Now()
+	w.status.LastError, w.status.DownSince = nil, time.Time{}
+	w.status.Backend = meta.QueryBackend
+	w.mu.Unlock()
+	if st.published && waitedOn != 0 && got == waitedOn {
+		return next, 0, false // equal index: the wait timed out, no news
+	}
+
+	insts := w.convert(entries)
+	if st.published && sameInstances(insts, st.last) {
+		return next, 0, false
+	}
+	st.last, st.published = insts, true
+	w.mu.Lock()
+	w.status.Instances = len(insts)
+	w.mu.Unlock()
+	w.log.Debug("pool changed", "instances", len(insts), "index", got)
+	w.onUpdate(cloneInstances(insts))
+	return next, 0, false
 }
 
 // query runs one blocking query, bounded by the wait time plus Consul's

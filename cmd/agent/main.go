@@ -153,22 +153,47 @@ func (a *agent) run(ready chan<- string) int {
 	}
 
 	var wg sync.WaitGroup
+	// Up to HubThreshold services get a long poll each; above, one hub
+	// follows them all with a bounded number of connections to Consul
+	// (which refuses more than 200 per client by default).
+	var hub *discovery.Hub
+	if len(a.ordered) > discovery.HubThreshold {
+		if hub, err = discovery.NewHub(a.client, discovery.HubConfig{
+			Stale: a.cfg.stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
+		}); err != nil {
+			a.log.Error("invalid watch", "error", err)
+			return exitBadInput
+		}
+	}
 	for _, s := range a.ordered {
 		sc := a.cfg.service(s.name)
 		s := s
-		w, err := discovery.NewWatcher(a.client, discovery.WatchConfig{
+		wc := discovery.WatchConfig{
 			Service: s.name, Tag: sc.tag, Stale: a.cfg.stale, Cached: a.cfg.cached,
 			// A change lands within 100ms even when changes come back to back.
 			QueryInterval: 100 * time.Millisecond,
 			Logger:        a.log.Named("watch").With("service", s.name),
-		}, func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) })
+		}
+		onUpdate := func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) }
+		var w *discovery.Watcher
+		if hub != nil {
+			w, err = hub.Add(wc, onUpdate)
+		} else {
+			w, err = discovery.NewWatcher(a.client, wc, onUpdate)
+		}
 		if err != nil {
 			a.log.Error("invalid watch", "service", s.name, "error", err)
 			return exitBadInput
 		}
 		s.watcher = w
+		if hub == nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = w.Run(ctx) }()
+		}
+	}
+	if hub != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); _ = w.Run(ctx) }()
+		go func() { defer wg.Done(); _ = hub.Run(ctx) }()
 	}
 	if a.cfg.snapshotFile != "" {
 		wg.Add(1)

@@ -1,0 +1,533 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/meshlb/meshlb/lb"
+)
+
+// HubThreshold is how many services an agent follows with one Watcher (and
+// one long poll) each; above it, a Hub keeps the number of connections to
+// Consul bounded. Consul refuses more than limits.http_max_conns_per_client
+// (200 by default) connections from one address: measured with the bench,
+// 1,000 watchers got 354 pools loaded and "429 too many concurrent
+// connections" for the rest.
+const HubThreshold = 16
+
+// Defaults of HubConfig.
+const (
+	DefaultHubConcurrency = 8
+	DefaultResyncInterval = 5 * time.Minute
+	// fullPassGap spaces the full passes that catalog changes no digest
+	// explains (see Hub), so that churn in a big catalog costs at most one
+	// read per service per gap.
+	fullPassGap = time.Second
+)
+
+// HubConfig configures a Hub. Per-service settings (tag, logger) come with
+// each Add.
+type HubConfig struct {
+	// Datacenter defaults to the agent's own; every service added must
+	// name the same one (or none).
+	Datacenter string
+	// Stale lets any server answer the hub's two long polls (see
+	// WatchConfig.Stale); reads follow each service's own setting.
+	Stale bool
+	// WaitTime, MinBackoff, MaxBackoff and QueryInterval pace the two long
+	// polls as they pace a Watcher; same defaults and limits.
+	WaitTime               time.Duration
+	MinBackoff, MaxBackoff time.Duration
+	QueryInterval          time.Duration
+	// Concurrency bounds the service reads in flight: default 8. The hub
+	// holds at most Concurrency+2 requests to Consul at once.
+	Concurrency int
+	// ResyncInterval is how often every service is read again even without
+	// a sign of change, in case Consul changed underneath the digests (a
+	// stale server answered a read, a change no digest sees): default 5m.
+	ResyncInterval time.Duration
+	// Logger receives the hub's own logs (the long polls); name it for the
+	// component. Nil discards them. Each service logs through the Logger
+	// of its WatchConfig.
+	Logger hclog.Logger
+}
+
+// stateSource is Health().State: needs node:read and service:read on what
+// it should see (Consul filters out the rest).
+type stateSource interface {
+	State(state string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error)
+}
+
+// catalogSource is Catalog().Services: needs service:read (filtered the
+// same way).
+type catalogSource interface {
+	Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error)
+}
+
+// Hub follows any number of services with a bounded number of connections
+// to Consul: two long polls for the whole datacenter instead of one per
+// service, and non-blocking reads of only the services that changed.
+//
+//   - /v1/health/state/any (every check, with its service, node, status and
+//     ModifyIndex): a service whose checks changed is read again; a node
+//     check that changed (serfHealth, node maintenance) makes every watched
+//     service with instances on that node read again.
+//   - /v1/catalog/services (names and tags): a watched service that
+//     appears, disappears or changes tags is read again. A catalog change
+//     that neither this nor a check explains (an instance without checks
+//     registered, a port changed) names no service, so every service is
+//     read again, at most once per second.
+//
+// Reads are Health().Service calls like a Watcher's, at most Concurrency at
+// once, and each answer goes through the service's Watcher exactly as in
+// its own loop: the same conversion, OnUpdate only when the pool changed,
+// the same status, logs, ACL reporting and backoff after a failed read.
+// While a long poll fails, the services keep their pools, their status
+// shows the error, and no reads are made; once Consul answers again every
+// service is read afresh (as a Watcher starts over from index 0).
+//
+// The cost moves from connections to bytes: every check change in the
+// datacenter returns the full check list to the hub.
+type Hub struct {
+	cfg     HubConfig
+	health  healthSource
+	state   stateSource
+	catalog catalogSource
+	log     hclog.Logger
+
+	mu       sync.Mutex
+	watchers []*Watcher
+	started  bool
+}
+
+// NewHub returns a hub reading through client; add the services with Add,
+// then start it with Run.
+func NewHub(client *api.Client, cfg HubConfig) (*Hub, error) {
+	if client == nil {
+		return nil, errors.New("hub needs a consul client, got nil")
+	}
+	return newHub(client.Health(), client.Health(), client.Catalog(), cfg)
+}
+
+func newHub(health healthSource, state stateSource, catalog catalogSource, cfg HubConfig) (*Hub, error) {
+	switch {
+	case cfg.WaitTime == 0:
+		cfg.WaitTime = DefaultWaitTime
+	case cfg.WaitTime < 0 || cfg.WaitTime > MaxWaitTime:
+		return nil, fmt.Errorf("invalid hub wait time %v: want more than 0 and at most %v (Consul's cap)", cfg.WaitTime, MaxWaitTime)
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.MinBackoff < 0 || cfg.MaxBackoff < cfg.MinBackoff {
+		return nil, fmt.Errorf("invalid hub backoff %v..%v: want 0 < min <= max", cfg.MinBackoff, cfg.MaxBackoff)
+	}
+	switch {
+	case cfg.QueryInterval == 0:
+		cfg.QueryInterval = DefaultQueryInterval
+	case cfg.QueryInterval < 0:
+		return nil, fmt.Errorf("invalid hub query interval %v: want more than 0", cfg.QueryInterval)
+	}
+	switch {
+	case cfg.Concurrency == 0:
+		cfg.Concurrency = DefaultHubConcurrency
+	case cfg.Concurrency < 0:
+		return nil, fmt.Errorf("invalid hub concurrency %d: want at least 1", cfg.Concurrency)
+	}
+	switch {
+	case cfg.ResyncInterval == 0:
+		cfg.ResyncInterval = DefaultResyncInterval
+	case cfg.ResyncInterval < 0:
+		return nil, fmt.Errorf("invalid hub resync interval %v: want more than 0", cfg.ResyncInterval)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Hub{cfg: cfg, health: health, state: state, catalog: catalog, log: log}, nil
+}
+
+// Add returns the Watcher of one more service, fed by the hub: its Status
+// works as usual, its Run must not be called. cfg is checked as NewWatcher
+// checks it; its Datacenter must be the hub's, and WaitTime and
+// QueryInterval are unused. Add must be called before Run.
+func (h *Hub) Add(cfg WatchConfig, onUpdate func([]lb.Instance)) (*Watcher, error) {
+	if cfg.Datacenter != "" && cfg.Datacenter != h.cfg.Datacenter {
+		return nil, fmt.Errorf("service %q names datacenter %q but the hub follows %q: use one hub per datacenter", cfg.Service, cfg.Datacenter, h.cfg.Datacenter)
+	}
+	w, err := newWatcher(h.health, cfg, onUpdate)
+	if err != nil {
+		return nil, err
+	}
+	w.fed = true
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.started {
+		return nil, fmt.Errorf("cannot add service %q: the hub is already running", cfg.Service)
+	}
+	h.watchers = append(h.watchers, w)
+	return w, nil
+}
+
+// pollKind names the hub's two long polls.
+type pollKind int
+
+const (
+	pollState pollKind = iota
+	pollCatalog
+)
+
+func (k pollKind) String() string {
+	if k == pollState {
+		return "health state"
+	}
+	return "catalog services"
+}
+
+// pollEvent is one answer (or failure) of a long poll.
+type pollEvent struct {
+	kind     pollKind
+	checks   api.HealthChecks
+	services map[string][]string
+	err      error
+	// baseline: the query did not block (first one, or after a failure
+	// or an index that went backwards), so changes may have been missed.
+	baseline bool
+	// news: the index moved (or baseline).
+	news bool
+	// backend is X-Consul-Query-Backend of the answer.
+	backend string
+}
+
+// readDone is the end of one service read.
+type readDone struct {
+	w       *Watcher
+	entries []*api.ServiceEntry
+	failed  bool
+	retry   time.Duration
+}
+
+// Run follows every added service until ctx is done and returns ctx.Err().
+// Call it once.
+func (h *Hub) Run(ctx context.Context) error {
+	h.mu.Lock()
+	if h.started {
+		h.mu.Unlock()
+		return errors.New("hub is already running")
+	}
+	h.started = true
+	watchers := slices.Clone(h.watchers)
+	h.mu.Unlock()
+
+	byName := map[string][]*Watcher{}
+	var names []string
+	for _, w := range watchers {
+		if byName[w.cfg.Service] == nil {
+			names = append(names, w.cfg.Service)
+		}
+		byName[w.cfg.Service] = append(byName[w.cfg.Service], w)
+	}
+	tracker := newChangeTracker(names)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	events := make(chan pollEvent)
+	wg.Add(2)
+	go func() { defer wg.Done(); h.poll(ctx, pollState, events) }()
+	go func() { defer wg.Done(); h.poll(ctx, pollCatalog, events) }()
+
+	var (
+		queue    []*Watcher
+		queued   = map[*Watcher]bool{}
+		inflight = map[*Watcher]bool{}
+		again    = map[*Watcher]bool{} // dirty while in flight
+		retryAt  = map[*Watcher]*time.Timer{}
+		results  = make(chan readDone, h.cfg.Concurrency)
+		retries  = make(chan *Watcher)
+		down     = map[pollKind]bool{}
+		seen     = map[pollKind]bool{} // answered at least once
+		lastFull time.Time
+		fullTmr  *time.Timer
+		fullC    <-chan time.Time
+	)
+	defer func() {
+		for _, t := range retryAt {
+			t.Stop()
+		}
+		if fullTmr != nil {
+			fullTmr.Stop()
+		}
+	}()
+	mark := func(w *Watcher) {
+		switch {
+		case inflight[w]:
+			again[w] = true
+		case !queued[w]:
+			if t := retryAt[w]; t != nil {
+				t.Stop()
+				delete(retryAt, w)
+			}
+			queued[w] = true
+			queue = append(queue, w)
+		}
+	}
+	markAll := func() {
+		lastFull = time.Now()
+		for _, w := range watchers {
+			mark(w)
+		}
+	}
+	dispatch := func() {
+		if len(down) > 0 || len(seen) < 2 {
+			// Reads wait for both polls: a read before the polls'
+			// baseline could miss a change made between the two.
+			return
+		}
+		for len(inflight) < h.cfg.Concurrency && len(queue) > 0 {
+			w := queue[0]
+			queue[0] = nil
+			queue = queue[1:]
+			delete(queued, w)
+			inflight[w] = true
+			wg.Add(1)
+			go func() { defer wg.Done(); results <- h.read(ctx, w) }()
+		}
+	}
+	resync := time.NewTicker(h.cfg.ResyncInterval)
+	defer resync.Stop()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev := <-events:
+			now := time.Now()
+			if ev.err != nil {
+				down[ev.kind] = true
+				for _, w := range watchers {
+					w.hubFailed(ev.err, now)
+				}
+				continue
+			}
+			delete(down, ev.kind)
+			seen[ev.kind] = true
+			for _, w := range watchers {
+				w.hubAnswered(now)
+			}
+			if !ev.news {
+				break
+			}
+			if ev.baseline {
+				// Something may have changed unseen: read everything.
+				markAll()
+			}
+			var dirty []string
+			switch ev.kind {
+			case pollState:
+				dirty = tracker.stateAnswer(ev.checks, ev.baseline)
+			case pollCatalog:
+				var unexplained bool
+				dirty, unexplained = tracker.catalogAnswer(ev.services, ev.baseline)
+				if unexplained && fullC == nil {
+					if wait := fullPassGap - time.Since(lastFull); wait > 0 {
+						fullTmr = time.NewTimer(wait)
+						fullC = fullTmr.C
+					} else {
+						markAll()
+					}
+				}
+			}
+			for _, s := range dirty {
+				for _, w := range byName[s] {
+					mark(w)
+				}
+			}
+		case <-fullC:
+			fullTmr, fullC = nil, nil
+			markAll()
+		case <-resync.C:
+			markAll()
+		case r := <-results:
+			delete(inflight, r.w)
+			if ctx.Err() != nil {
+				continue
+			}
+			if !r.failed {
+				tracker.read(r.w.cfg.Service, r.entries)
+			}
+			switch {
+			case again[r.w]:
+				delete(again, r.w)
+				mark(r.w)
+			case r.failed:
+				w := r.w
+				retryAt[w] = time.AfterFunc(r.retry, func() {
+					select {
+					case retries <- w:
+					case <-ctx.Done():
+					}
+				})
+			}
+		case w := <-retries:
+			delete(retryAt, w)
+			mark(w)
+		}
+		dispatch()
+	}
+}
+
+// read makes one non-blocking read of w's service and feeds the answer to
+// w, as one turn of the Watcher's own loop.
+func (h *Hub) read(ctx context.Context, w *Watcher) readDone {
+	qctx, cancel := context.WithTimeout(ctx, requestSlack)
+	defer cancel()
+	q := &api.QueryOptions{Datacenter: h.cfg.Datacenter, AllowStale: w.cfg.Stale, UseCache: w.cfg.Cached}
+	entries, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q.WithContext(qctx))
+	if ctx.Err() != nil {
+		return readDone{w: w, failed: true}
+	}
+	_, retry, failed := w.handle(0, entries, meta, err)
+	w.mu.Lock()
+	w.readFailing = failed
+	w.mu.Unlock()
+	return readDone{w: w, entries: entries, failed: failed, retry: retry}
+}
+
+// poll runs one of the hub's long polls until ctx is done, with the index
+// rules, the limiter and the backoff of a Watcher, and sends every answer
+// and failure to out. It logs failures as a Watcher does: the first, every
+// Nth, and the recovery.
+func (h *Hub) poll(ctx context.Context, kind pollKind, out chan<- pollEvent) {
+	log := h.log.With("query", kind.String())
+	limit := newLimiter(h.cfg.QueryInterval, queryBurst, nil)
+	bo := newBackoff(h.cfg.MinBackoff, h.cfg.MaxBackoff)
+	var (
+		index     uint64
+		failures  int
+		downSince time.Time
+		lastACL   bool
+	)
+	send := func(ev pollEvent) bool {
+		select {
+		case out <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		if limit.wait(ctx) != nil {
+			return
+		}
+		waitedOn := index
+		ev, meta, err := h.query(ctx, kind, index)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil && meta == nil {
+			err = errors.New("consul answered without query metadata")
+		}
+		if err != nil {
+			now := time.Now()
+			failures++
+			if failures == 1 {
+				downSince = now
+			}
+			acl := IsACLError(err)
+			if acl {
+				err = fmt.Errorf("consul refused the token (ACL): reading %s for the hub: %w", kind, err)
+			} else {
+				err = fmt.Errorf("reading %s from consul for the hub: %w", kind, err)
+			}
+			retry := bo.next()
+			if failures == 1 || failures%logEveryNth == 0 || acl != lastACL {
+				args := []any{"failures", failures, "down_for", now.Sub(downSince).Round(time.Millisecond),
+					"retry_in", retry.Round(time.Millisecond), "error", err}
+				if acl {
+					log.Error("consul refused the token (ACL): the hub needs node:read and service:read; keeping the last known pools", args...)
+				} else {
+					log.Warn("cannot follow the datacenter's changes from consul; keeping the last known pools", args...)
+				}
+			}
+			lastACL = acl
+			index = 0 // start over with a fresh read, as a Watcher does
+			if !send(pollEvent{kind: kind, err: err}) || sleepCtx(ctx, retry) != nil {
+				return
+			}
+			continue
+		}
+		bo.reset()
+		if failures > 0 {
+			log.Info("consul answers again: following the datacenter's changes", "failures", failures,
+				"down_for", time.Since(downSince).Round(time.Millisecond))
+			failures, lastACL = 0, false
+		}
+		got := meta.LastIndex
+		index = NextIndex(waitedOn, got)
+		if index == 0 {
+			log.Debug("consul index went backwards: reading the full state again", "was", waitedOn, "now", got)
+		}
+		ev.kind, ev.backend = kind, meta.QueryBackend
+		ev.baseline = waitedOn == 0
+		ev.news = ev.baseline || got != waitedOn
+		if !send(ev) {
+			return
+		}
+	}
+}
+
+// query runs one long poll of the given kind.
+func (h *Hub) query(ctx context.Context, kind pollKind, index uint64) (pollEvent, *api.QueryMeta, error) {
+	qctx, cancel := context.WithTimeout(ctx, h.cfg.WaitTime+h.cfg.WaitTime/16+requestSlack)
+	defer cancel()
+	q := (&api.QueryOptions{
+		Datacenter: h.cfg.Datacenter,
+		AllowStale: h.cfg.Stale,
+		WaitIndex:  index,
+		WaitTime:   h.cfg.WaitTime,
+	}).WithContext(qctx)
+	if kind == pollState {
+		checks, meta, err := h.state.State(api.HealthAny, q)
+		return pollEvent{checks: checks}, meta, err
+	}
+	services, meta, err := h.catalog.Services(q)
+	return pollEvent{services: services}, meta, err
+}
+
+// hubFailed records on a fed watcher that the hub's long poll failed: the
+// service's pool may be out of date. The hub logs it once for all.
+func (w *Watcher) hubFailed(err error, now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.status.LastError, w.status.LastErrorAt = err, now
+	w.status.Errors++
+	if w.status.DownSince.IsZero() {
+		w.status.DownSince = now
+	}
+}
+
+// hubAnswered records on a fed watcher that the hub's long poll answered:
+// whatever changed for the service is being read, so the service is as
+// current as this answer. A read that is failing keeps its error.
+func (w *Watcher) hubAnswered(now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.readFailing {
+		return
+	}
+	w.status.LastSuccess = now
+	w.status.LastError, w.status.DownSince = nil, time.Time{}
+}

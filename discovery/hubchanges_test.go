@@ -1,0 +1,144 @@
+package discovery
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+)
+
+func svcCheck(node, svc, id, status string, modify uint64) *api.HealthCheck {
+	return &api.HealthCheck{Node: node, CheckID: "service:" + id, ServiceID: id, ServiceName: svc, Status: status, ModifyIndex: modify}
+}
+
+func nodeCheck(node, status string, modify uint64) *api.HealthCheck {
+	return &api.HealthCheck{Node: node, CheckID: "serfHealth", Status: status, ModifyIndex: modify}
+}
+
+func nodeEntry(node, svc, id string) *api.ServiceEntry {
+	return &api.ServiceEntry{Node: &api.Node{Node: node}, Service: &api.AgentService{ID: id, Service: svc}}
+}
+
+func TestChangeTrackerState(t *testing.T) {
+	base := api.HealthChecks{
+		nodeCheck("n1", api.HealthPassing, 5),
+		nodeCheck("n2", api.HealthPassing, 5),
+		svcCheck("n1", "web", "web-1", api.HealthPassing, 10),
+		svcCheck("n2", "web", "web-2", api.HealthPassing, 11),
+		svcCheck("n2", "api", "api-1", api.HealthPassing, 12),
+		svcCheck("n1", "other", "other-1", api.HealthPassing, 13),
+	}
+	with := func(mod func(api.HealthChecks) api.HealthChecks) api.HealthChecks {
+		c := make(api.HealthChecks, len(base))
+		for i, h := range base {
+			cp := *h
+			c[i] = &cp
+		}
+		return mod(c)
+	}
+	tests := []struct {
+		name string
+		next api.HealthChecks
+		want []string
+	}{
+		{"nothing changed", with(func(c api.HealthChecks) api.HealthChecks { return c }), nil},
+		{"same checks in another order", with(func(c api.HealthChecks) api.HealthChecks { slices.Reverse(c); return c }), nil},
+		{"a service check goes critical", with(func(c api.HealthChecks) api.HealthChecks {
+			c[2].Status, c[2].ModifyIndex = api.HealthCritical, 20
+			return c
+		}), []string{"web"}},
+		{"only the modify index moves (output or definition changed)", with(func(c api.HealthChecks) api.HealthChecks {
+			c[4].ModifyIndex = 21
+			return c
+		}), []string{"api"}},
+		{"an unwatched service changes", with(func(c api.HealthChecks) api.HealthChecks {
+			c[5].Status, c[5].ModifyIndex = api.HealthCritical, 22
+			return c
+		}), nil},
+		{"a check is added", with(func(c api.HealthChecks) api.HealthChecks {
+			return append(c, svcCheck("n3", "api", "api-2", api.HealthPassing, 23))
+		}), []string{"api"}},
+		{"a service loses its only check", with(func(c api.HealthChecks) api.HealthChecks {
+			return slices.Delete(c, 4, 5)
+		}), []string{"api"}},
+		{"node check of n2: services with instances there", with(func(c api.HealthChecks) api.HealthChecks {
+			c[1].Status, c[1].ModifyIndex = api.HealthCritical, 24
+			return c
+		}), []string{"api", "web"}},
+		{"node n1 deleted: its node check and instances vanish", with(func(c api.HealthChecks) api.HealthChecks {
+			return api.HealthChecks{c[1], c[3], c[4]}
+		}), []string{"web"}},
+		{"node check of a node without watched instances", with(func(c api.HealthChecks) api.HealthChecks {
+			return append(c, nodeCheck("n9", api.HealthCritical, 25))
+		}), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := newChangeTracker([]string{"web", "api"})
+			if got := tr.stateAnswer(base, true); len(got) != 0 {
+				t.Fatalf("baseline answer returned %v, want nothing", got)
+			}
+			tr.read("web", []*api.ServiceEntry{nodeEntry("n1", "web", "web-1"), nodeEntry("n2", "web", "web-2")})
+			tr.read("api", []*api.ServiceEntry{nodeEntry("n2", "api", "api-1")})
+			if got := tr.stateAnswer(tt.next, false); !slices.Equal(got, tt.want) {
+				t.Errorf("stateAnswer = %v, want %v", got, tt.want)
+			}
+			// The answer is the new baseline.
+			if got := tr.stateAnswer(tt.next, false); len(got) != 0 {
+				t.Errorf("the same answer again = %v, want nothing", got)
+			}
+		})
+	}
+}
+
+func TestChangeTrackerNodeMapFollowsReads(t *testing.T) {
+	tr := newChangeTracker([]string{"web"})
+	checks := api.HealthChecks{nodeCheck("n1", api.HealthPassing, 1), nodeCheck("n2", api.HealthPassing, 1)}
+	tr.stateAnswer(checks, true)
+	tr.read("web", []*api.ServiceEntry{nodeEntry("n1", "web", "a")})
+	tr.read("web", []*api.ServiceEntry{nodeEntry("n2", "web", "b")}) // moved to n2
+	n1down := api.HealthChecks{nodeCheck("n1", api.HealthCritical, 2), nodeCheck("n2", api.HealthPassing, 1)}
+	if got := tr.stateAnswer(n1down, false); len(got) != 0 {
+		t.Errorf("node n1 changed after web left it: %v, want nothing", got)
+	}
+	n2down := api.HealthChecks{nodeCheck("n1", api.HealthCritical, 2), nodeCheck("n2", api.HealthCritical, 3)}
+	if got := tr.stateAnswer(n2down, false); !slices.Equal(got, []string{"web"}) {
+		t.Errorf("node n2 changed: %v, want [web]", got)
+	}
+}
+
+func TestChangeTrackerCatalog(t *testing.T) {
+	base := map[string][]string{"web": {"b", "a"}, "api": nil, "other": {"x"}}
+	tests := []struct {
+		name            string
+		next            map[string][]string
+		want            []string
+		wantUnexplained bool
+	}{
+		{"same names and tags: an instance changed somewhere", map[string][]string{"web": {"a", "b"}, "api": nil, "other": {"x"}}, nil, true},
+		{"a watched service gains a tag", map[string][]string{"web": {"a", "b", "c"}, "api": nil, "other": {"x"}}, []string{"web"}, false},
+		{"a watched service disappears", map[string][]string{"web": {"a", "b"}, "other": {"x"}}, []string{"api"}, false},
+		{"an empty tag list is not a missing service", map[string][]string{"web": {"a", "b"}, "api": {}, "other": {"x"}}, nil, true},
+		{"only an unwatched service changes: still unexplained", map[string][]string{"web": {"a", "b"}, "api": nil}, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := newChangeTracker([]string{"web", "api", "new"})
+			if got, un := tr.catalogAnswer(base, true); len(got) != 0 || un {
+				t.Fatalf("baseline answer returned %v, %v; want nothing", got, un)
+			}
+			got, un := tr.catalogAnswer(tt.next, false)
+			if !slices.Equal(got, tt.want) || un != tt.wantUnexplained {
+				t.Errorf("catalogAnswer = %v, unexplained %v; want %v, %v", got, un, tt.want, tt.wantUnexplained)
+			}
+		})
+	}
+	t.Run("a watched service appears", func(t *testing.T) {
+		tr := newChangeTracker([]string{"web", "new"})
+		tr.catalogAnswer(base, true)
+		got, un := tr.catalogAnswer(map[string][]string{"web": {"a", "b"}, "new": nil}, false)
+		if !slices.Equal(got, []string{"new"}) || un {
+			t.Errorf("catalogAnswer = %v, unexplained %v; want [new], false", got, un)
+		}
+	})
+}
