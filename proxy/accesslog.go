@@ -7,7 +7,7 @@ import (
 // logAccess writes the request's access log line at Info.
 func (x *exchange) logAccess() {
 	r := x.r
-	args := make([]any, 0, 26)
+	args := make([]any, 0, 28)
 	args = append(args,
 		"method", r.Method,
 		"host", r.Host,
@@ -22,6 +22,9 @@ func (x *exchange) logAccess() {
 	}
 	if x.inst != nil {
 		args = append(args, "instance", x.inst.ID)
+	}
+	if x.grpcStatus != "" {
+		args = append(args, "grpc_status", x.grpcStatus)
 	}
 	if tid := x.traceID(); tid != "" {
 		args = append(args, "trace_id", tid)

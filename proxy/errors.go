@@ -15,8 +15,13 @@ import (
 // written to the client then.
 const statusClientClosed = 499
 
-// fail answers the client with a short plain-text error.
+// fail answers the client with a short plain-text error, or a gRPC call
+// with the matching gRPC status.
 func (x *exchange) fail(status int, msg string) {
+	if x.grpc {
+		x.failGRPC(grpcCode(status), status, msg)
+		return
+	}
 	x.status = status
 	x.written = int64(len(msg) + 1)
 	http.Error(x.w, msg, status)
@@ -37,10 +42,19 @@ func (x *exchange) failPick(err error) {
 }
 
 // failUpstream answers after the last attempt failed with x.err: 504 on a
-// timeout, 502 otherwise, nothing when the client is gone.
+// timeout, 502 otherwise, nothing when the client is gone. A gRPC call gets
+// DEADLINE_EXCEEDED when its grpc-timeout passed, else UNAVAILABLE.
 func (x *exchange) failUpstream() {
-	if x.ctx.Err() != nil {
+	if x.r.Context().Err() != nil {
 		x.status = statusClientClosed
+		return
+	}
+	if x.grpc {
+		if x.deadlineExceeded() {
+			x.failGRPC(grpcDeadlineExceeded, http.StatusGatewayTimeout, "deadline exceeded before service "+x.route.service+" answered")
+			return
+		}
+		x.failGRPC(grpcUnavailable, http.StatusBadGateway, "upstream of service "+x.route.service+" failed: "+errorType(x.err))
 		return
 	}
 	if isTimeout(x.err) {

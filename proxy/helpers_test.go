@@ -81,7 +81,7 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
-func newBalancer(t *testing.T, service string, insts ...lb.Instance) *lb.Balancer {
+func newBalancer(t testing.TB, service string, insts ...lb.Instance) *lb.Balancer {
 	t.Helper()
 	b, err := lb.NewBalancer(service, lb.Config{})
 	if err != nil {
@@ -149,7 +149,7 @@ func (f *frontend) url() *url.URL {
 }
 
 // testWriter sends log lines to t.Log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))

@@ -2,7 +2,9 @@
 // asks the route's lb.Balancer for an instance, forwards the request over a
 // pool of keep-alive connections, retries on another instance only when that
 // is safe, and streams the answer back (WebSocket and other upgrades
-// included).
+// included). Clients may speak HTTP/1.1 or HTTP/2 (h2c or TLS with ALPN);
+// gRPC calls are balanced one by one and reach the instances over HTTP/2
+// cleartext (see grpc.go).
 //
 // The package must not talk to Consul, choose instances itself or keep
 // per-instance state: picking and passive health belong to lb, discovery
@@ -68,7 +70,9 @@ type Config struct {
 	Tracing bool
 	// OnFailure, if set, is called after a routed request answered with a
 	// 5xx status, with the instance that last served or failed it ("" if
-	// none was picked) and the trace id ("" if none). It runs on the
+	// none was picked) and the trace id ("" if none). A gRPC call the proxy
+	// failed itself counts with the HTTP equivalent of the gRPC status it
+	// got (503, 502, 504), though it went out as HTTP 200. It runs on the
 	// request path: it must be cheap and must not block.
 	OnFailure func(service, instanceID, traceID string, status int)
 }
@@ -79,8 +83,10 @@ type Proxy struct {
 	cfg       Config
 	log       hclog.Logger
 	routes    atomic.Pointer[routeTable]
-	transport *http.Transport
-	tracer    trace.Tracer // nil when tracing is off
+	transport *http.Transport // HTTP/1.1 to the instances
+	h2c       *http.Transport // HTTP/2 cleartext, for routes and instances that ask for it
+	grpc      *http.Transport // HTTP/2 cleartext for gRPC calls: no response header timeout
+	tracer    trace.Tracer    // nil when tracing is off
 }
 
 // New validates cfg and routes and returns a Proxy. When cfg.Tracing is set
@@ -97,6 +103,8 @@ func New(cfg Config, routes []Route) (*Proxy, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		transport: newTransport(cfg),
+		h2c:       newH2CTransport(cfg, cfg.ResponseHeaderTimeout),
+		grpc:      newH2CTransport(cfg, 0),
 	}
 	if cfg.Tracing {
 		p.tracer = newTracer()
@@ -162,6 +170,8 @@ func (p *Proxy) SetRoutes(routes []Route) error {
 // CloseIdleConnections closes the idle upstream keep-alive connections.
 func (p *Proxy) CloseIdleConnections() {
 	p.transport.CloseIdleConnections()
+	p.h2c.CloseIdleConnections()
+	p.grpc.CloseIdleConnections()
 }
 
 // exchange is the state of one client request on its way through the
@@ -175,6 +185,7 @@ type exchange struct {
 	start time.Time
 
 	upgrade    string // requested protocol upgrade ("" for none)
+	grpc       bool   // a gRPC call (see isGRPC)
 	idempotent bool
 	body       reqBody
 	span       trace.Span // server span; nil when tracing is off
@@ -188,12 +199,15 @@ type exchange struct {
 	err      error        // last upstream error, if any
 	abort    bool         // the response was cut short: abort the client connection
 
+	grpcStatus string // a gRPC call's grpc-status, when known
+
 	first attempt // the first attempt's storage
 }
 
 // ServeHTTP forwards r to an instance of the service its route names.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{p: p, w: w, r: r, ctx: r.Context(), start: time.Now()}
+	x.grpc = isGRPC(r.Header)
 	x.route = p.routes.Load().match(r.Host, r.URL.Path)
 	if p.tracer != nil {
 		x.startServerSpan()
@@ -229,12 +243,25 @@ func (x *exchange) forward() {
 	if r.Header == nil {
 		r.Header = make(http.Header) // only a hand-made request lacks it
 	}
-	x.upgrade = upgradeType(r.Header)
-	if !validUpgrade(x.upgrade) {
-		x.fail(http.StatusBadRequest, "invalid upgrade protocol")
-		return
+	if x.grpc {
+		// An HTTP/1.1 client (HTTP/2 is full duplex anyway) must be able to
+		// stream its messages while the answer streams back.
+		if r.ProtoMajor == 1 {
+			http.NewResponseController(x.w).EnableFullDuplex()
+		}
+		if cancel := x.withGRPCDeadline(); cancel != nil {
+			defer cancel()
+		}
+	} else {
+		x.upgrade = upgradeType(r.Header)
+		if !validUpgrade(x.upgrade) {
+			x.fail(http.StatusBadRequest, "invalid upgrade protocol")
+			return
+		}
 	}
-	x.idempotent = isIdempotent(r.Method)
+	// A gRPC call is never replayed once sent, whatever its method (always
+	// POST from a conforming client).
+	x.idempotent = !x.grpc && isIdempotent(r.Method)
 	x.p.prepareHeaders(r, x.upgrade)
 	if err := x.prepareBody(); err != nil {
 		x.err = err
@@ -268,7 +295,7 @@ func (x *exchange) forward() {
 		x.attempts = n
 		x.inst = inst
 		a := x.newAttempt(inst, n)
-		res, err := x.p.transport.RoundTrip(&a.req)
+		res, err := x.transportFor(inst).RoundTrip(&a.req)
 		if err != nil {
 			a.finish(x.failedResult(a, err), 0, err)
 			x.err = err
@@ -297,6 +324,22 @@ func (x *exchange) forward() {
 		x.respond(a)
 		return
 	}
+}
+
+// transportFor returns the transport for sending the request to inst:
+// HTTP/2 cleartext for gRPC calls, for routes with Protocol h2c and for
+// instances tagged grpc or h2c; HTTP/1.1 otherwise and for upgrades, which
+// HTTP/2 does not have.
+func (x *exchange) transportFor(inst *lb.Instance) *http.Transport {
+	switch {
+	case x.grpc:
+		return x.p.grpc
+	case x.upgrade != "":
+		return x.p.transport
+	case x.route.h2c || speaksH2C(inst):
+		return x.p.h2c
+	}
+	return x.p.transport
 }
 
 // drainSignal reports whether the instance said first-hand that it is
@@ -342,7 +385,12 @@ func (x *exchange) respond(a *attempt) {
 	if readErr != nil && x.ctx.Err() == nil {
 		result.Err = readErr
 		x.err = readErr
-		x.abort = true
+		// A gRPC call ends with a status in the trailers (endGRPC);
+		// anything else can only be cut.
+		x.abort = !x.grpc
+	}
+	if x.grpc {
+		x.endGRPC(res, readErr)
 	}
 	a.finish(result, res.StatusCode, readErr)
 }

@@ -405,6 +405,7 @@ func TestNewValidates(t *testing.T) {
 		{"inner wildcard", Config{}, []Route{{Host: "a.*.com", Balancer: bal}}, `invalid route host "a.*.com"`},
 		{"negative attempts", Config{MaxAttempts: -1}, []Route{{Balancer: bal}}, "invalid MaxAttempts -1"},
 		{"negative timeout", Config{ConnectTimeout: -time.Second}, []Route{{Balancer: bal}}, "invalid ConnectTimeout -1s"},
+		{"unknown protocol", Config{}, []Route{{Balancer: bal, Protocol: "h2"}}, `route 0: invalid protocol "h2": want "" (auto`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,7 +24,22 @@ type Route struct {
 	PathPrefix string
 	// Balancer picks the instances of the route's service.
 	Balancer *lb.Balancer
+	// Protocol is how the route's requests reach the instances:
+	// ProtocolAuto ("") or ProtocolH2C.
+	Protocol string
 }
+
+// Route protocols: how requests are sent to the instances.
+const (
+	// ProtocolAuto sends gRPC calls (Content-Type application/grpc…) and
+	// every request to an instance tagged TagGRPC or TagH2C over HTTP/2
+	// cleartext, and all else over HTTP/1.1.
+	ProtocolAuto = ""
+	// ProtocolH2C sends every request over HTTP/2 cleartext, for services
+	// that speak only HTTP/2 whatever their instances' tags. Protocol
+	// upgrades (WebSocket) still go over HTTP/1.1, HTTP/2 having none.
+	ProtocolH2C = "h2c"
+)
 
 // compiledRoute is a validated Route in matching form.
 type compiledRoute struct {
@@ -33,6 +48,7 @@ type compiledRoute struct {
 	balancer *lb.Balancer
 	service  string
 	policy   string
+	h2c      bool // Protocol h2c
 }
 
 // routeTable is an immutable, compiled route set. Matching goes like an
@@ -108,7 +124,11 @@ func compileRoute(r Route) (*compiledRoute, error) {
 		return nil, fmt.Errorf("invalid path prefix %q: a path, without query, fragment or wildcard", r.PathPrefix)
 	}
 	prefix = strings.TrimRight(prefix, "/")
+	if r.Protocol != ProtocolAuto && r.Protocol != ProtocolH2C {
+		return nil, fmt.Errorf("invalid protocol %q: want %q (auto: gRPC over h2c, the rest over HTTP/1.1) or %q", r.Protocol, ProtocolAuto, ProtocolH2C)
+	}
 	return &compiledRoute{
+		h2c:      r.Protocol == ProtocolH2C,
 		host:     host,
 		prefix:   prefix,
 		balancer: r.Balancer,

@@ -62,8 +62,58 @@ func TestNewServerDefaults(t *testing.T) {
 		srv.MaxHeaderBytes != 64<<10 || srv.ReadTimeout != 0 || srv.WriteTimeout != 0 || srv.ErrorLog == nil {
 		t.Errorf("defaults: %+v", srv)
 	}
+	if p := srv.Protocols; p == nil || !p.HTTP1() || !p.HTTP2() || !p.UnencryptedHTTP2() {
+		t.Errorf("protocols %v, want HTTP1, HTTP2, UnencryptedHTTP2", p)
+	}
+	if h2 := srv.HTTP2; h2 == nil || h2.MaxConcurrentStreams != 250 || h2.MaxReadFrameSize != 1<<20 ||
+		h2.MaxReceiveBufferPerStream != 1<<20 || h2.MaxReceiveBufferPerConnection != 1<<20 || h2.SendPingTimeout != 0 {
+		t.Errorf("HTTP/2 defaults: %+v", h2)
+	}
 	srv = NewServer(":0", http.NotFoundHandler(), ServerConfig{ReadHeaderTimeout: -1, WriteTimeout: time.Minute}, nil)
 	if srv.ReadHeaderTimeout != -1 || srv.WriteTimeout != time.Minute {
 		t.Errorf("explicit values not kept: %+v", srv)
+	}
+	srv = NewServer(":0", http.NotFoundHandler(), ServerConfig{
+		MaxConcurrentStreams: 10, MaxReadFrameSize: 64 << 10, MaxReceiveBufferPerStream: 256 << 10,
+		MaxReceiveBufferPerConnection: 4 << 20, SendPingTimeout: time.Minute, PingTimeout: 5 * time.Second,
+		WriteByteTimeout: 30 * time.Second,
+	}, nil)
+	if h2 := srv.HTTP2; h2.MaxConcurrentStreams != 10 || h2.MaxReadFrameSize != 64<<10 || h2.MaxReceiveBufferPerStream != 256<<10 ||
+		h2.MaxReceiveBufferPerConnection != 4<<20 || h2.SendPingTimeout != time.Minute || h2.PingTimeout != 5*time.Second ||
+		h2.WriteByteTimeout != 30*time.Second {
+		t.Errorf("explicit HTTP/2 values not kept: %+v", h2)
+	}
+	srv = NewServer(":0", http.NotFoundHandler(), ServerConfig{MaxReadFrameSize: 100, MaxConcurrentStreams: -1}, nil)
+	if h2 := srv.HTTP2; h2.MaxReadFrameSize != 1<<20 || h2.MaxConcurrentStreams != 250 {
+		t.Errorf("out-of-range HTTP/2 values did not take the defaults: %+v", h2)
+	}
+}
+
+func TestServerConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		sc   ServerConfig
+		want string // "" for valid
+	}{
+		{"zero", ServerConfig{}, ""},
+		{"all set", ServerConfig{MaxConcurrentStreams: 1000, MaxReadFrameSize: 16 << 10, MaxReceiveBufferPerStream: 1,
+			MaxReceiveBufferPerConnection: 64 << 10, SendPingTimeout: time.Second, PingTimeout: time.Second, WriteByteTimeout: time.Second}, ""},
+		{"streams", ServerConfig{MaxConcurrentStreams: -5}, "invalid MaxConcurrentStreams -5: must be 0 (default) or 1-1048576"},
+		{"small frame", ServerConfig{MaxReadFrameSize: 1024}, "invalid MaxReadFrameSize 1024: must be 0 (default) or 16384-16777215"},
+		{"huge frame", ServerConfig{MaxReadFrameSize: 1 << 24}, "invalid MaxReadFrameSize 16777216"},
+		{"small connection window", ServerConfig{MaxReceiveBufferPerConnection: 1000}, "invalid MaxReceiveBufferPerConnection 1000"},
+		{"negative stream window", ServerConfig{MaxReceiveBufferPerStream: -1}, "invalid MaxReceiveBufferPerStream -1"},
+		{"negative ping", ServerConfig{SendPingTimeout: -time.Second}, "invalid SendPingTimeout -1s: must not be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.sc.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("Validate: %v, want nil", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("Validate: %v, want an error containing %q", err, tt.want)
+			}
+		})
 	}
 }

@@ -31,16 +31,9 @@ func (e *DialError) Timeout() bool {
 // instance, no compression (bodies pass through untouched), no proxy from the
 // environment, and the dialer wrapped so dial failures are typed.
 func newTransport(cfg Config) *http.Transport {
-	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &DialError{Addr: addr, Err: err}
-			}
-			return c, nil
-		},
+		Proxy:                 nil,
+		DialContext:           typedDialer(cfg.ConnectTimeout),
 		MaxIdleConns:          0, // no global cap; per instance below
 		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:       cfg.IdleConnTimeout,
@@ -51,5 +44,50 @@ func newTransport(cfg Config) *http.Transport {
 		// A non-nil empty map keeps HTTP/2 off: upstreams speak HTTP/1.1.
 		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
 		MaxResponseHeaderBytes: 1 << 20,
+	}
+}
+
+// h2cStreamWindow is the HTTP/2 flow-control window the proxy grants an
+// upstream per stream: how much of one response it buffers when the client
+// reads slower than the instance writes. Go's transport default is 4 MiB;
+// 1 MiB matches what its server grants a client per stream.
+const h2cStreamWindow = 1 << 20
+
+// newH2CTransport returns an upstream transport speaking HTTP/2 cleartext
+// with prior knowledge, as gRPC servers expect. Calls to one instance are
+// multiplexed over one connection, a new one being opened when the instance's
+// stream limit is reached. responseHeaderTimeout 0 means none: a gRPC
+// server may rightly answer a streaming call's headers late (a watch sends
+// nothing until something changes), so calls are bounded by their deadline
+// instead.
+func newH2CTransport(cfg Config, responseHeaderTimeout time.Duration) *http.Transport {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           typedDialer(cfg.ConnectTimeout),
+		Protocols:             &protos,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		ResponseHeaderTimeout: responseHeaderTimeout,
+		DisableCompression:    true,
+		// Pings (HTTP2.SendPingTimeout) stay off: gRPC servers answer
+		// pings on idle connections with GOAWAY too_many_pings, which
+		// fails calls racing it. Dead peers are found by TCP keep-alive.
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream: h2cStreamWindow,
+		},
+		MaxResponseHeaderBytes: 1 << 20,
+	}
+}
+
+// typedDialer returns a DialContext whose failures are *DialError.
+func typedDialer(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &DialError{Addr: addr, Err: err}
+		}
+		return c, nil
 	}
 }
