@@ -81,6 +81,7 @@ type fileProxy struct {
 	MaxAttempts           *int    `hcl:"max_attempts,optional"`
 	MaxHeaderBytes        *int    `hcl:"max_header_bytes,optional"`
 	MaxBodySize           *string `hcl:"max_body_size,optional"`
+	MaxConcurrentStreams  *int    `hcl:"max_concurrent_streams,optional"`
 	ReadHeaderTimeout     *string `hcl:"read_header_timeout,optional"`
 }
 
@@ -107,6 +108,7 @@ type fileTLS struct {
 type fileRoute struct {
 	Host       *string `hcl:"host,optional"`
 	PathPrefix *string `hcl:"path_prefix,optional"`
+	Protocol   *string `hcl:"protocol,optional"`
 	Service    string  `hcl:"service"`
 }
 
@@ -128,6 +130,7 @@ type config struct {
 	maxAttempts           int
 	maxHeaderBytes        int
 	maxBodyBytes          int64
+	maxStreams            int // HTTP/2 streams per client connection
 
 	services  []serviceConfig
 	listeners []listenerConfig
@@ -151,6 +154,7 @@ type listenerConfig struct {
 
 type routeConfig struct {
 	host, pathPrefix, service string
+	protocol                  string // "" (auto: gRPC over h2c, the rest HTTP/1.1) or "h2c"
 }
 
 // flags holds the raw command line before it is merged with the file.
@@ -158,6 +162,7 @@ type flags struct {
 	listen, service, balance, configFile, admin, snapshotFile string
 	consulAddr, consulTokenFile                               string
 	tlsCert, tlsKey                                           string
+	maxStreams                                                int
 	maxFails, maxHeaderBytes                                  int
 	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
@@ -194,6 +199,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
 	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
 	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
+	fs.IntVar(&f.maxStreams, "max-concurrent-streams", 250, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
@@ -248,6 +254,12 @@ func (f *flags) resolve() (*config, error) {
 			return nil, fmt.Errorf("invalid --max-header-bytes %d: must be 1024-1048576", f.maxHeaderBytes)
 		}
 		c.maxHeaderBytes = f.maxHeaderBytes
+	}
+	if f.set["max-concurrent-streams"] {
+		if f.maxStreams < 1 || f.maxStreams > 10000 {
+			return nil, fmt.Errorf("invalid --max-concurrent-streams %d: must be 1-10000", f.maxStreams)
+		}
+		c.maxStreams = f.maxStreams
 	}
 	if f.set["max-body-size"] {
 		n, err := parseSize(f.maxBodySize)
@@ -464,6 +476,12 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			}
 			c.maxBodyBytes = n
 		}
+		if p.MaxConcurrentStreams != nil {
+			if *p.MaxConcurrentStreams < 1 || *p.MaxConcurrentStreams > 10000 {
+				return wrap(fmt.Errorf("invalid proxy.max_concurrent_streams %d: must be 1-10000", *p.MaxConcurrentStreams))
+			}
+			c.maxStreams = *p.MaxConcurrentStreams
+		}
 		if p.MaxHeaderBytes != nil {
 			if *p.MaxHeaderBytes < 1024 || *p.MaxHeaderBytes > 1<<20 {
 				return wrap(fmt.Errorf("invalid proxy.max_header_bytes %d: must be 1024-1048576", *p.MaxHeaderBytes))
@@ -518,6 +536,15 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			rc := routeConfig{service: r.Service}
 			if r.Host != nil {
 				rc.host = *r.Host
+			}
+			if r.Protocol != nil {
+				switch *r.Protocol {
+				case "", "auto":
+				case "h2c":
+					rc.protocol = "h2c"
+				default:
+					return wrap(fmt.Errorf("listener %q: invalid route protocol %q: use \"auto\" (gRPC over HTTP/2, the rest HTTP/1.1) or \"h2c\" (HTTP/2 cleartext for everything)", l.Name, *r.Protocol))
+				}
 			}
 			if r.PathPrefix != nil {
 				rc.pathPrefix = *r.PathPrefix

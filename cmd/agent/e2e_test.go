@@ -523,6 +523,7 @@ func TestBadInputIsRefused(t *testing.T) {
 	badHCL := write("bad.hcl", "listener \"web\" {\n  address = \n}\n")
 	badPolicy := write("policy.hcl", "service \"a\" {\n  balance = \"fastest\"\n}\nlistener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"a\" }\n}\n")
 	noRoute := write("noroute.hcl", "listener \"web\" {\n  address = \"127.0.0.1:0\"\n}\n")
+	badProto := write("proto.hcl", "listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route {\n    service = \"a\"\n    protocol = \"spdy\"\n  }\n}\n")
 	cases := []struct {
 		name string
 		args []string
@@ -539,6 +540,9 @@ func TestBadInputIsRefused(t *testing.T) {
 		{"invalid hcl", []string{"--config", badHCL}, "bad.hcl"},
 		{"invalid policy in file", []string{"--config", badPolicy}, `"fastest"`},
 		{"listener without route", []string{"--config", noRoute}, `listener "web" has no route`},
+		{"bad route protocol", []string{"--config", badProto}, `invalid route protocol "spdy"`},
+		{"bad max streams", []string{"--listen", "127.0.0.1:0", "--service", "s", "--max-concurrent-streams", "0"}, "invalid --max-concurrent-streams 0"},
+		{"tls cert without key", []string{"--listen", "127.0.0.1:0", "--service", "s", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{"bad admin", []string{"--listen", "127.0.0.1:0", "--service", "s", "--admin", "x"}, `invalid --admin "x"`},
 		{"bad max-fails", []string{"--listen", "127.0.0.1:0", "--service", "s", "--max-fails", "0"}, "invalid --max-fails 0"},
 		{"bad service", []string{"--listen", "127.0.0.1:0", "--service", "a b"}, `"a b"`},

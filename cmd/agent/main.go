@@ -106,7 +106,7 @@ type agent struct {
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
 	copts := cfg.consul
-	copts.Watchers = len(cfg.services)
+	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
 	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
@@ -347,7 +347,7 @@ func (a *agent) buildServers() error {
 	for _, l := range a.cfg.listeners {
 		routes := make([]proxy.Route, 0, len(l.routes))
 		for _, r := range l.routes {
-			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Balancer: a.services[r.service].balancer})
+			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer})
 		}
 		p, err := proxy.New(proxy.Config{
 			ConnectTimeout:        a.cfg.connectTimeout,
@@ -367,11 +367,16 @@ func (a *agent) buildServers() error {
 		}
 		a.proxies = append(a.proxies, p)
 		h := a.metrics.instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
-		srv := proxy.NewServer(l.address, h, proxy.ServerConfig{
-			ReadHeaderTimeout: a.cfg.readHeaderTimeout,
-			IdleTimeout:       120 * time.Second,
-			MaxHeaderBytes:    a.cfg.maxHeaderBytes,
-		}, a.log.Named("http"))
+		sc := proxy.ServerConfig{
+			ReadHeaderTimeout:    a.cfg.readHeaderTimeout,
+			IdleTimeout:          120 * time.Second,
+			MaxHeaderBytes:       a.cfg.maxHeaderBytes,
+			MaxConcurrentStreams: a.cfg.maxStreams,
+		}
+		if err := sc.Validate(); err != nil {
+			return fmt.Errorf("listener %q: %w", l.name, err)
+		}
+		srv := proxy.NewServer(l.address, h, sc, a.log.Named("http"))
 		var cr *certreload.Reloader
 		if l.certFile != "" {
 			var err error
