@@ -64,7 +64,7 @@ python="$(bash scripts/ensure-python.sh)"
 consul="$(bash deploy/consul/install.sh)"
 agent="$root/bin/agent"
 need_agent=0
-case " $CONTENDERS " in *" meshlb "*) need_agent=1 ;; esac
+case " $CONTENDERS " in *" meshlb"*) need_agent=1 ;; esac
 [ "${SKIP_DISCOVERY:-0}" = 1 ] || need_agent=1
 [ "${PROFILE:-0}" = 1 ] && need_agent=0
 if [ "$need_agent" = 1 ] && { [ ! -x "$agent" ]  || [ -n "$(find cmd discovery lb proxy tracing internal -name '*.go' -newer "$agent" 2>/dev/null | head -1)" ]; }; then
@@ -197,6 +197,10 @@ EOF
 
 # ---- contenders ---------------------------------------------------------------
 read -r nx_fast nx_fast_classic nx_tornado nx_tornado_classic hp_fast hp_tornado ag_fast ag_tornado ag_fast_admin ag_tornado_admin <<<"$(free_ports 10)"
+# Tracing variants of the agent (CONTENDERS="... meshlb-unsampled meshlb-sampled"):
+# OTLP configured towards a port where nothing listens, so spans are made and
+# dropped: the figure is the tracing work on the request path, not a collector's.
+read -r agu_fast agu_tornado ags_fast ags_tornado agu_fast_admin agu_tornado_admin ags_fast_admin ags_tornado_admin otlp_void <<<"$(free_ports 9)"
 
 upstream() {
   local name="$1" keepalive="$2"; shift 2
@@ -266,6 +270,10 @@ url() {
     tornado:haproxy) port="$hp_tornado" ;;
     fast:meshlb) port="$ag_fast" ;;
     tornado:meshlb) port="$ag_tornado" ;;
+    fast:meshlb-unsampled) port="$agu_fast" ;;
+    tornado:meshlb-unsampled) port="$agu_tornado" ;;
+    fast:meshlb-sampled) port="$ags_fast" ;;
+    tornado:meshlb-sampled) port="$ags_tornado" ;;
     *) die "unknown contender $2 for $1" ;;
   esac
   echo "http://127.0.0.1:$port/"
@@ -298,6 +306,16 @@ case " $CONTENDERS " in *" meshlb "*)
     agent_pids+=("$set:$last_pid")
   done
 esac
+for variant in unsampled sampled; do
+  case " $CONTENDERS " in *" meshlb-$variant "*) ;; *) continue ;; esac
+  sampler=always_off; [ "$variant" = sampled ] && sampler=always_on
+  for set in $SETS; do
+    short=u; [ "$variant" = sampled ] && short=s
+    eval "port=\$ag${short}_$set admin=\$ag${short}_${set}_admin"
+    start "agent-$variant-$set" env OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+      OTEL_TRACES_SAMPLER="$sampler" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level error
+  done
+done
 
 for set in $SETS; do
   for c in $CONTENDERS; do wait_http "$(url "$set" "$c")"; done

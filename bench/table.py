@@ -15,6 +15,8 @@ NAMES = {
     "nginx-classic": "nginx, classic config (no keepalive)",
     "haproxy": "HAProxy",
     "meshlb": "meshlb agent",
+    "meshlb-unsampled": "meshlb agent, tracing configured, unsampled",
+    "meshlb-sampled": "meshlb agent, tracing on, every request sampled",
 }
 SETS = {"fast": "5 fast backends", "tornado": "5 Tornado"}
 ORDER = list(NAMES)
@@ -59,9 +61,17 @@ def main(path):
             targets.append("rps on %s ≥ %.2f × nginx: %.2f — %s" % (SETS[s], want, got, "met" if got >= want else "MISSED"))
             got = a["p99"] / n["p99"]
             targets.append("p99 on %s ≤ 1.5 × nginx's: %.2f — %s" % (SETS[s], got, "met" if got <= 1.5 else "MISSED"))
+    for s in sets:
+        a, u, sm = med.get((s, "meshlb")), med.get((s, "meshlb-unsampled")), med.get((s, "meshlb-sampled"))
+        if a and u:
+            got = u["rps"] / a["rps"]
+            targets.append("tracing configured but unsampled on %s, rps vs tracing off: %.3f — %s (issue 4: within 5%%)" % (
+                SETS[s], got, "met" if got >= 0.95 else "MISSED"))
+        if a and sm:
+            targets.append("every request sampled on %s, rps vs tracing off: %.3f" % (SETS[s], sm["rps"] / a["rps"]))
     if targets:
         print()
-        print("Targets for the agent (issue 6):")
+        print("Targets for the agent (issues 4 and 6):")
         print()
         for t in targets:
             print("- " + t)
