@@ -550,7 +550,7 @@ func TestBadInputIsRefused(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var out strings.Builder
-			code := run(tc.args, io.Discard, &out, nil)
+			code := run(tc.args, io.Discard, &out)
 			if code == exitOK {
 				t.Fatalf("exit 0 for bad input; output:\n%s", out.String())
 			}

@@ -40,12 +40,11 @@ const (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, nil))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run is the agent's main; ready, if not nil, is closed once every
-// listener is bound (tests use it).
-func run(args []string, stdout, stderr io.Writer, ready chan<- string) int {
+// run is the agent's main: the status subcommand, or the agent itself.
+func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(args[1:], stdout, stderr)
 	}
@@ -67,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer, ready chan<- string) int {
 		fmt.Fprintf(stderr, "agent: %v\n", err)
 		return exitBadInput
 	}
-	return a.run(ready)
+	return a.run()
 }
 
 // serviceState is one watched service: its balancer and its watcher.
@@ -127,7 +126,7 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	return a, nil
 }
 
-func (a *agent) run(ready chan<- string) int {
+func (a *agent) run() int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -162,6 +161,7 @@ func (a *agent) run(ready chan<- string) int {
 			Stale: a.cfg.stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
 		}); err != nil {
 			a.log.Error("invalid watch", "error", err)
+			a.closeListeners()
 			return exitBadInput
 		}
 	}
@@ -183,6 +183,9 @@ func (a *agent) run(ready chan<- string) int {
 		}
 		if err != nil {
 			a.log.Error("invalid watch", "service", s.name, "error", err)
+			cancel()
+			wg.Wait()
+			a.closeListeners()
 			return exitBadInput
 		}
 		s.watcher = w
@@ -236,9 +239,6 @@ func (a *agent) run(ready chan<- string) int {
 	}
 	a.log.Info("agent started", "listen", strings.Join(addrs, ","), "services", strings.Join(names, ","),
 		"admin", adminAddr, "tracing", a.tracingOn)
-	if ready != nil {
-		ready <- adminAddr
-	}
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
