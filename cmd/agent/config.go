@@ -82,6 +82,7 @@ type fileProxy struct {
 	MaxHeaderBytes        *int    `hcl:"max_header_bytes,optional"`
 	MaxBodySize           *string `hcl:"max_body_size,optional"`
 	MaxConcurrentStreams  *int    `hcl:"max_concurrent_streams,optional"`
+	MaxConns              *int    `hcl:"max_conns,optional"`
 	ReadHeaderTimeout     *string `hcl:"read_header_timeout,optional"`
 }
 
@@ -131,6 +132,7 @@ type config struct {
 	maxHeaderBytes        int
 	maxBodyBytes          int64
 	maxStreams            int // HTTP/2 streams per client connection
+	maxConns              int // live client connections per cleartext listener; 0 = no cap
 
 	services  []serviceConfig
 	listeners []listenerConfig
@@ -162,7 +164,7 @@ type flags struct {
 	listen, service, balance, configFile, admin, snapshotFile string
 	consulAddr, consulTokenFile                               string
 	tlsCert, tlsKey                                           string
-	maxStreams                                                int
+	maxStreams, maxConns                                      int
 	maxFails, maxHeaderBytes                                  int
 	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
@@ -199,6 +201,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
 	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
 	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
+	fs.IntVar(&f.maxConns, "max-conns", 10000, "client connections one listener keeps at once; over it new ones get 503 and are closed (nginx's worker_connections); 0 = no cap")
 	fs.IntVar(&f.maxStreams, "max-concurrent-streams", 250, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
@@ -222,7 +225,7 @@ func (f *flags) resolve() (*config, error) {
 		stale:  f.stale, cached: f.cached, emptyGrace: f.emptyGrace,
 		connectTimeout: f.connectTimeout, responseHeaderTimeout: 60 * time.Second,
 		idleTimeout: 90 * time.Second, readHeaderTimeout: 10 * time.Second,
-		maxAttempts: 3, maxHeaderBytes: 64 << 10,
+		maxAttempts: 3, maxHeaderBytes: 64 << 10, maxConns: f.maxConns,
 		logLevel: f.logLevel, logJSON: f.logJSON,
 	}
 	if err := lb.ValidatePolicy(f.balance); err != nil {
@@ -254,6 +257,12 @@ func (f *flags) resolve() (*config, error) {
 			return nil, fmt.Errorf("invalid --max-header-bytes %d: must be 1024-1048576", f.maxHeaderBytes)
 		}
 		c.maxHeaderBytes = f.maxHeaderBytes
+	}
+	if f.maxConns < 0 {
+		return nil, fmt.Errorf("invalid --max-conns %d: must be >= 0 (0 = no cap)", f.maxConns)
+	}
+	if f.set["max-conns"] {
+		c.maxConns = f.maxConns
 	}
 	if f.set["max-concurrent-streams"] {
 		if f.maxStreams < 1 || f.maxStreams > 10000 {
@@ -475,6 +484,12 @@ func (c *config) apply(path string, fc *fileConfig) error {
 				return wrap(fmt.Errorf("invalid proxy.max_body_size %q: %w", *p.MaxBodySize, err))
 			}
 			c.maxBodyBytes = n
+		}
+		if p.MaxConns != nil {
+			if *p.MaxConns < 0 {
+				return wrap(fmt.Errorf("invalid proxy.max_conns %d: must be >= 0 (0 = no cap)", *p.MaxConns))
+			}
+			c.maxConns = *p.MaxConns
 		}
 		if p.MaxConcurrentStreams != nil {
 			if *p.MaxConcurrentStreams < 1 || *p.MaxConcurrentStreams > 10000 {

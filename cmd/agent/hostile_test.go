@@ -46,6 +46,8 @@ func TestHostileClients(t *testing.T) {
 		{"2 MB header", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", "431"},
 		{"garbage", "\x16\x03\x01\x02\x00garbage\r\n\r\n", "400"},
 		{"double content-length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "400"},
+		{"content-length with transfer-encoding", "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"},
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", "400"},
 		{"body over --max-body-size", "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n" + strings.Repeat("b", 2048), "413"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/internal/httpguard"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
 	"github.com/meshlb/meshlb/tracing"
@@ -209,7 +210,15 @@ func (a *agent) run() int {
 	for i, srv := range a.servers {
 		ln := a.listeners[i]
 		if srv.TLSConfig != nil {
+			// The HTTP/1 guard reads cleartext: behind TLS, Go's server
+			// handles the head (it must see *tls.Conn for HTTP/2 by ALPN).
 			ln = tls.NewListener(ln, srv.TLSConfig)
+		} else {
+			ln = httpguard.Listen(ln, httpguard.Options{
+				MaxHeaderBytes: a.cfg.maxHeaderBytes,
+				MaxConns:       a.cfg.maxConns,
+				Logger:         a.log,
+			})
 		}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
