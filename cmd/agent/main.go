@@ -209,16 +209,16 @@ func (a *agent) run() int {
 	errc := make(chan error, len(a.servers)+1)
 	for i, srv := range a.servers {
 		ln := a.listeners[i]
+		// The guard sits on the TCP listener: it checks HTTP/1 heads on
+		// cleartext connections, passes TLS records through (Go's server must
+		// see *tls.Conn for ALPN), and caps connections on both.
+		ln = httpguard.Listen(ln, httpguard.Options{
+			MaxHeaderBytes: a.cfg.maxHeaderBytes,
+			MaxConns:       a.cfg.maxConns,
+			Logger:         a.log,
+		})
 		if srv.TLSConfig != nil {
-			// The HTTP/1 guard reads cleartext: behind TLS, Go's server
-			// handles the head (it must see *tls.Conn for HTTP/2 by ALPN).
 			ln = tls.NewListener(ln, srv.TLSConfig)
-		} else {
-			ln = httpguard.Listen(ln, httpguard.Options{
-				MaxHeaderBytes: a.cfg.maxHeaderBytes,
-				MaxConns:       a.cfg.maxConns,
-				Logger:         a.log,
-			})
 		}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -386,6 +386,8 @@ func (a *agent) buildServers() error {
 			return fmt.Errorf("listener %q: %w", l.name, err)
 		}
 		srv := proxy.NewServer(l.address, h, sc, a.log.Named("http"))
+		// Lets the guard follow upgrades the server accepts or declines.
+		srv.ConnState = httpguard.ConnState
 		var cr *certreload.Reloader
 		if l.certFile != "" {
 			var err error

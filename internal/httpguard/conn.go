@@ -9,10 +9,11 @@ import (
 	"time"
 )
 
-// errBadBody is what Read returns after a violation inside a chunked body:
-// the handler reading that body sees it, and net/http closes the
-// connection.
-var errBadBody = errors.New("httpguard: malformed chunked request body")
+// errRefused is what Read returns after a violation inside a request that
+// was already released (a chunked body, or data sent before the answer to
+// an Upgrade): the handler reading it sees a broken body, and net/http
+// closes the connection.
+var errRefused = errors.New("httpguard: request stream refused")
 
 // substitute is released in place of a refused head when earlier requests
 // on the connection may still be waiting for their responses: net/http
@@ -52,6 +53,11 @@ type conn struct {
 
 	linger atomic.Bool // refused: drain a little before closing
 	closed atomic.Bool
+
+	// Set by ConnState.
+	hooked   atomic.Bool
+	hijacked atomic.Bool
+	idles    atomic.Int64 // requests the server finished and kept the connection for
 }
 
 // Read returns the next released bytes of the stream.
@@ -59,6 +65,7 @@ func (c *conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	c.p.hooked = c.hooked.Load()
 	for {
 		if c.r < c.lim {
 			n := copy(b, c.buf[c.r:c.lim])
@@ -73,6 +80,28 @@ func (c *conn) Read(b []byte) (int, error) {
 			err := c.rerr
 			c.rerr = nil
 			return 0, err
+		}
+		if c.p.st != stPass && c.p.hooked && c.hijacked.Load() {
+			// The stream now belongs to the handler that took the
+			// connection over: release what is held.
+			c.p.st = stPass
+			c.lim = c.w
+			continue
+		}
+		if c.p.st == stAwait {
+			if int(c.idles.Load()) >= c.p.awaitReq {
+				// Answered without a hijack: still HTTP/1.
+				c.p.resume()
+				if c.lim < c.w {
+					rel, _ := c.p.feed(c.buf[c.lim:c.w])
+					c.lim += rel
+				}
+				continue
+			}
+			if c.w-c.lim > c.p.maxHead {
+				c.p.fail(vEarlyData)
+				continue
+			}
 		}
 		if c.lim == c.w {
 			c.recycle()
@@ -227,7 +256,7 @@ func (c *conn) failed(b []byte) (int, error) {
 		}
 		return 0, io.EOF
 	default:
-		return 0, errBadBody
+		return 0, errRefused
 	}
 }
 

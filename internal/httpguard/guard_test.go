@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/net/http2"
 )
 
@@ -31,7 +32,14 @@ type backend struct {
 	read map[net.Conn]*bytes.Buffer // what the server read, per connection
 }
 
+// startBackend starts a backend whose server reports its connection
+// states to the guard, as the package recommends.
 func startBackend(t *testing.T, o Options) *backend {
+	t.Helper()
+	return startBackendHooked(t, o, true)
+}
+
+func startBackendHooked(t *testing.T, o Options, hooked bool) *backend {
 	t.Helper()
 	b := &backend{rejects: make(chan string, 1024), read: map[net.Conn]*bytes.Buffer{}}
 	o.OnReject = func(reason string) {
@@ -52,6 +60,9 @@ func startBackend(t *testing.T, o Options) *backend {
 		Handler:           http.HandlerFunc(b.serve),
 		ReadHeaderTimeout: time.Minute,
 		Protocols:         &protos,
+	}
+	if hooked {
+		srv.ConnState = ConnState
 	}
 	done := make(chan struct{})
 	go func() {
@@ -142,6 +153,7 @@ func (c *recordConn) Read(p []byte) (int, error) {
 }
 
 func (c *recordConn) CloseWrite() error { return c.Conn.(*conn).CloseWrite() }
+func (c *recordConn) NetConn() net.Conn { return c.Conn }
 
 func testContext(t *testing.T, d time.Duration) context.Context {
 	t.Helper()
@@ -385,29 +397,133 @@ func TestPassesPipelinedRequestsUnchanged(t *testing.T) {
 }
 
 func TestUpgradePassesThrough(t *testing.T) {
-	b := startBackend(t, Options{})
-	ctx := testContext(t, 10*time.Second)
-	c := dial(t, ctx, b.addr)
-	_, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	if err != nil {
-		t.Fatal(err)
+	for _, hooked := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ConnState %v", hooked), func(t *testing.T) {
+			b := startBackendHooked(t, Options{}, hooked)
+			ctx := testContext(t, 10*time.Second)
+			c := dial(t, ctx, b.addr)
+			_, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("handshake: %v %v", res, err)
+			}
+			// After the switch nothing is HTTP: not even what looks
+			// like a refused head may be touched.
+			frames := "\x81\x05hello" + refusedHeads[0].head + "\x00\n\n"
+			if _, err := io.WriteString(c, frames); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(frames))
+			if _, err := io.ReadFull(br, got); err != nil || string(got) != frames {
+				t.Errorf("echoed %q, %v; want %q", got, err, frames)
+			}
+		})
 	}
-	br := bufio.NewReader(c)
-	res, err := http.ReadResponse(br, nil)
-	if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake: %v %v", res, err)
+}
+
+func TestDeclinedSwitchIsStillGuarded(t *testing.T) {
+	const vector = "POST /smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+	for _, tc := range []struct {
+		name, head string
+	}{
+		{"upgrade", "GET /no HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"},
+		{"upgrade with body", "POST /no HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 3\r\n\r\nabc"},
+		{"connect", "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"},
+	} {
+		for _, pipelined := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s pipelined %v", tc.name, pipelined), func(t *testing.T) {
+				b := startBackend(t, Options{})
+				ctx := testContext(t, 10*time.Second)
+				c := dial(t, ctx, b.addr)
+				first := tc.head
+				if pipelined {
+					first += vector
+				}
+				if _, err := io.WriteString(c, first); err != nil {
+					t.Fatal(err)
+				}
+				br := bufio.NewReader(c)
+				res, err := http.ReadResponse(br, nil)
+				if err != nil || res.StatusCode != 200 {
+					t.Fatalf("declined switch: %v %v", res, err)
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				if !pipelined {
+					if _, err := io.WriteString(c, vector); err != nil {
+						t.Fatal(err)
+					}
+				}
+				rest, err := io.ReadAll(br)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rs := responses(t, rest)
+				if len(rs) != 1 || rs[0].StatusCode != 400 {
+					t.Fatalf("after the declined switch got %q, want 400", rest)
+				}
+				if n := b.hits.Load(); n != 1 {
+					t.Errorf("the handler saw %d requests, want 1", n)
+				}
+			})
+		}
 	}
-	// After the switch nothing is HTTP: not even what looks like a
-	// refused head may be touched.
-	frames := "\x81\x05hello" + refusedHeads[0].head + "\x00\n\n"
-	if _, err := io.WriteString(c, frames); err != nil {
-		t.Fatal(err)
+}
+
+func TestAwaitAfterUpgrade(t *testing.T) {
+	const upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+	const after = "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"
+	newConn := func() *conn {
+		l := Listen(nil, Options{}).(*listener)
+		c := &conn{Conn: &fakeConn{data: []byte(upgrade + after), pieces: []int{7}}, l: l, p: parser{maxHead: l.maxHead}}
+		ConnState(c, http.StateNew)
+		return c
 	}
-	got := make([]byte, len(frames))
-	if _, err := io.ReadFull(br, got); err != nil || string(got) != frames {
-		t.Errorf("echoed %q, %v; want %q", got, err, frames)
+	readUntilHeld := func(t *testing.T, c *conn) string {
+		t.Helper()
+		var got []byte
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				return string(got) // the fake stream ended while held
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
+	t.Run("hijacked", func(t *testing.T) {
+		c := newConn()
+		if got := readUntilHeld(t, c); got != upgrade {
+			t.Fatalf("released %q before the outcome, want only the upgrade request", got)
+		}
+		ConnState(c, http.StateActive)
+		ConnState(c, http.StateHijacked)
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != after {
+			t.Errorf("after the hijack read %q, %v; want the held bytes unchanged", buf[:n], err)
+		}
+	})
+	t.Run("answered", func(t *testing.T) {
+		c := newConn()
+		if got := readUntilHeld(t, c); got != upgrade {
+			t.Fatalf("released %q before the outcome, want only the upgrade request", got)
+		}
+		ConnState(c, http.StateActive)
+		ConnState(c, http.StateIdle)
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != substitute || c.p.viol != vObsFold {
+			t.Errorf("after the answer read %q, %v, violation %v; want the obs-fold refused", buf[:n], err, c.p.viol)
+		}
+	})
 }
 
 func TestH2CPriorKnowledgePassesThrough(t *testing.T) {
@@ -602,4 +718,66 @@ func TestNoAllocationPerRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestExpectContinue(t *testing.T) {
+	b := startBackend(t, Options{})
+	ctx := testContext(t, 10*time.Second)
+	c := dial(t, ctx, b.addr)
+	if _, err := io.WriteString(c, "POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != http.StatusContinue {
+		t.Fatalf("want 100 Continue first: %v %v", res, err)
+	}
+	if _, err := io.WriteString(c, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	res, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := bodyOf(res); res.StatusCode != 200 || got != "hello" {
+		t.Errorf("got %d %q, want 200 hello", res.StatusCode, got)
+	}
+}
+
+func TestLogsReasonNotHead(t *testing.T) {
+	var logs syncBuffer
+	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &logs})
+	b := startBackend(t, Options{Logger: logger})
+	ctx := testContext(t, 10*time.Second)
+	raw := "GET / HTTP/1.1\r\nHost: x\r\nCookie: secret-session-value\r\nX: a\r\n b\r\n\r\n"
+	rs := responses(t, exchange(t, ctx, b.addr, raw, false))
+	if len(rs) != 1 || rs[0].StatusCode != 400 {
+		t.Fatalf("got %v, want 400", rs)
+	}
+	b.nextReject(ctx) // the log line is written before OnReject runs
+	got := logs.String()
+	if !strings.Contains(got, "httpguard: refused request") || !strings.Contains(got, "reason=obs-fold") ||
+		!strings.Contains(got, "peer=127.0.0.1:") {
+		t.Errorf("log %q lacks the refusal, its reason or the peer", got)
+	}
+	if strings.Contains(got, "secret-session-value") {
+		t.Errorf("log %q holds the request head", got)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

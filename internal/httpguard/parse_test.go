@@ -195,8 +195,8 @@ func TestParserRefusesBadChunkedBody(t *testing.T) {
 			if want := h + tc.released; string(run.released) != want {
 				t.Errorf("released %q, want %q", run.released, want)
 			}
-			if run.err != errBadBody || run.viol == nil || run.viol.reason != tc.reason {
-				t.Errorf("ended with %v, violation %v, want %v and %q", run.err, run.viol, errBadBody, tc.reason)
+			if run.err != errRefused || run.viol == nil || run.viol.reason != tc.reason {
+				t.Errorf("ended with %v, violation %v, want %v and %q", run.err, run.viol, errRefused, tc.reason)
 			}
 			if len(run.written) != 0 {
 				t.Errorf("wrote %q inside a request", run.written)
@@ -225,5 +225,20 @@ func TestParseLength(t *testing.T) {
 				t.Errorf("parseLength(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
 			}
 		})
+	}
+}
+
+func TestValidBytes(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for _, pos := range []int{0, 3, 7, 8, 15, 20} {
+			v := []byte(strings.Repeat("a", 21))
+			v[pos] = byte(c)
+			if got, want := validBytes(v, &valueByte), valueByte[c]; got != want {
+				t.Errorf("value byte %#x at %d: %v, want %v", c, pos, got, want)
+			}
+			if got, want := validBytes(v, &targetByte), targetByte[c]; got != want {
+				t.Errorf("target byte %#x at %d: %v, want %v", c, pos, got, want)
+			}
+		}
 	}
 }
