@@ -137,11 +137,7 @@ func TestAttachFindsPIDAndLeavesAppRunning(t *testing.T) {
 	srv := consultest.New(t)
 	c := srv.Client()
 	port := freePort(t)
-	argv := appArgs(t, port)
-	app := start(t, nil, argv[0], argv[1:]...)
-	if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	app := testproc.StartApp(t, port)
 	reg := start(t, srv.Env(), registrarBin, "--service", "attached", "--port", strconv.Itoa(port), "--check", "tcp", "--drain", "1s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "attached"))
 	e := lookup(t, c, "attached")[0].entry
@@ -189,11 +185,7 @@ func TestAppKilledStopsPassing(t *testing.T) {
 		srv := consultest.New(t)
 		c := srv.Client()
 		port := freePort(t)
-		argv := appArgs(t, port)
-		app := start(t, nil, argv[0], argv[1:]...)
-		if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		app := testproc.StartApp(t, port)
 		start(t, srv.Env(), registrarBin, "--service", "a", "--port", strconv.Itoa(port))
 		waitFor(t, 15*time.Second, "instance passing", passing(t, c, "a"))
 		_ = app.Cmd.Process.Kill()
@@ -206,11 +198,7 @@ func TestRegistrarKilledGoesCriticalWithinTTL(t *testing.T) {
 	srv := consultest.New(t)
 	c := srv.Client()
 	port := freePort(t)
-	argv := appArgs(t, port)
-	start(t, nil, argv[0], argv[1:]...)
-	if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	testproc.StartApp(t, port)
 	reg := start(t, srv.Env(), registrarBin, "--service", "k", "--port", strconv.Itoa(port), "--ttl", "2s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "k"))
 	_ = reg.Cmd.Process.Kill()
