@@ -14,6 +14,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -75,6 +76,14 @@ type Config struct {
 	// got (503, 502, 504), though it went out as HTTP 200. It runs on the
 	// request path: it must be cheap and must not block.
 	OnFailure func(service, instanceID, traceID string, status int)
+	// UpstreamTLS is the client TLS configuration for instances tagged
+	// TagHTTPS (mesh ports serving TLS): RootCAs to verify them (nil: the
+	// system roots), the client certificate to present (Certificates or
+	// GetClientCertificate, for mTLS) and ServerName when it must not be
+	// the address dialled. It is cloned, NextProtos forced to HTTP/1.1.
+	// Nil: the system roots and no client certificate. Instances without
+	// the tag are not affected.
+	UpstreamTLS *tls.Config
 }
 
 // Proxy is the agent's reverse proxy. It is an http.Handler; the route table
@@ -328,10 +337,13 @@ func (x *exchange) forward() {
 
 // transportFor returns the transport for sending the request to inst:
 // HTTP/2 cleartext for gRPC calls, for routes with Protocol h2c and for
-// instances tagged grpc or h2c; HTTP/1.1 otherwise and for upgrades, which
-// HTTP/2 does not have.
+// instances tagged grpc or h2c; HTTP/1.1 otherwise, for upgrades, which
+// HTTP/2 does not have, and for instances tagged https (mesh sidecars
+// serving TLS speak HTTP/1.1 only).
 func (x *exchange) transportFor(inst *lb.Instance) *http.Transport {
 	switch {
+	case usesTLS(inst):
+		return x.p.transport // HTTPS to a mesh sidecar: HTTP/1.1 only
 	case x.grpc:
 		return x.p.grpc
 	case x.upgrade != "":

@@ -155,7 +155,7 @@ func (x *exchange) newAttempt(inst *lb.Instance, n int) *attempt {
 		a.req = *r.WithContext(ctx)
 	}
 	a.url = *r.URL
-	a.url.Scheme = "http"
+	a.url.Scheme = upstreamScheme(inst) // "https" for instances tagged TagHTTPS
 	a.url.Host = inst.HostPort
 	a.url.User = nil
 	a.req.URL = &a.url

@@ -29,7 +29,9 @@ func (e *DialError) Timeout() bool {
 
 // newTransport returns the upstream transport: HTTP/1.1 keep-alive pools per
 // instance, no compression (bodies pass through untouched), no proxy from the
-// environment, and the dialer wrapped so dial failures are typed.
+// environment, and the dialer wrapped so dial failures are typed. It also
+// carries the requests to instances tagged TagHTTPS, over TLS with
+// cfg.UpstreamTLS (see upstreamTLSConfig).
 func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
 		Proxy:                 nil,
@@ -41,8 +43,13 @@ func newTransport(cfg Config) *http.Transport {
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
-		// A non-nil empty map keeps HTTP/2 off: upstreams speak HTTP/1.1.
-		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
+		// A non-nil empty map keeps HTTP/2 off: upstreams speak HTTP/1.1,
+		// over TLS too (instances tagged TagHTTPS).
+		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
+		TLSClientConfig: upstreamTLSConfig(cfg.UpstreamTLS),
+		// As nginx's proxy_connect_timeout, the connect timeout bounds
+		// the TLS handshake too.
+		TLSHandshakeTimeout:    cfg.ConnectTimeout,
 		MaxResponseHeaderBytes: 1 << 20,
 	}
 }

@@ -39,6 +39,12 @@ hash:header:NAME, hash:cookie:NAME, hash:ip.
 Passive health: --max-fails consecutive failures eject an instance for
 --fail-timeout (doubling while it keeps failing), never all at once.
 
+Instances tagged "https" (registrars with --mesh-tls-cert) are reached over
+TLS, verified against --upstream-tls-ca (default: the system roots); with
+--upstream-tls-cert/--upstream-tls-key the agent presents a client
+certificate (mTLS with --mesh-tls-client-ca), reloaded on SIGHUP; the CA
+file is read at start.
+
 Consul is reached through the standard CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
 CONSUL_CACERT ... variables; --consul-* flags override them. The token needs
 service:read on the services and node:read. Tracing uses the standard OTEL_*
@@ -56,15 +62,25 @@ Flags:
 //	  address = ":8070"
 //	  route { host = "api.example.com"  path_prefix = "/v1"  service = "hello" }
 //	}
+//	upstream_tls { ca_file = "ca.pem"  cert_file = "agent.pem"  key_file = "agent-key.pem" }
 type fileConfig struct {
-	Admin          *string        `hcl:"admin,optional"`
-	SnapshotFile   *string        `hcl:"snapshot_file,optional"`
-	AccessLog      *bool          `hcl:"access_log,optional"`
-	TrustedProxies []string       `hcl:"trusted_proxies,optional"`
-	Consul         *fileConsul    `hcl:"consul,block"`
-	Proxy          *fileProxy     `hcl:"proxy,block"`
-	Services       []fileService  `hcl:"service,block"`
-	Listeners      []fileListener `hcl:"listener,block"`
+	Admin          *string          `hcl:"admin,optional"`
+	SnapshotFile   *string          `hcl:"snapshot_file,optional"`
+	AccessLog      *bool            `hcl:"access_log,optional"`
+	TrustedProxies []string         `hcl:"trusted_proxies,optional"`
+	Consul         *fileConsul      `hcl:"consul,block"`
+	Proxy          *fileProxy       `hcl:"proxy,block"`
+	Services       []fileService    `hcl:"service,block"`
+	Listeners      []fileListener   `hcl:"listener,block"`
+	UpstreamTLS    *fileUpstreamTLS `hcl:"upstream_tls,block"`
+}
+
+// fileUpstreamTLS is TLS to instances tagged "https"; see upstreamTLS.
+type fileUpstreamTLS struct {
+	CAFile     *string `hcl:"ca_file,optional"`
+	CertFile   *string `hcl:"cert_file,optional"`
+	KeyFile    *string `hcl:"key_file,optional"`
+	ServerName *string `hcl:"server_name,optional"`
 }
 
 type fileConsul struct {
@@ -134,12 +150,28 @@ type config struct {
 	maxStreams            int // HTTP/2 streams per client connection
 	maxConns              int // live client connections per cleartext listener; 0 = no cap
 
-	services  []serviceConfig
-	listeners []listenerConfig
+	services    []serviceConfig
+	listeners   []listenerConfig
+	upstreamTLS upstreamTLS
 
 	logLevel string
 	logJSON  bool
 }
+
+// upstreamTLS is TLS to the instances tagged "https". Every setting is
+// optional; each remembers where it came from (a flag, or the config
+// file) so an error names it.
+type upstreamTLS struct {
+	ca, cert, key, serverName tlsSetting
+}
+
+// tlsSetting is one upstream TLS setting and the flag or file field that
+// gave it.
+type tlsSetting struct{ value, from string }
+
+func (s *tlsSetting) set(value, from string) { s.value, s.from = value, from }
+
+func (s tlsSetting) String() string { return fmt.Sprintf("%s %q", s.from, s.value) }
 
 type serviceConfig struct {
 	name string
@@ -164,6 +196,7 @@ type flags struct {
 	listen, service, balance, configFile, admin, snapshotFile string
 	consulAddr, consulTokenFile                               string
 	tlsCert, tlsKey                                           string
+	upCA, upCert, upKey, upServerName                         string
 	maxStreams, maxConns                                      int
 	maxFails, maxHeaderBytes                                  int
 	maxBodySize                                               string
@@ -187,6 +220,10 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&f.balance, "balance", "round_robin", "balancing `POLICY`: "+strings.Join(lb.ValidPolicies(), ", "))
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate `FILE` (PEM, chain included) for --listen: terminate TLS, HTTP/2 by ALPN; reloaded on SIGHUP")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS private key `FILE` (PEM) for --listen")
+	fs.StringVar(&f.upCA, "upstream-tls-ca", "", "CA certificates `FILE` (PEM) that verify instances tagged \"https\" (default: the system roots)")
+	fs.StringVar(&f.upCert, "upstream-tls-cert", "", "client certificate `FILE` (PEM) presented to instances tagged \"https\" (mTLS); reloaded on SIGHUP")
+	fs.StringVar(&f.upKey, "upstream-tls-key", "", "private key `FILE` (PEM) of --upstream-tls-cert")
+	fs.StringVar(&f.upServerName, "upstream-tls-server-name", "", "`NAME` the instances' certificates must carry (default: the address dialled; an IP address is checked against IP SANs)")
 	fs.StringVar(&f.configFile, "config", "", "HCL config `FILE` for several listeners, services and routes")
 	fs.StringVar(&f.admin, "admin", "127.0.0.1:9070", "admin listener `ADDR`: gRPC admin API, status page at /, /healthz, /metrics; \"off\" disables it")
 	fs.Var(&f.adminAllow, "admin-allow", "`CIDR` of non-loopback callers allowed on the admin listener (repeatable; default loopback only)")
@@ -285,6 +322,20 @@ func (f *flags) resolve() (*config, error) {
 	}
 	if f.set["consul-token-file"] {
 		c.consul.TokenFile = f.consulTokenFile
+	}
+	for _, u := range []struct {
+		flag string
+		v    string
+		dst  *tlsSetting
+	}{
+		{"upstream-tls-ca", f.upCA, &c.upstreamTLS.ca},
+		{"upstream-tls-cert", f.upCert, &c.upstreamTLS.cert},
+		{"upstream-tls-key", f.upKey, &c.upstreamTLS.key},
+		{"upstream-tls-server-name", f.upServerName, &c.upstreamTLS.serverName},
+	} {
+		if f.set[u.flag] {
+			u.dst.set(u.v, "--"+u.flag)
+		}
 	}
 	for _, p := range f.trusted {
 		pfx, err := parsePrefix(p)
@@ -437,6 +488,26 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			return wrap(fmt.Errorf("invalid trusted_proxies entry %q: %w", p, err))
 		}
 		c.trustedProxies = append(c.trustedProxies, pfx)
+	}
+	if u := fc.UpstreamTLS; u != nil {
+		for _, s := range []struct {
+			field string
+			v     *string
+			dst   *tlsSetting
+		}{
+			{"ca_file", u.CAFile, &c.upstreamTLS.ca},
+			{"cert_file", u.CertFile, &c.upstreamTLS.cert},
+			{"key_file", u.KeyFile, &c.upstreamTLS.key},
+			{"server_name", u.ServerName, &c.upstreamTLS.serverName},
+		} {
+			if s.v == nil {
+				continue
+			}
+			if *s.v == "" {
+				return wrap(fmt.Errorf("upstream_tls %s is empty: leave it out instead", s.field))
+			}
+			s.dst.set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
+		}
 	}
 	if fc.Consul != nil {
 		if fc.Consul.Address != nil {
@@ -603,7 +674,45 @@ func (c *config) validate() error {
 	if len(c.listeners) == 0 {
 		return errors.New("no listener configured: give --listen ADDR --service NAME or a listener block")
 	}
+	return c.upstreamTLS.validate()
+}
+
+// validate checks the settings go together; the files are read by load.
+func (u *upstreamTLS) validate() error {
+	if (u.cert.value == "") != (u.key.value == "") {
+		given, missing := u.cert, "--upstream-tls-key (key_file in upstream_tls)"
+		if u.cert.value == "" {
+			given, missing = u.key, "--upstream-tls-cert (cert_file in upstream_tls)"
+		}
+		return fmt.Errorf("upstream TLS client certificate: %v given without %s: they go together", given, missing)
+	}
+	if n := u.serverName.value; n != "" && !validServerName(n) {
+		return fmt.Errorf("invalid %v: want a DNS name or an IP address, without port", u.serverName)
+	}
 	return nil
+}
+
+// validServerName reports whether n can be a certificate's DNS name or IP
+// address.
+func validServerName(n string) bool {
+	if _, err := netip.ParseAddr(n); err == nil {
+		return true
+	}
+	n = strings.TrimSuffix(n, ".") // a fully qualified name
+	if len(n) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(n, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // validateListenAddr checks host:port syntax; binding errors come later and

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -91,6 +92,8 @@ type agent struct {
 	listeners []net.Listener
 	servers   []*http.Server
 	certs     []*certreload.Reloader // per listener, nil without TLS
+	upTLS     *tls.Config            // to instances tagged https; nil: system roots, no client certificate
+	upCert    *certreload.Reloader   // the client certificate in upTLS, if any
 	proxies   []*proxy.Proxy
 	admin     *http.Server
 	adminLn   net.Listener
@@ -105,6 +108,11 @@ type agent struct {
 
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
+	upTLS, upCert, err := cfg.upstreamTLS.load()
+	if err != nil {
+		return nil, err
+	}
+	a.upTLS, a.upCert = upTLS, upCert
 	copts := cfg.consul
 	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
 	client, err := discovery.NewClient(copts)
@@ -322,6 +330,46 @@ func (a *agent) reloadCerts() {
 		}
 		a.log.Info("TLS certificate reloaded", "listener", a.cfg.listeners[i].name, "cert", cert, "key", key)
 	}
+	if a.upCert != nil {
+		cert, key := a.upCert.Files()
+		if err := a.upCert.Reload(); err != nil {
+			a.log.Error("upstream TLS client certificate reload failed; keeping the previous one", "error", err)
+			return
+		}
+		a.log.Info("upstream TLS client certificate reloaded", "cert", cert, "key", key)
+	}
+}
+
+// load reads the upstream TLS files and returns the proxy's UpstreamTLS
+// (nil when nothing is set) and the client certificate's reloader (nil
+// without one). Errors name the flag or config field and the file.
+func (u *upstreamTLS) load() (*tls.Config, *certreload.Reloader, error) {
+	if u.ca.value == "" && u.cert.value == "" && u.serverName.value == "" {
+		return nil, nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.serverName.value}
+	if u.ca.value != "" {
+		pem, err := os.ReadFile(u.ca.value)
+		if err != nil {
+			return nil, nil, fmt.Errorf("invalid %v: %w", u.ca, err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("invalid %v: no PEM certificate in it", u.ca)
+		}
+	}
+	var cr *certreload.Reloader
+	if u.cert.value != "" {
+		var err error
+		if cr, err = certreload.New(u.cert.value, u.key.value); err != nil {
+			return nil, nil, fmt.Errorf("invalid upstream TLS client certificate (%s, %s): %w", u.cert.from, u.key.from, err)
+		}
+		// Asked for at each handshake, so a reload applies to new connections.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return cr.GetCertificate(nil)
+		}
+	}
+	return tc, cr, nil
 }
 
 // listen binds the client listeners and the admin listener.
@@ -370,6 +418,7 @@ func (a *agent) buildServers() error {
 			OnFailure: func(service, instance, traceID string, status int) {
 				a.adminAPI.RecordFailure(service, instance, traceID, status, time.Now())
 			},
+			UpstreamTLS: a.upTLS,
 		}, routes)
 		if err != nil {
 			return fmt.Errorf("listener %q: %w", l.name, err)

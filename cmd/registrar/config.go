@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/proxy"
 )
 
 const usageHead = `registrar: the meshlb sidecar for one app instance.
@@ -31,6 +33,8 @@ Usage:
 Examples:
   registrar --service hello --port 8071 -- python3 app.py --port=8071
   registrar --service hello --port 8071 --mesh-port 9071 -- python3 app.py --port=8071
+  registrar --service hello --port 8071 --mesh-port 9071 --mesh-tls-cert mesh.pem \
+      --mesh-tls-key mesh-key.pem --mesh-tls-client-ca agents-ca.pem -- python3 app.py --port=8071
   registrar --service hello --port 8071 --check tcp          # attach to a running app
 
 Consul is reached through the standard CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
@@ -39,6 +43,13 @@ CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_HTTP_SSL ... variables; the
 Tracing (mesh mode) uses the standard OTEL_* variables.
 
 The registrar opens no listening port of its own unless --mesh-port is given.
+
+With --mesh-tls-cert and --mesh-tls-key the mesh port serves TLS (HTTP/1.1)
+and the instance is registered with the tag "https", so edges reach it over
+TLS; with --mesh-tls-client-ca too, only clients presenting a certificate
+signed by that CA (the agent's --upstream-tls-cert) get through (mTLS).
+SIGHUP reads the three files again (a pair that fails to load is logged and
+the old one kept); in wrap mode it is also passed on to the app.
 
 Flags:
 `
@@ -59,6 +70,9 @@ type config struct {
 	appWait              time.Duration
 	weightPassing        int
 	weightWarning        int
+	meshTLSCert          string // mesh port serves TLS when set (with meshTLSKey)
+	meshTLSKey           string
+	meshTLSClientCA      string // client certificates required when set
 	consul               discovery.ClientOptions
 	logLevel             string
 	logJSON              bool
@@ -85,6 +99,9 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.id, "id", "", "service instance `ID` (default NAME-HOST-PORT)")
 	fs.StringVar(&c.address, "address", "", "`ADDR` to register (default: left to Consul, which uses the agent's node address)")
 	fs.IntVar(&c.meshPort, "mesh-port", 0, "mesh mode: listen on `PORT`, register it, and forward to the app on loopback, tracing every request")
+	fs.StringVar(&c.meshTLSCert, "mesh-tls-cert", "", "mesh mode: TLS certificate `FILE` (PEM, chain included) the mesh port serves; registers the tag \"https\"; reloaded on SIGHUP")
+	fs.StringVar(&c.meshTLSKey, "mesh-tls-key", "", "mesh mode: TLS private key `FILE` (PEM) for --mesh-tls-cert")
+	fs.StringVar(&c.meshTLSClientCA, "mesh-tls-client-ca", "", "mesh mode: CA certificates `FILE` (PEM); clients of the mesh port must present a certificate signed by one (mTLS)")
 	fs.Var(&c.tags, "tag", "service `TAG` (repeatable, or comma-separated)")
 	fs.Var(c.meta, "meta", "service metadata `KEY=VALUE` (repeatable); pid and host are set by the registrar")
 	fs.StringVar(&c.check, "check", "http", "how to probe the app: `http|tcp|grpc` (grpc: the standard grpc.health.v1 service)")
@@ -148,6 +165,9 @@ func (c *config) validate() error {
 			return fmt.Errorf("invalid --mesh-port %d: must differ from --port", c.meshPort)
 		}
 	}
+	if err := c.validateMeshTLS(); err != nil {
+		return err
+	}
 	switch c.check {
 	case "http", "tcp", "grpc":
 	default:
@@ -184,6 +204,31 @@ func (c *config) validate() error {
 	return nil
 }
 
+// validateMeshTLS checks the --mesh-tls-* flags go together; the files are
+// read by newMeshTLS.
+func (c *config) validateMeshTLS() error {
+	for _, f := range []struct{ name, v string }{
+		{"--mesh-tls-cert", c.meshTLSCert}, {"--mesh-tls-key", c.meshTLSKey}, {"--mesh-tls-client-ca", c.meshTLSClientCA},
+	} {
+		if f.v != "" && c.meshPort == 0 {
+			return fmt.Errorf("%s %q applies to the mesh port: give --mesh-port too", f.name, f.v)
+		}
+	}
+	if (c.meshTLSCert == "") != (c.meshTLSKey == "") {
+		return fmt.Errorf("--mesh-tls-cert and --mesh-tls-key go together (got --mesh-tls-cert %q, --mesh-tls-key %q)", c.meshTLSCert, c.meshTLSKey)
+	}
+	if c.meshTLSClientCA != "" && c.meshTLSCert == "" {
+		return fmt.Errorf("--mesh-tls-client-ca %q needs --mesh-tls-cert and --mesh-tls-key: client certificates are checked in a TLS handshake", c.meshTLSClientCA)
+	}
+	if c.meshPort != 0 && c.meshTLSCert == "" && slices.Contains(c.tags, proxy.TagHTTPS) {
+		return fmt.Errorf("invalid --tag %q: the mesh port serves plain HTTP without --mesh-tls-cert and --mesh-tls-key (the registrar adds the tag itself when they are given)", proxy.TagHTTPS)
+	}
+	return nil
+}
+
+// meshTLSOn reports whether the mesh port serves TLS.
+func (c *config) meshTLSOn() bool { return c.meshPort != 0 && c.meshTLSCert != "" }
+
 // registeredPort is the port edges dial: the mesh port in mesh mode.
 func (c *config) registeredPort() int {
 	if c.meshPort != 0 {
@@ -209,9 +254,14 @@ func (c *config) service_(pid int, host string) discovery.Service {
 	if id == "" {
 		id = fmt.Sprintf("%s-%s-%d", c.service, host, c.registeredPort())
 	}
+	tags := []string(c.tags)
+	if c.meshTLSOn() && !slices.Contains(tags, proxy.TagHTTPS) {
+		// Edges speak TLS to instances with this tag.
+		tags = append(slices.Clip(tags), proxy.TagHTTPS)
+	}
 	svc := discovery.Service{
 		Name: c.service, ID: id, Address: c.address, Port: c.registeredPort(),
-		Tags: c.tags, Meta: meta, TTL: c.ttl, DeregisterAfter: c.deregisterAfter,
+		Tags: tags, Meta: meta, TTL: c.ttl, DeregisterAfter: c.deregisterAfter,
 	}
 	svc.Weights.Passing, svc.Weights.Warning = c.weightPassing, c.weightWarning
 	return svc

@@ -49,12 +49,20 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "registrar: %v\n", err)
 		return exitBadInput
 	}
+	// Read the TLS files before anything starts: a bad one is bad input.
+	var mtls *meshTLS
+	if cfg.meshTLSOn() {
+		if mtls, err = newMeshTLS(cfg.meshTLSCert, cfg.meshTLSKey, cfg.meshTLSClientCA); err != nil {
+			fmt.Fprintf(stderr, "registrar: %v\n", err)
+			return exitBadInput
+		}
+	}
 	client, err := discovery.NewClient(cfg.consul)
 	if err != nil {
 		fmt.Fprintf(stderr, "registrar: %v\n", err)
 		return exitBadInput
 	}
-	r := &registrar{cfg: cfg, log: logger, client: client, host: hostname()}
+	r := &registrar{cfg: cfg, log: logger, client: client, host: hostname(), tls: mtls}
 	return r.run()
 }
 
@@ -70,7 +78,8 @@ type registrar struct {
 	appErr  error
 	pid     int
 	reg     *discovery.Registration
-	mesh    inbound // nil unless --mesh-port
+	mesh    inbound  // nil unless --mesh-port
+	tls     *meshTLS // nil unless the mesh port serves TLS
 }
 
 // inbound is the mesh-mode listener in front of the app.
@@ -145,6 +154,9 @@ func (r *registrar) run() int {
 				stopProbe()
 				return r.shutdown(sigs, stopLoops)
 			default:
+				if sig == syscall.SIGHUP && r.tls != nil {
+					r.reloadTLS()
+				}
 				if r.app != nil {
 					_ = r.app.Process.Signal(sig) // pass reload signals on to the app
 				}
@@ -164,6 +176,17 @@ func (r *registrar) run() int {
 			return code
 		}
 	}
+}
+
+// reloadTLS reads the mesh port's TLS files again (SIGHUP): new handshakes
+// use them, open connections are not dropped.
+func (r *registrar) reloadTLS() {
+	if err := r.tls.reload(); err != nil {
+		r.log.Error("mesh TLS reload failed: what did not load keeps its previous contents", "error", err)
+		return
+	}
+	cert, key := r.tls.cert.Files()
+	r.log.Info("mesh TLS reloaded", "cert", cert, "key", key, "client_ca", r.cfg.meshTLSClientCA)
 }
 
 func (r *registrar) mode() string {
