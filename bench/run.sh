@@ -13,6 +13,8 @@
 #   QUICK=1 make bench         # smoke run: 2 rounds of 2 s, fewer discovery trials (~3 min)
 #   ROUNDS=7 DURATION=5s CONNS=64 THREADS=1 bash bench/run.sh
 #   SKIP_DISCOVERY=1 / ONLY_DISCOVERY=1 / CONTENDERS="direct nginx haproxy" / SETS=fast
+#   AGENT_PROCS=2              # the agent on every core (default 1, like nginx's 1 worker)
+#   PACED_ROUNDS=3 PACE=0.6    # latency rounds at the same offered load (0.6 x nginx's max rps)
 #   PROFILE=1 bash bench/run.sh   # CPU profile of the request path (bench/profile) under wrk
 #
 # Everything runs on 127.0.0.1 on free ports from a temporary folder, and is
@@ -34,6 +36,13 @@ TRIALS="${TRIALS:-30}"
 UPDATES="${UPDATES:-10}"
 CONTENDERS="${CONTENDERS:-direct nginx nginx-classic haproxy meshlb}"
 SETS="${SETS:-fast tornado}"
+# The agent gets as many cores as nginx (worker_processes 1) and HAProxy
+# (nbthread 1) get: GOMAXPROCS=1. AGENT_PROCS=2 lets it use both cores.
+AGENT_PROCS="${AGENT_PROCS:-1}"
+# Latency at the same load: PACED_ROUNDS rounds per contender at about
+# PACE x nginx's maximum rps (0 rounds: skip).
+PACED_ROUNDS="${PACED_ROUNDS:-3}"
+PACE="${PACE:-0.6}"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -302,7 +311,7 @@ agent_pids=()
 case " $CONTENDERS " in *" meshlb "*)
   for set in $SETS; do
     eval "port=\$ag_$set admin=\$ag_${set}_admin"
-    start "agent-$set" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level warn
+    start "agent-$set" env GOMAXPROCS="$AGENT_PROCS" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level warn
     agent_pids+=("$set:$last_pid")
   done
 esac
@@ -312,7 +321,7 @@ for variant in unsampled sampled; do
   for set in $SETS; do
     short=u; [ "$variant" = sampled ] && short=s
     eval "port=\$ag${short}_$set admin=\$ag${short}_${set}_admin"
-    start "agent-$variant-$set" env OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+    start "agent-$variant-$set" env GOMAXPROCS="$AGENT_PROCS" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
       OTEL_TRACES_SAMPLER="$sampler" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level error
   done
 done
@@ -337,6 +346,12 @@ bench_one() {
   local set="$1" c="$2" round="$3" dur="$4" o
   o="$(wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency "$(url "$set" "$c")" 2>&1)" || die "wrk failed against $c ($set): $o"
   [ "$round" = warm ] && return 0
+  parse_wrk "$set" "$c" "$round" <<<"$o"
+}
+
+# parse_wrk SET CONTENDER ROUND < wrk output: appends a line to $tsv.
+parse_wrk() {
+  local set="$1" c="$2" round="$3"
   awk -v set="$set" -v c="$c" -v round="$round" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /m$/) return v * 60000; if (v ~ /s$/) return v * 1000; return v }
     $1 == "50%" { p50 = ms($2) }
@@ -345,8 +360,24 @@ bench_one() {
     /Non-2xx or 3xx responses:/ { err += $NF }
     /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
     END { printf "%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%d\n", set, c, round, rps, p50, p99, err }
-  ' <<<"$o" >>"$tsv"
+  ' >>"$tsv"
   log "$(tail -n 1 "$tsv" | awk -F'\t' '{printf "%-8s %-14s round %s: %8.0f rps  p50 %.2f ms  p99 %.2f ms  errors %d", $1, $2, $3, $4, $5, $6, $7}')"
+}
+
+# Paced rounds: the same offered load for every contender, so that their
+# latencies compare "at the same load". Each connection waits DELAY ms
+# after every answer (wrk's delay() hook), DELAY chosen so that the load is
+# about PACE x nginx's median rps on that set (its maximum, measured above).
+cat >"$work/pace.lua" <<'LUA'
+local d = tonumber(os.getenv("WRK_DELAY_MS"))
+function delay() return d end
+LUA
+paced_tsv="$work/paced.tsv"
+: >"$paced_tsv"
+pace_one() {
+  local set="$1" c="$2" round="$3" dur="$4" o
+  o="$(WRK_DELAY_MS="$delay_ms" wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency -s "$work/pace.lua" "$(url "$set" "$c")" 2>&1)" || die "paced wrk failed against $c ($set): $o"
+  tsv="$paced_tsv" parse_wrk "$set" "$c" "$round" <<<"$o"
 }
 
 read -r -a cs <<<"$CONTENDERS"
@@ -358,6 +389,16 @@ for set in $SETS; do
       bench_one "$set" "${cs[$(((k + r - 1) % ${#cs[@]}))]}" "$r" "$DURATION"
     done
   done
+  nginx_rps="$(awk -F'\t' -v set="$set" '$1 == set && $2 == "nginx" {print $4}' "$tsv" | sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}')"
+  if [ -n "$nginx_rps" ] && [ "$PACED_ROUNDS" -gt 0 ]; then
+    delay_ms="$(awk -v c="$CONNS" -v r="$nginx_rps" -v p="$PACE" 'BEGIN {d = int(c * 1000 / (p * r) + 0.5); print (d < 1 ? 1 : d)}')"
+    log "paced rounds ($set): each connection waits $delay_ms ms after every answer (about $PACE x nginx's $nginx_rps rps)"
+    for ((r = 1; r <= PACED_ROUNDS; r++)); do
+      for ((k = 0; k < ${#cs[@]}; k++)); do
+        pace_one "$set" "${cs[$(((k + r - 1) % ${#cs[@]}))]}" "$r" "$DURATION"
+      done
+    done
+  fi
 done
 echo "- load average after the rounds: $(cut -d' ' -f1-3 /proc/loadavg) (this run's own wrk, proxies and backends count in it)" >"$work/loadavg"
 agent_rss="$(for a in "${agent_pids[@]}"; do
@@ -369,14 +410,15 @@ done)"
   echo
   machine
   cat "$work/loadavg"
-  echo "- backends: 5 fast ones (one nginx, 1 worker, 5 \`return 200 \"ok\"\` servers) and 5 Tornado processes (\`examples/tornado/app.py\`); nginx 1 worker, HAProxy nbthread 1, the agent with Go's defaults (GOMAXPROCS = $(nproc)); all on one machine, so every proxy competes with wrk and the backends for the same cores"
+  echo "- backends: 5 fast ones (one nginx, 1 worker, 5 \`return 200 \"ok\"\` servers) and 5 Tornado processes (\`examples/tornado/app.py\`); nginx 1 worker, HAProxy nbthread 1, the agent with GOMAXPROCS=$AGENT_PROCS (AGENT_PROCS); all on one machine, so every proxy competes with wrk and the backends for the same cores"
   [ -z "$agent_rss" ] || while read -r n kb; do echo "- agent peak RSS during the $n rounds: $((kb / 1024)) MiB"; done <<<"$agent_rss"
   echo
-  "$python" bench/table.py "$tsv"
+  "$python" bench/table.py "$tsv" "$paced_tsv"
   if [ "${SKIP_DISCOVERY:-0}" != 1 ]; then
     echo
     run_discovery
   fi
 } | tee "$out"
 cp "$tsv" "bench/results/$stamp.tsv"
+cp "$paced_tsv" "bench/results/$stamp.paced.tsv"
 log "table written to $out (raw rounds: bench/results/$stamp.tsv)"

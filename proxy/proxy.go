@@ -92,7 +92,8 @@ type Proxy struct {
 	cfg       Config
 	log       hclog.Logger
 	routes    atomic.Pointer[routeTable]
-	transport *http.Transport // HTTP/1.1 to the instances
+	h1        *h1Client       // HTTP/1.1 on the request's goroutine, for requests safe to resend
+	transport *http.Transport // HTTP/1.1 to the instances, for everything else
 	h2c       *http.Transport // HTTP/2 cleartext, for routes and instances that ask for it
 	grpc      *http.Transport // HTTP/2 cleartext for gRPC calls: no response header timeout
 	tracer    trace.Tracer    // nil when tracing is off
@@ -111,6 +112,7 @@ func New(cfg Config, routes []Route) (*Proxy, error) {
 	p := &Proxy{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		h1:        newH1Client(cfg),
 		transport: newTransport(cfg),
 		h2c:       newH2CTransport(cfg, cfg.ResponseHeaderTimeout),
 		grpc:      newH2CTransport(cfg, 0),
@@ -178,6 +180,7 @@ func (p *Proxy) SetRoutes(routes []Route) error {
 
 // CloseIdleConnections closes the idle upstream keep-alive connections.
 func (p *Proxy) CloseIdleConnections() {
+	p.h1.closeIdle()
 	p.transport.CloseIdleConnections()
 	p.h2c.CloseIdleConnections()
 	p.grpc.CloseIdleConnections()
@@ -304,7 +307,12 @@ func (x *exchange) forward() {
 		x.attempts = n
 		x.inst = inst
 		a := x.newAttempt(inst, n)
-		res, err := x.transportFor(inst).RoundTrip(&a.req)
+		var res *http.Response
+		if x.fastPath(inst) {
+			res, err = x.p.h1.roundTrip(&a.req, inst.HostPort, &a.h1)
+		} else {
+			res, err = x.transportFor(inst).RoundTrip(&a.req)
+		}
 		if err != nil {
 			a.finish(x.failedResult(a, err), 0, err)
 			x.err = err
@@ -352,6 +360,14 @@ func (x *exchange) transportFor(inst *lb.Instance) *http.Transport {
 		return x.p.h2c
 	}
 	return x.p.transport
+}
+
+// fastPath reports whether the request goes to inst through h1Client:
+// idempotent, with no body or one held in memory, no upgrade, HTTP/1.1 in
+// cleartext.
+func (x *exchange) fastPath(inst *lb.Instance) bool {
+	return x.idempotent && x.body.kind != bodyStream && x.upgrade == "" && !x.grpc &&
+		!x.route.h2c && !speaksH2C(inst) && !usesTLS(inst)
 }
 
 // drainSignal reports whether the instance said first-hand that it is

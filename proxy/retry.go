@@ -128,6 +128,7 @@ type attempt struct {
 	wrote  atomic.Bool // request headers written (only traced when it matters)
 	buf    bufferedBody
 	stream streamBody
+	h1     h1Body // the response body when h1Client carried the attempt
 }
 
 // newAttempt builds the upstream request for attempt n on inst.

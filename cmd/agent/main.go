@@ -91,6 +91,7 @@ type agent struct {
 
 	listeners []net.Listener
 	servers   []*http.Server
+	lanes     []*proxy.FastServer    // one per server: its plain HTTP/1.1 fast lane (nil under TLS)
 	certs     []*certreload.Reloader // per listener, nil without TLS
 	upTLS     *tls.Config            // to instances tagged https; nil: system roots, no client certificate
 	upCert    *certreload.Reloader   // the client certificate in upTLS, if any
@@ -225,11 +226,16 @@ func (a *agent) run() int {
 			MaxConns:       a.cfg.maxConns,
 			Logger:         a.log,
 		})
-		if srv.TLSConfig != nil {
+		serve := srv.Serve
+		if lane := a.lanes[i]; lane != nil {
+			// Plain HTTP/1.1 GETs take the fast lane; the rest (bodies,
+			// upgrades, h2c) go on to srv.
+			serve = lane.Serve
+		} else {
 			ln = tls.NewListener(ln, srv.TLSConfig)
 		}
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("serving %s: %w", ln.Addr(), err)
 			}
 		}()
@@ -451,6 +457,11 @@ func (a *agent) buildServers() error {
 		}
 		a.certs = append(a.certs, cr)
 		a.servers = append(a.servers, srv)
+		var lane *proxy.FastServer // TLS listeners have none
+		if srv.TLSConfig == nil {
+			lane = proxy.NewFastServer(srv)
+		}
+		a.lanes = append(a.lanes, lane)
 	}
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
@@ -535,8 +546,12 @@ func (a *agent) shutdown(cancel context.CancelFunc, wg *sync.WaitGroup) {
 	ctx, done := context.WithTimeout(context.Background(), 30*time.Second)
 	defer done()
 	var swg sync.WaitGroup
-	for _, srv := range a.servers {
+	for i, srv := range a.servers {
 		swg.Add(1)
+		if lane := a.lanes[i]; lane != nil {
+			go func() { defer swg.Done(); _ = lane.Shutdown(ctx) }()
+			continue
+		}
 		go func() { defer swg.Done(); _ = srv.Shutdown(ctx) }()
 	}
 	swg.Wait()
