@@ -246,6 +246,9 @@ func (pc *h1Conn) exchange(req *http.Request, body *h1Body) (*http.Response, err
 	}
 	if pc.pool.c.headerTimeout > 0 {
 		pc.conn.SetReadDeadline(time.Now().Add(pc.pool.c.headerTimeout))
+		if ctx.Err() != nil {
+			pc.poison() // the context ended before the deadline was set
+		}
 	}
 	var res *http.Response
 	for {

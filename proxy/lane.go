@@ -217,11 +217,11 @@ type laneConn struct {
 
 func (lc *laneConn) serve() {
 	f := lc.f
-	handedOff := false
+	handedOff, reported := false, false
 	defer func() {
 		if !handedOff {
 			lc.conn.Close()
-			if cs := f.srv.ConnState; cs != nil {
+			if cs := f.srv.ConnState; cs != nil && !reported {
 				cs(lc.conn, http.StateClosed)
 			}
 		}
@@ -244,6 +244,13 @@ func (lc *laneConn) serve() {
 			return
 		}
 		if !ok {
+			// net/http reports the connection from here on, as a new one
+			// (its wrapper): the lane's account of it ends first, so that
+			// hooks counting New against Closed stay balanced.
+			reported = true
+			if cs := f.srv.ConnState; cs != nil {
+				cs(lc.conn, http.StateClosed)
+			}
 			handedOff = lc.handOff()
 			return
 		}

@@ -67,6 +67,7 @@ type fileConfig struct {
 	Admin          *string          `hcl:"admin,optional"`
 	SnapshotFile   *string          `hcl:"snapshot_file,optional"`
 	AccessLog      *bool            `hcl:"access_log,optional"`
+	FastLane       *bool            `hcl:"fast_lane,optional"`
 	TrustedProxies []string         `hcl:"trusted_proxies,optional"`
 	Consul         *fileConsul      `hcl:"consul,block"`
 	Proxy          *fileProxy       `hcl:"proxy,block"`
@@ -135,6 +136,7 @@ type config struct {
 	adminAllow     []netip.Prefix
 	snapshotFile   string
 	accessLog      bool
+	fastLane       bool // plain HTTP/1.1 GET/HEAD through proxy.FastServer
 	trustedProxies []netip.Prefix
 	consul         discovery.ClientOptions
 	stale, cached  bool
@@ -201,7 +203,7 @@ type flags struct {
 	maxFails, maxHeaderBytes                                  int
 	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
-	stale, cached, accessLog, logJSON                         bool
+	stale, cached, accessLog, logJSON, fastLane               bool
 	trusted, adminAllow                                       cli.StringList
 	logLevel                                                  string
 	set                                                       map[string]bool
@@ -242,6 +244,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&f.maxStreams, "max-concurrent-streams", 250, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
+	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	if err := fs.Parse(args); err != nil {
@@ -257,7 +260,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 
 func (f *flags) resolve() (*config, error) {
 	c := &config{
-		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog,
+		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog, fastLane: f.fastLane,
 		consul: discovery.ClientOptions{Address: f.consulAddr, TokenFile: f.consulTokenFile},
 		stale:  f.stale, cached: f.cached, emptyGrace: f.emptyGrace,
 		connectTimeout: f.connectTimeout, responseHeaderTimeout: 60 * time.Second,
@@ -316,6 +319,9 @@ func (f *flags) resolve() (*config, error) {
 	}
 	if f.set["access-log"] {
 		c.accessLog = f.accessLog
+	}
+	if f.set["fast-lane"] {
+		c.fastLane = f.fastLane
 	}
 	if f.set["consul-addr"] {
 		c.consul.Address = f.consulAddr
@@ -481,6 +487,9 @@ func (c *config) apply(path string, fc *fileConfig) error {
 	}
 	if fc.AccessLog != nil {
 		c.accessLog = *fc.AccessLog
+	}
+	if fc.FastLane != nil {
+		c.fastLane = *fc.FastLane
 	}
 	for _, p := range fc.TrustedProxies {
 		pfx, err := parsePrefix(p)

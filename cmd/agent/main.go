@@ -458,7 +458,7 @@ func (a *agent) buildServers() error {
 		a.certs = append(a.certs, cr)
 		a.servers = append(a.servers, srv)
 		var lane *proxy.FastServer // TLS listeners have none
-		if srv.TLSConfig == nil {
+		if srv.TLSConfig == nil && a.cfg.fastLane {
 			lane = proxy.NewFastServer(srv)
 		}
 		a.lanes = append(a.lanes, lane)
