@@ -201,7 +201,7 @@ type exchange struct {
 	idempotent bool
 	body       reqBody
 	span       trace.Span // server span; nil when tracing is off
-	traceResp  string     // traceresponse header value, when tracing
+	traceResp  [1]string  // traceresponse header value, when tracing (a header value slice)
 
 	// Outcome, for the access log and the server span.
 	status   int

@@ -142,7 +142,10 @@ func (x *exchange) newAttempt(inst *lb.Instance, n int) *attempt {
 	}
 	a.x, a.inst, a.n = x, inst, n
 	ctx := x.ctx
-	if x.span != nil {
+	if x.span != nil && x.span.IsRecording() {
+		// An unsampled request gets no span per attempt: the instance is
+		// handed the server span's (unsampled) context, which is all it
+		// needs, and the request pays for no span it would drop.
 		ctx = a.startClientSpan(ctx)
 	}
 	if !x.idempotent || !x.replayable() {
