@@ -26,9 +26,9 @@ const HubThreshold = 16
 const (
 	DefaultHubConcurrency = 8
 	DefaultResyncInterval = 5 * time.Minute
-	// fullPassGap spaces the full passes that catalog changes no digest
-	// explains (see Hub), so that churn in a big catalog costs at most one
-	// read per service per gap.
+	// fullPassGap spaces the full passes that catalog changes cause (see
+	// Hub), so that churn in a big catalog costs at most one read per
+	// service per gap.
 	fullPassGap = time.Second
 )
 
@@ -80,9 +80,11 @@ type catalogSource interface {
 //     check that changed (serfHealth, node maintenance) makes every watched
 //     service with instances on that node read again.
 //   - /v1/catalog/services (names and tags): a watched service that
-//     appears, disappears or changes tags is read again. A catalog change
-//     that neither this nor a check explains (an instance without checks
-//     registered, a port changed) names no service, so every service is
+//     appears, disappears or changes tags is read again at once. The
+//     answer names no service whose instances changed (an instance without
+//     checks registered, a port changed), and one index may hold such a
+//     change beside the ones it names (one transaction, or several writes
+//     between two answers), so every catalog change also has every service
 //     read again, at most once per second.
 //
 // Reads are Health().Service calls like a Watcher's, at most Concurrency at
@@ -334,25 +336,39 @@ func (h *Hub) Run(ctx context.Context) error {
 				// Something may have changed unseen: read everything.
 				markAll()
 			}
-			var dirty []string
+			var (
+				dirty []string
+				full  bool
+			)
 			switch ev.kind {
 			case pollState:
-				dirty = tracker.stateAnswer(ev.checks, ev.baseline)
-			case pollCatalog:
-				var unexplained bool
-				dirty, unexplained = tracker.catalogAnswer(ev.services, ev.baseline)
-				if unexplained && fullC == nil {
-					if wait := fullPassGap - time.Since(lastFull); wait > 0 {
-						fullTmr = time.NewTimer(wait)
-						fullC = fullTmr.C
-					} else {
-						markAll()
+				var nodes bool
+				dirty, nodes = tracker.stateAnswer(ev.checks, ev.baseline)
+				if nodes {
+					// A read in flight may show an instance on
+					// the node as it was before, and its node is
+					// not yet on record to make it dirty.
+					for w := range inflight {
+						again[w] = true
 					}
 				}
+			case pollCatalog:
+				dirty, full = tracker.catalogAnswer(ev.services, ev.baseline)
 			}
+			// The services named first, then, for a catalog change,
+			// all the others: the same index may hold changes of
+			// instances that no answer names.
 			for _, s := range dirty {
 				for _, w := range byName[s] {
 					mark(w)
+				}
+			}
+			if full && fullC == nil {
+				if wait := fullPassGap - time.Since(lastFull); wait > 0 {
+					fullTmr = time.NewTimer(wait)
+					fullC = fullTmr.C
+				} else {
+					markAll()
 				}
 			}
 		case <-fullC:

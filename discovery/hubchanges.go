@@ -47,9 +47,13 @@ func newChangeTracker(services []string) *changeTracker {
 // stateAnswer takes an answer of /v1/health/state/any and returns the
 // watched services to read again, sorted: those whose checks changed
 // (added, removed, another status or ModifyIndex), and those with
-// instances on a node whose own checks changed. With baseline it only
-// records the answer: the caller reads every service anyway.
-func (t *changeTracker) stateAnswer(checks api.HealthChecks, baseline bool) []string {
+// instances on a node whose own checks changed. nodes is true when any
+// node's own checks changed: the services on a node are known only from
+// their last recorded read, so a read in flight, which may show an
+// instance on that node as it was before the change, must be made again.
+// With baseline it only records the answer: the caller reads every service
+// anyway.
+func (t *changeTracker) stateAnswer(checks api.HealthChecks, baseline bool) (dirty []string, nodes bool) {
 	svcRecs := map[string][]string{}
 	nodeRecs := map[string][]string{}
 	for _, c := range checks {
@@ -65,28 +69,32 @@ func (t *changeTracker) stateAnswer(checks api.HealthChecks, baseline bool) []st
 		}
 	}
 	svcDig, nodeDig := digests(svcRecs), digests(nodeRecs)
-	dirty := map[string]bool{}
+	set := map[string]bool{}
 	if !baseline {
 		for s := range changedKeys(t.checks, svcDig) {
-			dirty[s] = true
+			set[s] = true
 		}
 		for n := range changedKeys(t.nodeChecks, nodeDig) {
+			nodes = true
 			for s := range t.nodeSvcs[n] {
-				dirty[s] = true
+				set[s] = true
 			}
 		}
 	}
 	t.checks, t.nodeChecks = svcDig, nodeDig
-	return sortedKeys(dirty)
+	return sortedKeys(set), nodes
 }
 
 // catalogAnswer takes an answer of /v1/catalog/services whose index moved
 // and returns the watched services that appeared, disappeared or changed
-// tags, sorted. unexplained is true when the index moved without any of
-// that (an instance added or removed, a port or address changed): Consul
-// does not say which service changed, so the caller must read them all.
-// With baseline it only records the answer.
-func (t *changeTracker) catalogAnswer(services map[string][]string, baseline bool) (dirty []string, unexplained bool) {
+// tags, sorted, to read at once. full is true whenever the index moved,
+// even with dirty services: the answer has names and tags only, so an
+// instance added, removed or changed (a port, an address) shows in no
+// service's entry, and the same index (one transaction, or several writes
+// between two answers) may hold such changes of other services beside
+// those it names. The caller must read every service (a full pass). With
+// baseline it only records the answer.
+func (t *changeTracker) catalogAnswer(services map[string][]string, baseline bool) (dirty []string, full bool) {
 	tags := make(map[string][]string, len(t.watched))
 	for s := range t.watched {
 		if tl, ok := services[s]; ok {
@@ -109,7 +117,7 @@ func (t *changeTracker) catalogAnswer(services map[string][]string, baseline boo
 		sort.Strings(dirty)
 	}
 	t.tags = tags
-	return dirty, !baseline && len(dirty) == 0
+	return dirty, !baseline
 }
 
 // read records the nodes of a service's instances from its last read, so
