@@ -2,17 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,91 +16,17 @@ import (
 	"time"
 
 	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testpki"
 	"github.com/meshlb/meshlb/internal/testproc"
 	"github.com/meshlb/meshlb/proxy"
 )
 
-// testCA is a throwaway certificate authority written to a PEM file.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string
-}
-
-func newTestCA(t *testing.T, dir, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, file: filepath.Join(dir, name+".pem")}
-	writePEMFile(t, ca.file, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return ca
-}
-
-// issue writes a certificate named cn signed by ca to dir/name.pem and
-// dir/name-key.pem and returns the two paths. A server certificate is for
-// 127.0.0.1 and the DNS name sidecar.mesh.
-func (ca *testCA) issue(t *testing.T, dir, name, cn string, server bool) (string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		tmpl.DNSNames = []string{"sidecar.mesh"}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	writePEMFile(t, certFile, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	writePEMFile(t, keyFile, &pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	return certFile, keyFile
-}
-
-func writePEMFile(t *testing.T, path string, b *pem.Block) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(b), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // directClient calls a mesh port itself: trusting ca, presenting cert (a
 // PEM pair; none when certFile is "") whatever CAs the server names.
-func directClient(t *testing.T, ca *testCA, certFile, keyFile string) *http.Client {
+func directClient(t *testing.T, ca *testpki.CA, certFile, keyFile string) *http.Client {
 	t.Helper()
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	tc := &tls.Config{RootCAs: roots}
 	if certFile != "" {
 		c, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -144,18 +63,18 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "mesh-ca")
-	sidecarCert, sidecarKey := ca.issue(t, dir, "sidecar", "sidecar", true)
-	agentCert, agentKey := ca.issue(t, dir, "agent", "agent", false)
-	other := newTestCA(t, dir, "other-ca")
-	strangerCert, strangerKey := other.issue(t, dir, "stranger", "stranger", false)
+	ca := testpki.NewCA(t, dir, "mesh-ca")
+	sidecarCert, sidecarKey := ca.Issue(t, dir, "sidecar", "sidecar", true)
+	agentCert, agentKey := ca.Issue(t, dir, "agent", "agent", false)
+	other := testpki.NewCA(t, dir, "other-ca")
+	strangerCert, strangerKey := other.Issue(t, dir, "stranger", "stranger", false)
 
 	srv := consultest.New(t)
 	c := &cluster{t: t, consul: srv, env: srv.Env(), capi: srv.Client(), service: "secure", regs: map[int]*testproc.Proc{},
 		client: &http.Client{Timeout: 10 * time.Second}}
 	appPort, meshPort := testproc.FreePort(t), testproc.FreePort(t)
 	args := append([]string{"--service", "secure", "--port", strconv.Itoa(appPort), "--mesh-port", strconv.Itoa(meshPort),
-		"--mesh-tls-cert", sidecarCert, "--mesh-tls-key", sidecarKey, "--mesh-tls-client-ca", ca.file,
+		"--mesh-tls-cert", sidecarCert, "--mesh-tls-key", sidecarKey, "--mesh-tls-client-ca", ca.File,
 		"--drain", "200ms", "--log-level", "warn", "--"}, append(testproc.App(t, appPort), "--logging=warning")...)
 	c.regs[appPort] = testproc.Start(t, c.env, bin(t, "registrar"), args...)
 	testproc.WaitFor(t, 20*time.Second, "the instance passing in Consul", func() bool { return len(c.passingPIDs()) == 1 })
@@ -184,7 +103,7 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 	}
 
 	// (a) The agent with the CA and a client certificate reaches the app.
-	good := agent(t, "--upstream-tls-ca", ca.file, "--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey)
+	good := agent(t, "--upstream-tls-ca", ca.File, "--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey)
 	for _, r := range []struct{ method, path, body, want string }{
 		{http.MethodGet, "/", "", hello},
 		{http.MethodPost, "/echo", "through-mtls", "body=through-mtls"},
@@ -194,7 +113,7 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 			t.Errorf("%s %s through the agent with a client certificate: %d %q %v; want 200 with %q", r.method, r.path, code, body, err, r.want)
 		}
 	}
-	named := agent(t, "--upstream-tls-ca", ca.file, "--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey,
+	named := agent(t, "--upstream-tls-ca", ca.File, "--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey,
 		"--upstream-tls-server-name", "sidecar.mesh")
 	if code, body, err := send(ctx, named.client, http.MethodGet, "http://"+named.addr+"/", ""); err != nil || code != http.StatusOK || body != hello {
 		t.Errorf("GET with --upstream-tls-server-name sidecar.mesh: %d %q %v; want 200 %q", code, body, err, hello)
@@ -231,11 +150,11 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 		name, body, logs string
 		flags            []string
 	}{
-		{"no client certificate", "agent-nocert", "", []string{"--upstream-tls-ca", ca.file}},
+		{"no client certificate", "agent-nocert", "", []string{"--upstream-tls-ca", ca.File}},
 		{"system roots only", "agent-noca", "certificate signed by unknown authority",
 			[]string{"--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey}},
 		{"server name the certificate lacks", "agent-badname", "not other.mesh",
-			[]string{"--upstream-tls-ca", ca.file, "--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey, "--upstream-tls-server-name", "other.mesh"}},
+			[]string{"--upstream-tls-ca", ca.File, "--upstream-tls-cert", agentCert, "--upstream-tls-key", agentKey, "--upstream-tls-server-name", "other.mesh"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := agent(t, append(tc.flags, "--log-level", "debug")...)
@@ -270,8 +189,8 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 
 func TestUpstreamTLSFlagsAndConfigRefused(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "ca")
-	cert, key := ca.issue(t, dir, "agent", "agent", false)
+	ca := testpki.NewCA(t, dir, "ca")
+	cert, key := ca.Issue(t, dir, "agent", "agent", false)
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
@@ -325,12 +244,12 @@ func TestUpstreamTLSFlagsAndConfigRefused(t *testing.T) {
 
 func TestUpstreamTLSConfigLoads(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "ca")
-	cert, key := ca.issue(t, dir, "agent", "agent", false)
-	other, otherKey := ca.issue(t, dir, "other", "other", false)
+	ca := testpki.NewCA(t, dir, "ca")
+	cert, key := ca.Issue(t, dir, "agent", "agent", false)
+	other, otherKey := ca.Issue(t, dir, "other", "other", false)
 	hcl := filepath.Join(dir, "agent.hcl")
 	src := fmt.Sprintf("listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"s\" }\n}\n"+
-		"upstream_tls {\n  ca_file = %q\n  cert_file = %q\n  key_file = %q\n  server_name = \"mesh.internal\"\n}\n", ca.file, other, otherKey)
+		"upstream_tls {\n  ca_file = %q\n  cert_file = %q\n  key_file = %q\n  server_name = \"mesh.internal\"\n}\n", ca.File, other, otherKey)
 	if err := os.WriteFile(hcl, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +263,7 @@ func TestUpstreamTLSConfigLoads(t *testing.T) {
 		wantReload bool
 	}{
 		{"nothing set", []string{"--listen", ":0", "--service", "s"}, true, "", "", false, false},
-		{"CA only", []string{"--listen", ":0", "--service", "s", "--upstream-tls-ca", ca.file}, false, "", "", true, false},
+		{"CA only", []string{"--listen", ":0", "--service", "s", "--upstream-tls-ca", ca.File}, false, "", "", true, false},
 		{"server name only: system roots", []string{"--listen", ":0", "--service", "s", "--upstream-tls-server-name", "10.0.0.7"}, false, "", "10.0.0.7", false, false},
 		{"file", []string{"--config", hcl}, false, "other", "mesh.internal", true, true},
 		{"flags override the file", []string{"--config", hcl, "--upstream-tls-cert", cert, "--upstream-tls-key", key, "--upstream-tls-server-name", "sidecar.mesh."},

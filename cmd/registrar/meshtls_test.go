@@ -3,17 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -27,92 +21,15 @@ import (
 	"time"
 
 	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testpki"
 	"github.com/meshlb/meshlb/internal/testproc"
 	"github.com/meshlb/meshlb/proxy"
 )
 
-// testCA is a throwaway certificate authority written to a PEM file.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string
-}
-
-func newTestCA(t *testing.T, dir, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, file: filepath.Join(dir, name+".pem")}
-	writePEM(t, ca.file, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return ca
-}
-
-// issue writes a certificate named cn signed by ca (with IP SAN 127.0.0.1
-// for a server) to dir/name.pem and dir/name-key.pem, replacing them
-// atomically, and returns the two paths.
-func (ca *testCA) issue(t *testing.T, dir, name, cn string, server bool) (string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	writePEM(t, certFile, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	writePEM(t, keyFile, &pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	return certFile, keyFile
-}
-
-// writePEM writes b to path through a rename, as a deploy tool would.
-func writePEM(t *testing.T, path string, b *pem.Block) {
-	t.Helper()
-	if err := os.WriteFile(path+".tmp", pem.EncodeToMemory(b), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestMeshTLSFlagsRefused(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "ca")
-	cert, key := ca.issue(t, dir, "mesh", "mesh", true)
+	ca := testpki.NewCA(t, dir, "ca")
+	cert, key := ca.Issue(t, dir, "mesh", "mesh", true)
 	garbage := filepath.Join(dir, "garbage.pem")
 	if err := os.WriteFile(garbage, []byte("not PEM at all\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -128,8 +45,8 @@ func TestMeshTLSFlagsRefused(t *testing.T) {
 		{"cert without key", append(slices.Clone(mesh), "--mesh-tls-cert", cert), []string{"--mesh-tls-cert and --mesh-tls-key go together", cert}},
 		{"key without cert", append(slices.Clone(mesh), "--mesh-tls-key", key), []string{"--mesh-tls-cert and --mesh-tls-key go together", key}},
 		{"tls without mesh port", append(slices.Clone(base), "--mesh-tls-cert", cert, "--mesh-tls-key", key), []string{`--mesh-tls-cert "` + cert + `" applies to the mesh port: give --mesh-port`}},
-		{"client ca without mesh port", append(slices.Clone(base), "--mesh-tls-client-ca", ca.file), []string{`--mesh-tls-client-ca "` + ca.file + `" applies to the mesh port`}},
-		{"client ca without cert", append(slices.Clone(mesh), "--mesh-tls-client-ca", ca.file), []string{`--mesh-tls-client-ca "` + ca.file + `" needs --mesh-tls-cert and --mesh-tls-key`}},
+		{"client ca without mesh port", append(slices.Clone(base), "--mesh-tls-client-ca", ca.File), []string{`--mesh-tls-client-ca "` + ca.File + `" applies to the mesh port`}},
+		{"client ca without cert", append(slices.Clone(mesh), "--mesh-tls-client-ca", ca.File), []string{`--mesh-tls-client-ca "` + ca.File + `" needs --mesh-tls-cert and --mesh-tls-key`}},
 		{"https tag on a plain mesh port", append(slices.Clone(mesh), "--tag", "https"), []string{`invalid --tag "https"`, "plain HTTP"}},
 		{"missing cert file", append(slices.Clone(mesh), "--mesh-tls-cert", missing, "--mesh-tls-key", key), []string{"invalid --mesh-tls-cert/--mesh-tls-key", missing, "no such file"}},
 		{"cert not PEM", append(slices.Clone(mesh), "--mesh-tls-cert", garbage, "--mesh-tls-key", key), []string{"invalid --mesh-tls-cert/--mesh-tls-key", garbage}},
@@ -211,10 +128,10 @@ func meshServer(t *testing.T, m *meshTLS) string {
 
 // tlsClient trusts ca and presents the given client certificate (none when
 // certFile is "").
-func tlsClient(t *testing.T, ca *testCA, certFile, keyFile string) *http.Client {
+func tlsClient(t *testing.T, ca *testpki.CA, certFile, keyFile string) *http.Client {
 	t.Helper()
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	tc := &tls.Config{RootCAs: roots}
 	if certFile != "" {
 		c, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -259,13 +176,13 @@ func TestMeshTLSClientCertsAndReload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "agents-ca")
-	serverCert, serverKey := ca.issue(t, dir, "mesh", "first", true)
-	clientCert, clientKey := ca.issue(t, dir, "agent", "agent", false)
-	other := newTestCA(t, dir, "other-ca")
-	strangerCert, strangerKey := other.issue(t, dir, "stranger", "stranger", false)
+	ca := testpki.NewCA(t, dir, "agents-ca")
+	serverCert, serverKey := ca.Issue(t, dir, "mesh", "first", true)
+	clientCert, clientKey := ca.Issue(t, dir, "agent", "agent", false)
+	other := testpki.NewCA(t, dir, "other-ca")
+	strangerCert, strangerKey := other.Issue(t, dir, "stranger", "stranger", false)
 	clientCAFile := filepath.Join(dir, "client-ca.pem")
-	copyFile(t, ca.file, clientCAFile)
+	copyFile(t, ca.File, clientCAFile)
 
 	m, err := newMeshTLS(serverCert, serverKey, clientCAFile)
 	if err != nil {
@@ -306,8 +223,8 @@ func TestMeshTLSClientCertsAndReload(t *testing.T) {
 
 	// Reload: a new server certificate, and the client CA replaced by
 	// another one; new handshakes follow, the open connection stays.
-	ca.issue(t, dir, "mesh", "second", true)
-	copyFile(t, other.file, clientCAFile)
+	ca.Issue(t, dir, "mesh", "second", true)
+	copyFile(t, other.File, clientCAFile)
 	if err := m.reload(); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
@@ -359,16 +276,16 @@ func TestMeshTLSReloadsOnSIGHUP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "ca")
-	serverCert, serverKey := ca.issue(t, dir, "mesh", "first", true)
-	clientCert, clientKey := ca.issue(t, dir, "agent", "agent", false)
+	ca := testpki.NewCA(t, dir, "ca")
+	serverCert, serverKey := ca.Issue(t, dir, "mesh", "first", true)
+	clientCert, clientKey := ca.Issue(t, dir, "agent", "agent", false)
 
 	srv := consultest.New(t)
 	appPort, meshPort := freePort(t), freePort(t)
 	app := testproc.StartApp(t, appPort)
 	reg := start(t, srv.Env(), registrarBin, "--service", "tlsreload", "--port", strconv.Itoa(appPort),
 		"--mesh-port", strconv.Itoa(meshPort), "--check", "tcp", "--drain", "200ms",
-		"--mesh-tls-cert", serverCert, "--mesh-tls-key", serverKey, "--mesh-tls-client-ca", ca.file)
+		"--mesh-tls-cert", serverCert, "--mesh-tls-key", serverKey, "--mesh-tls-client-ca", ca.File)
 	waitFor(t, 15*time.Second, "instance passing", passing(t, srv.Client(), "tlsreload"))
 	e := lookup(t, srv.Client(), "tlsreload")[0].entry
 	if !slices.Contains(e.Service.Tags, proxy.TagHTTPS) || e.Service.Port != meshPort {
@@ -386,7 +303,7 @@ func TestMeshTLSReloadsOnSIGHUP(t *testing.T) {
 	if err != nil || cn != "first" || !strings.Contains(body, "Hello from Process Id = "+strconv.Itoa(app.Cmd.Process.Pid)) {
 		t.Fatalf("GET through the TLS mesh port: %q from %q, %v; want the app's hello from first", body, cn, err)
 	}
-	ca.issue(t, dir, "mesh", "second", true)
+	ca.Issue(t, dir, "mesh", "second", true)
 	if err := reg.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
