@@ -25,17 +25,7 @@ import (
 // PEM pair; none when certFile is "") whatever CAs the server names.
 func directClient(t *testing.T, ca *testpki.CA, certFile, keyFile string) *http.Client {
 	t.Helper()
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
-	tc := &tls.Config{RootCAs: roots}
-	if certFile != "" {
-		c, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
-	}
-	tr := &http.Transport{TLSClientConfig: tc}
+	tr := &http.Transport{TLSClientConfig: ca.ClientConfig(t, certFile, keyFile)}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
 }

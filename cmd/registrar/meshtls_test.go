@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
 	"log"
@@ -130,19 +129,7 @@ func meshServer(t *testing.T, m *meshTLS) string {
 // certFile is "").
 func tlsClient(t *testing.T, ca *testpki.CA, certFile, keyFile string) *http.Client {
 	t.Helper()
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
-	tc := &tls.Config{RootCAs: roots}
-	if certFile != "" {
-		c, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Always sent, as the agent does: with Certificates Go would
-		// leave out one the server's CA list does not name.
-		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
-	}
-	tr := &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 1}
+	tr := &http.Transport{TLSClientConfig: ca.ClientConfig(t, certFile, keyFile), MaxIdleConnsPerHost: 1}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
 }

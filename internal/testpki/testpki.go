@@ -8,6 +8,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -112,4 +113,23 @@ func serial(t testing.TB) *big.Int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// ClientConfig is a client TLS configuration that trusts ca and presents
+// the certificate in certFile and keyFile (none when certFile is ""). The
+// certificate is always sent, as the agent sends it: with Certificates Go
+// would leave out one the server's CA list does not name.
+func (ca *CA) ClientConfig(t testing.TB, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	tc := &tls.Config{RootCAs: roots}
+	if certFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+	}
+	return tc
 }
