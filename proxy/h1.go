@@ -555,18 +555,11 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 	clen = -1
 	closeConn := false
 	for s != "" {
-		i := strings.Index(s, "\r\n")
-		f := s[:i]
-		s = s[i+2:]
-		colon := strings.IndexByte(f, ':')
-		if colon <= 0 {
+		key, v, rest, ok := nextField(s)
+		if !ok {
 			return nil, 0, false
 		}
-		name, v := f[:colon], textproto.TrimString(f[colon+1:])
-		if !httpguts.ValidHeaderFieldName(name) {
-			return nil, 0, false
-		}
-		key := textproto.CanonicalMIMEHeaderKey(name)
+		s = rest
 		switch key {
 		case "Content-Length":
 			if clen >= 0 {
@@ -584,13 +577,7 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 				closeConn = true
 			}
 		}
-		if vv, ok := h[key]; ok {
-			h[key] = append(vv, v)
-			continue
-		}
-		vals[0] = v
-		h[key] = vals[:1:1]
-		vals = vals[1:]
+		vals = addValue(h, vals, key, v)
 	}
 	if clen < 0 {
 		return nil, 0, false

@@ -397,18 +397,11 @@ func (lc *laneConn) parse(raw []byte) (*http.Request, bool) {
 	hosts := 0
 	closeConn := false
 	for s != "" {
-		i := strings.Index(s, "\r\n")
-		f := s[:i]
-		s = s[i+2:]
-		colon := strings.IndexByte(f, ':')
-		if colon <= 0 {
+		key, v, rest, ok := nextField(s)
+		if !ok {
 			return nil, false
 		}
-		name, v := f[:colon], textproto.TrimString(f[colon+1:])
-		if !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(v) {
-			return nil, false
-		}
-		key := textproto.CanonicalMIMEHeaderKey(name)
+		s = rest
 		switch key {
 		case "Host":
 			host = v
@@ -432,13 +425,7 @@ func (lc *laneConn) parse(raw []byte) (*http.Request, bool) {
 				return nil, false
 			}
 		}
-		if vv, ok := h[key]; ok {
-			h[key] = append(vv, v)
-			continue
-		}
-		vals[0] = v
-		h[key] = vals[:1:1]
-		vals = vals[1:]
+		vals = addValue(h, vals, key, v)
 	}
 	if hosts != 1 || !validHost(host) {
 		return nil, false
@@ -462,6 +449,33 @@ func (lc *laneConn) parse(raw []byte) (*http.Request, bool) {
 		Close:      closeConn,
 	}
 	return r, true
+}
+
+// nextField cuts the first field line off s, a head's fields each ending
+// in CRLF (cleanHead has vouched for the bytes), and returns its canonical
+// name, its trimmed value and the rest; ok is false for a line that is not
+// a valid field.
+func nextField(s string) (key, value, rest string, ok bool) {
+	i := strings.Index(s, "\r\n")
+	f, rest := s[:i], s[i+2:]
+	colon := strings.IndexByte(f, ':')
+	if colon <= 0 || !httpguts.ValidHeaderFieldName(f[:colon]) {
+		return "", "", "", false
+	}
+	return textproto.CanonicalMIMEHeaderKey(f[:colon]), textproto.TrimString(f[colon+1:]), rest, true
+}
+
+// addValue appends v to h[key]. A key's first value takes its one-element
+// slice from vals, a backing array for every value of the head (net/http's
+// way: one allocation for all); it returns what is left of vals.
+func addValue(h http.Header, vals []string, key, v string) []string {
+	if vv, ok := h[key]; ok {
+		h[key] = append(vv, v)
+		return vals
+	}
+	vals[0] = v
+	h[key] = vals[:1:1]
+	return vals[1:]
 }
 
 // cleanHead reports whether every line of raw ends with CRLF, no CR or LF
