@@ -30,6 +30,9 @@ func (x *exchange) fail(status int, msg string) {
 // failPick answers a request no instance could be picked for.
 func (x *exchange) failPick(err error) {
 	x.err = err
+	if x.cache != nil && x.cacheStale() {
+		return
+	}
 	svc := x.route.service
 	switch {
 	case errors.Is(err, lb.ErrNoPool):
@@ -47,6 +50,9 @@ func (x *exchange) failPick(err error) {
 func (x *exchange) failUpstream() {
 	if x.r.Context().Err() != nil {
 		x.status = statusClientClosed
+		return
+	}
+	if x.cache != nil && x.cacheStale() {
 		return
 	}
 	if x.grpc {

@@ -213,6 +213,8 @@ type exchange struct {
 
 	grpcStatus string // a gRPC call's grpc-status, when known
 
+	cache *cacheState // nil unless the route caches
+
 	first attempt // the first attempt's storage
 }
 
@@ -226,8 +228,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if x.route == nil {
 		x.fail(http.StatusNotFound, "no route")
-	} else {
+	} else if c := x.route.cache; c == nil || !x.cacheBefore(c) {
 		x.forward()
+	}
+	if x.cache != nil {
+		x.cacheEnd()
 	}
 	if x.span != nil {
 		x.endServerSpan()
@@ -406,6 +411,9 @@ func (x *exchange) respond(a *attempt) {
 	x.err = nil // earlier attempts' errors were overcome
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		x.serveUpgrade(a)
+		return
+	}
+	if x.cache != nil && x.cacheResponse(a) {
 		return
 	}
 	result := lb.Result{Status: res.StatusCode, Latency: a.latency, RetryAfter: retryAfter(res)}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy/httpcache"
 )
 
 // Route sends the requests it matches to a balancer's service.
@@ -27,6 +28,10 @@ type Route struct {
 	// Protocol is how the route's requests reach the instances:
 	// ProtocolAuto ("") or ProtocolH2C.
 	Protocol string
+	// Cache, if set, is the shared HTTP cache (RFC 9111) the route's GET
+	// and HEAD requests are answered from when they may be. Routes may
+	// share one.
+	Cache *httpcache.Cache
 }
 
 // Route protocols: how requests are sent to the instances.
@@ -49,6 +54,7 @@ type compiledRoute struct {
 	service  string
 	policy   string
 	h2c      bool // Protocol h2c
+	cache    *httpcache.Cache
 }
 
 // routeTable is an immutable, compiled route set. Matching goes like an
@@ -134,6 +140,7 @@ func compileRoute(r Route) (*compiledRoute, error) {
 		balancer: r.Balancer,
 		service:  r.Balancer.Service(),
 		policy:   r.Balancer.Policy(),
+		cache:    r.Cache,
 	}, nil
 }
 
