@@ -32,6 +32,7 @@ import (
 	"github.com/meshlb/meshlb/internal/httpguard"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/proxy/httpcache"
 	"github.com/meshlb/meshlb/tracing"
 )
 
@@ -49,6 +50,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "cache" {
+		return runCache(args[1:], stdout, stderr)
 	}
 	cfg, err := parseArgs(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -105,6 +109,9 @@ type agent struct {
 
 	saveMu   sync.Mutex
 	saveKick chan struct{}
+
+	caches      []namedCache         // every HTTP cache, for metrics and the admin API
+	routeCaches [][]*httpcache.Cache // by listener, by route; nil: none
 }
 
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
@@ -132,7 +139,14 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 		a.services[sc.name] = s
 		a.ordered = append(a.ordered, s)
 	}
+	if a.routeCaches, err = a.buildCaches(); err != nil {
+		return nil, err
+	}
 	a.metrics = newMetrics(a.ordered)
+	a.metrics.reg.MustRegister(&cacheCollector{caches: a.caches})
+	for _, d := range cfg.deprecated {
+		logger.Warn(d)
+	}
 	return a, nil
 }
 
@@ -407,10 +421,11 @@ func (a *agent) closeListeners() {
 }
 
 func (a *agent) buildServers() error {
-	for _, l := range a.cfg.listeners {
+	for li, l := range a.cfg.listeners {
 		routes := make([]proxy.Route, 0, len(l.routes))
-		for _, r := range l.routes {
-			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer})
+		for ri, r := range l.routes {
+			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer,
+				Cache: a.routeCaches[li][ri]})
 		}
 		p, err := proxy.New(proxy.Config{
 			ConnectTimeout:        a.cfg.connectTimeout,
@@ -516,7 +531,8 @@ func (a *agent) buildAdminAPI() {
 			return info
 		}})
 	}
-	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin")})
+	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
+		Caches: a.adminCaches()})
 }
 
 // healthz answers 200 once every service has a pool (from Consul or from

@@ -67,6 +67,8 @@ type Options struct {
 	Logger hclog.Logger
 	// Poll is how often Run looks for pool changes; 0 means DefaultPoll.
 	Poll time.Duration
+	// Caches are the agent's HTTP caches, for PurgeCache and the page.
+	Caches []Cache
 }
 
 // Server serves the admin API and the status page. Create it with New,
@@ -101,6 +103,8 @@ type Server struct {
 	// records into it on its request path.
 	failures [maxFailures]atomic.Pointer[Failure]
 	failSeq  atomic.Uint64
+
+	caches []Cache
 }
 
 // seen is what the last poll saw of an instance.
@@ -123,6 +127,7 @@ func New(o Options) *Server {
 		changed: make(chan struct{}),
 		prev:    map[string]map[string]seen{},
 		serving: map[string]healthpb.HealthCheckResponse_ServingStatus{},
+		caches:  o.Caches,
 	}
 	if s.poll <= 0 {
 		s.poll = DefaultPoll

@@ -292,7 +292,7 @@ func (c *Cache) Count(s *Status) {
 // Stats is a snapshot of a Cache's counters.
 type Stats struct {
 	Hits, Misses, StaleServed, CollapsedWaits, Stores, Purged int64
-	Objects, Bytes, Weight, MaxSize                            int64
+	Objects, Bytes, Weight, MaxSize                           int64
 }
 
 // Stats returns the cache's counters.

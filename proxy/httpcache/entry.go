@@ -292,7 +292,6 @@ func (e *Entry) Updated(h http.Header, reqTime, resTime time.Time) *Entry {
 	return &n
 }
 
-
 // SetBody sets the body of an entry made before its body arrived. Call it
 // before Store, never after.
 func (e *Entry) SetBody(b []byte) {

@@ -922,6 +922,117 @@ func (x *UndrainResponse) GetChanged() bool {
 	return false
 }
 
+type PurgeCacheRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Url names the stored responses: an absolute http or https URL whose
+	// host (without port, case-insensitive) and path with query select them,
+	// e.g. "http://api.example.com/v1/items?page=2". Every Vary variant goes.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// Prefix drops every stored URL of that host whose path (and query)
+	// starts with the URL's path, e.g. "http://api.example.com/static/".
+	Prefix        bool `protobuf:"varint,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeCacheRequest) Reset() {
+	*x = PurgeCacheRequest{}
+	mi := &file_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeCacheRequest) ProtoMessage() {}
+
+func (x *PurgeCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeCacheRequest.ProtoReflect.Descriptor instead.
+func (*PurgeCacheRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PurgeCacheRequest) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *PurgeCacheRequest) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
+type PurgeCacheResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Purged counts the URLs dropped, over all caches.
+	Purged uint64 `protobuf:"varint,1,opt,name=purged,proto3" json:"purged,omitempty"`
+	// Caches counts the caches searched; 0 means the agent caches nothing.
+	Caches        uint32 `protobuf:"varint,2,opt,name=caches,proto3" json:"caches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeCacheResponse) Reset() {
+	*x = PurgeCacheResponse{}
+	mi := &file_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeCacheResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeCacheResponse) ProtoMessage() {}
+
+func (x *PurgeCacheResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeCacheResponse.ProtoReflect.Descriptor instead.
+func (*PurgeCacheResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PurgeCacheResponse) GetPurged() uint64 {
+	if x != nil {
+		return x.Purged
+	}
+	return 0
+}
+
+func (x *PurgeCacheResponse) GetCaches() uint32 {
+	if x != nil {
+		return x.Caches
+	}
+	return 0
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -992,18 +1103,26 @@ const file_admin_proto_rawDesc = "" +
 	"instanceId\"b\n" +
 	"\x0fUndrainResponse\x125\n" +
 	"\binstance\x18\x01 \x01(\v2\x19.meshlb.admin.v1.InstanceR\binstance\x12\x18\n" +
-	"\achanged\x18\x02 \x01(\bR\achanged*\x84\x01\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"=\n" +
+	"\x11PurgeCacheRequest\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\bR\x06prefix\"D\n" +
+	"\x12PurgeCacheResponse\x12\x16\n" +
+	"\x06purged\x18\x01 \x01(\x04R\x06purged\x12\x16\n" +
+	"\x06caches\x18\x02 \x01(\rR\x06caches*\x84\x01\n" +
 	"\rInstanceState\x12\x1e\n" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INSTANCE_STATE_SERVING\x10\x01\x12\x1a\n" +
 	"\x16INSTANCE_STATE_EJECTED\x10\x02\x12\x1b\n" +
-	"\x17INSTANCE_STATE_DRAINING\x10\x032\xc1\x02\n" +
+	"\x17INSTANCE_STATE_DRAINING\x10\x032\x98\x03\n" +
 	"\x05Admin\x12R\n" +
 	"\tListPools\x12!.meshlb.admin.v1.ListPoolsRequest\x1a\".meshlb.admin.v1.ListPoolsResponse\x12N\n" +
 	"\n" +
 	"WatchPools\x12\".meshlb.admin.v1.WatchPoolsRequest\x1a\x1a.meshlb.admin.v1.PoolEvent0\x01\x12F\n" +
 	"\x05Drain\x12\x1d.meshlb.admin.v1.DrainRequest\x1a\x1e.meshlb.admin.v1.DrainResponse\x12L\n" +
-	"\aUndrain\x12\x1f.meshlb.admin.v1.UndrainRequest\x1a .meshlb.admin.v1.UndrainResponseB9Z7github.com/meshlb/meshlb/internal/admin/adminpb;adminpbb\x06proto3"
+	"\aUndrain\x12\x1f.meshlb.admin.v1.UndrainRequest\x1a .meshlb.admin.v1.UndrainResponse\x12U\n" +
+	"\n" +
+	"PurgeCache\x12\".meshlb.admin.v1.PurgeCacheRequest\x1a#.meshlb.admin.v1.PurgeCacheResponseB9Z7github.com/meshlb/meshlb/internal/admin/adminpb;adminpbb\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -1018,7 +1137,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_admin_proto_goTypes = []any{
 	(InstanceState)(0),            // 0: meshlb.admin.v1.InstanceState
 	(PoolEvent_Kind)(0),           // 1: meshlb.admin.v1.PoolEvent.Kind
@@ -1033,19 +1152,21 @@ var file_admin_proto_goTypes = []any{
 	(*DrainResponse)(nil),         // 10: meshlb.admin.v1.DrainResponse
 	(*UndrainRequest)(nil),        // 11: meshlb.admin.v1.UndrainRequest
 	(*UndrainResponse)(nil),       // 12: meshlb.admin.v1.UndrainResponse
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*PurgeCacheRequest)(nil),     // 13: meshlb.admin.v1.PurgeCacheRequest
+	(*PurgeCacheResponse)(nil),    // 14: meshlb.admin.v1.PurgeCacheResponse
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
 }
 var file_admin_proto_depIdxs = []int32{
 	4,  // 0: meshlb.admin.v1.ListPoolsResponse.pools:type_name -> meshlb.admin.v1.Pool
-	13, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
+	15, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
 	6,  // 2: meshlb.admin.v1.Pool.instances:type_name -> meshlb.admin.v1.Instance
 	5,  // 3: meshlb.admin.v1.Pool.watch:type_name -> meshlb.admin.v1.WatchInfo
-	13, // 4: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
+	15, // 4: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
 	0,  // 5: meshlb.admin.v1.Instance.state:type_name -> meshlb.admin.v1.InstanceState
-	14, // 6: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
-	13, // 7: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
-	13, // 8: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
+	16, // 6: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
+	15, // 7: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
+	15, // 8: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 9: meshlb.admin.v1.PoolEvent.kind:type_name -> meshlb.admin.v1.PoolEvent.Kind
 	6,  // 10: meshlb.admin.v1.PoolEvent.instance:type_name -> meshlb.admin.v1.Instance
 	6,  // 11: meshlb.admin.v1.DrainResponse.instance:type_name -> meshlb.admin.v1.Instance
@@ -1054,12 +1175,14 @@ var file_admin_proto_depIdxs = []int32{
 	7,  // 14: meshlb.admin.v1.Admin.WatchPools:input_type -> meshlb.admin.v1.WatchPoolsRequest
 	9,  // 15: meshlb.admin.v1.Admin.Drain:input_type -> meshlb.admin.v1.DrainRequest
 	11, // 16: meshlb.admin.v1.Admin.Undrain:input_type -> meshlb.admin.v1.UndrainRequest
-	3,  // 17: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
-	8,  // 18: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
-	10, // 19: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
-	12, // 20: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
+	13, // 17: meshlb.admin.v1.Admin.PurgeCache:input_type -> meshlb.admin.v1.PurgeCacheRequest
+	3,  // 18: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
+	8,  // 19: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
+	10, // 20: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
+	12, // 21: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
+	14, // 22: meshlb.admin.v1.Admin.PurgeCache:output_type -> meshlb.admin.v1.PurgeCacheResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1076,7 +1199,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

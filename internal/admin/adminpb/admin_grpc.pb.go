@@ -30,6 +30,7 @@ const (
 	Admin_WatchPools_FullMethodName = "/meshlb.admin.v1.Admin/WatchPools"
 	Admin_Drain_FullMethodName      = "/meshlb.admin.v1.Admin/Drain"
 	Admin_Undrain_FullMethodName    = "/meshlb.admin.v1.Admin/Undrain"
+	Admin_PurgeCache_FullMethodName = "/meshlb.admin.v1.Admin/PurgeCache"
 )
 
 // AdminClient is the client API for Admin service.
@@ -49,6 +50,9 @@ type AdminClient interface {
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 	// Undrain undoes Drain.
 	Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error)
+	// PurgeCache drops stored responses from every HTTP cache of the agent
+	// (listeners and routes with a cache block or --cache).
+	PurgeCache(ctx context.Context, in *PurgeCacheRequest, opts ...grpc.CallOption) (*PurgeCacheResponse, error)
 }
 
 type adminClient struct {
@@ -108,6 +112,16 @@ func (c *adminClient) Undrain(ctx context.Context, in *UndrainRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) PurgeCache(ctx context.Context, in *PurgeCacheRequest, opts ...grpc.CallOption) (*PurgeCacheResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeCacheResponse)
+	err := c.cc.Invoke(ctx, Admin_PurgeCache_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -125,6 +139,9 @@ type AdminServer interface {
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	// Undrain undoes Drain.
 	Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error)
+	// PurgeCache drops stored responses from every HTTP cache of the agent
+	// (listeners and routes with a cache block or --cache).
+	PurgeCache(context.Context, *PurgeCacheRequest) (*PurgeCacheResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -146,6 +163,9 @@ func (UnimplementedAdminServer) Drain(context.Context, *DrainRequest) (*DrainRes
 }
 func (UnimplementedAdminServer) Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Undrain not implemented")
+}
+func (UnimplementedAdminServer) PurgeCache(context.Context, *PurgeCacheRequest) (*PurgeCacheResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PurgeCache not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -233,6 +253,24 @@ func _Admin_Undrain_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PurgeCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeCacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PurgeCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PurgeCache_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PurgeCache(ctx, req.(*PurgeCacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -251,6 +289,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undrain",
 			Handler:    _Admin_Undrain_Handler,
+		},
+		{
+			MethodName: "PurgeCache",
+			Handler:    _Admin_PurgeCache_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
