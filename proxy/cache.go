@@ -198,6 +198,13 @@ func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 		var mod time.Time
 		if v := e.Header["Last-Modified"]; len(v) > 0 {
 			mod, _ = http.ParseTime(v[0])
+		} else if notModifiedSince(x.r.Header, e) {
+			// RFC 9111 section 4.3.2: without Last-Modified, the Date
+			// (or the time received) stands in for it.
+			delete(h, "Content-Type")
+			delete(h, "Content-Length")
+			sw.WriteHeader(http.StatusNotModified)
+			return
 		}
 		http.ServeContent(sw, x.r, "", mod, bytes.NewReader(e.Body))
 		return
@@ -206,6 +213,30 @@ func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 	if x.r.Method != http.MethodHead {
 		sw.Write(e.Body)
 	}
+}
+
+// notModifiedSince reports whether an If-Modified-Since request without
+// If-None-Match is satisfied by e, which has no Last-Modified: e's Date, or
+// the time it was received, is not after the given date.
+func notModifiedSince(h http.Header, e *httpcache.Entry) bool {
+	if _, ok := h["If-None-Match"]; ok {
+		return false
+	}
+	v := h["If-Modified-Since"]
+	if len(v) == 0 {
+		return false
+	}
+	since, err := http.ParseTime(v[0])
+	if err != nil {
+		return false
+	}
+	mod := e.ResponseTime
+	if d := e.Header["Date"]; len(d) > 0 {
+		if t, err := http.ParseTime(d[0]); err == nil {
+			mod = t
+		}
+	}
+	return !mod.Truncate(time.Second).After(since)
 }
 
 // cacheStatusField prepends ours to the Cache-Status members of the caches
@@ -262,7 +293,11 @@ func (x *exchange) cacheResponse(a *attempt) bool {
 	now := time.Now()
 	if e := cs.entry; e != nil {
 		switch {
-		case cs.validating && res.StatusCode == http.StatusNotModified && e.Matches304(res.Header):
+		case cs.validating && res.StatusCode == http.StatusNotModified:
+			// It answers our conditional request on e's validators, so it
+			// freshens e even if it names another ETag: e's ETag is kept
+			// (Updated), the client would otherwise get a 304 it did not
+			// ask for.
 			ne := e.Updated(res.Header, a.start, a.start.Add(a.latency))
 			cs.c.Store(cs.key, ne)
 			a.discard()

@@ -16,7 +16,8 @@ and this process sees one request per N seconds.
 
 /respond is for the cache's tests: it answers with the status (?status=),
 header fields (?h=Name:value, repeatable), body (?body=, or ?size=N bytes)
-and delay (?ms=) it is asked for, answers 304 when If-None-Match matches the
+and delay (?ms=) it is asked for (from the request numbered ?fail_after=
+on: a bare 500), answers 304 when If-None-Match matches the
 ?h=ETag it is told to send, names the request's ?echo= header field in the
 body, and counts the requests per ?key= (GET /hits?key=K reads the count).
 """
@@ -83,6 +84,11 @@ class RespondHandler(tornado.web.RequestHandler):
         ms = int(self.get_argument("ms", "0"))
         if ms:
             await asyncio.sleep(ms / 1000.0)
+        fail_after = int(self.get_argument("fail_after", "0"))
+        if fail_after and HITS[key] > fail_after:
+            self.set_status(500)
+            self.finish("failing")
+            return
         etag = None
         for h in self.get_arguments("h"):
             name, _, value = h.partition(":")

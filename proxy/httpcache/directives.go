@@ -28,8 +28,8 @@ const maxDelta = time.Duration(math.MaxInt32+1) * time.Second
 // Delta-seconds directives are -1 when absent.
 type Directives struct {
 	NoStore         bool
-	NoCache         bool // unqualified, or with field names (treated alike)
-	Private         bool // unqualified, or with field names (treated alike)
+	NoCache         bool // unqualified: reuse only after validation
+	Private         bool // unqualified: a shared cache must not store
 	Public          bool
 	MustRevalidate  bool
 	ProxyRevalidate bool
@@ -43,6 +43,12 @@ type Directives struct {
 	MinFresh             time.Duration
 	StaleWhileRevalidate time.Duration
 	StaleIfError         time.Duration
+
+	// NoCacheFields and PrivateFields are the field names of qualified
+	// no-cache="..." and private="...": the response may be stored and
+	// reused without them (RFC 9111 sections 5.2.2.4, 5.2.2.7).
+	NoCacheFields []string
+	PrivateFields []string
 }
 
 // ParseCacheControl parses the Cache-Control field lines vals. Unknown
@@ -63,9 +69,17 @@ func ParseCacheControl(vals []string) Directives {
 			case "no-store":
 				d.NoStore = true
 			case "no-cache":
-				d.NoCache = true
+				if val == "" {
+					d.NoCache = true
+				} else {
+					d.NoCacheFields = appendFields(d.NoCacheFields, val)
+				}
 			case "private":
-				d.Private = true
+				if val == "" {
+					d.Private = true
+				} else {
+					d.PrivateFields = appendFields(d.PrivateFields, val)
+				}
 			case "public":
 				d.Public = true
 			case "must-revalidate":
@@ -134,6 +148,17 @@ func nextDirective(s string) (name, val, rest string) {
 		return name, strings.TrimSpace(s[:k]), s[k+1:]
 	}
 	return name, strings.TrimSpace(s), ""
+}
+
+// appendFields adds the canonical field names of a qualified directive's
+// value ("Set-Cookie, X-Foo").
+func appendFields(dst []string, v string) []string {
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			dst = append(dst, http.CanonicalHeaderKey(f))
+		}
+	}
+	return dst
 }
 
 // setDelta stores a delta-seconds value into *d unless one was seen already.

@@ -32,8 +32,16 @@ type Entry struct {
 }
 
 // NewEntry makes an Entry of a response to req, received at resTime for a
-// request sent at reqTime. header must be the response's own copy.
+// request sent at reqTime. header must be the response's own copy: the
+// fields a qualified no-cache or private names are dropped from it.
 func NewEntry(reqHeader http.Header, status int, header http.Header, body []byte, reqTime, resTime time.Time) *Entry {
+	cc := ParseCacheControl(header["Cache-Control"])
+	for _, f := range cc.NoCacheFields {
+		delete(header, f)
+	}
+	for _, f := range cc.PrivateFields {
+		delete(header, f)
+	}
 	e := &Entry{Status: status, Header: header, Body: body, RequestTime: reqTime, ResponseTime: resTime}
 	e.varyNames, _ = VaryNames(header)
 	e.varyKey = VaryKey(e.varyNames, reqHeader)
@@ -50,9 +58,14 @@ func (e *Entry) init() {
 		}
 	}
 	e.ageValue = 0
-	if v := e.Header["Age"]; len(v) > 0 {
-		if d := parseDelta(strings.TrimSpace(v[0])); d > 0 {
+	if v, ok := e.Header["Age"]; ok {
+		// An Age that is not one non-negative integer makes the response
+		// stale (draft-ietf-httpbis-cache-bis; RFC 9111 section 5.1 said
+		// to use the first member or ignore it): the safe reading.
+		if d, valid := parseAge(v); valid {
 			e.ageValue = d
+		} else {
+			e.ageValue = maxDelta
 		}
 	}
 	e.lifetime, e.heuristic = FreshnessLifetime(e.Status, e.Header, &e.cc, e.date)
@@ -63,6 +76,24 @@ func (e *Entry) init() {
 			e.size += len(v) + 16
 		}
 	}
+}
+
+// parseAge parses the Age field lines: valid only as one line holding
+// one delta-seconds.
+func parseAge(v []string) (time.Duration, bool) {
+	if len(v) != 1 {
+		return 0, false
+	}
+	s := strings.TrimSpace(v[0])
+	if s == "" {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	return parseDelta(s), true
 }
 
 // Directives returns the stored response's Cache-Control.
@@ -156,9 +187,7 @@ func Storable(method string, reqHeader http.Header, reqCC *Directives, status in
 	if status < 200 || status == 206 || status == 304 {
 		return false, "status"
 	}
-	// A final status we do not know only with explicit freshness and
-	// without must-understand.
-	if !understood(status) && (resCC.MustUnderstand || !explicitFreshness(resHeader, resCC)) {
+	if resCC.MustUnderstand && !understood(status) {
 		return false, "status"
 	}
 	if resCC.NoStore && !(resCC.MustUnderstand && understood(status)) {
@@ -279,7 +308,10 @@ func (e *Entry) Updated(h http.Header, reqTime, resTime time.Time) *Entry {
 	n.Header = e.Header.Clone()
 	for k, vv := range h {
 		switch k {
-		case "Content-Length", "Transfer-Encoding", "Content-Range", "Trailer":
+		case "Content-Length", "Transfer-Encoding", "Content-Range", "Trailer",
+			"Content-Encoding", "Content-Md5", "Etag":
+			// Framing, and what describes the stored body, stays
+			// (draft-ietf-httpbis-cache-bis section 3.2).
 			continue
 		}
 		n.Header[k] = vv

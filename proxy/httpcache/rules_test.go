@@ -27,7 +27,10 @@ func TestParseCacheControl(t *testing.T) {
 		{"max-age=abc", func(d Directives) bool { return d.MaxAge == 0 }},
 		{"max-age=-5", func(d Directives) bool { return d.MaxAge == 0 }},
 		{"max-age=99999999999999", func(d Directives) bool { return d.MaxAge == maxDelta }},
-		{`no-cache="Set-Cookie, X-Foo", private`, func(d Directives) bool { return d.NoCache && d.Private && !d.Public }},
+		{`no-cache="Set-Cookie, X-Foo", private`, func(d Directives) bool {
+			return !d.NoCache && d.Private && len(d.NoCacheFields) == 2 && d.NoCacheFields[1] == "X-Foo"
+		}},
+		{`private="set-cookie"`, func(d Directives) bool { return !d.Private && d.PrivateFields[0] == "Set-Cookie" }},
 		{"public,no-store , must-revalidate", func(d Directives) bool { return d.Public && d.NoStore && d.MustRevalidate }},
 		{"max-stale", func(d Directives) bool { return d.MaxStaleAny && d.MaxStale == absent }},
 		{"max-stale=10, min-fresh=3, only-if-cached", func(d Directives) bool {
@@ -111,6 +114,7 @@ func TestStorable(t *testing.T) {
 		{"302 with max-age", "GET", hdr(), 302, hdr("Cache-Control", "max-age=60"), true},
 		{"206 never", "GET", hdr(), 206, hdr("Cache-Control", "max-age=60"), false},
 		{"unknown status explicit", "GET", hdr(), 299, hdr("Cache-Control", "max-age=60"), true},
+		{"unknown status public", "GET", hdr(), 599, hdr("Cache-Control", "public"), true},
 		{"unknown status must-understand", "GET", hdr(), 299, hdr("Cache-Control", "max-age=60, must-understand"), false},
 		{"must-understand overrides no-store", "GET", hdr(), 200, hdr("Cache-Control", "max-age=60, no-store, must-understand"), true},
 		{"no-cache stores", "GET", hdr(), 200, hdr("Cache-Control", "no-cache", "ETag", `"a"`), true},
@@ -205,8 +209,9 @@ func TestUpdated304(t *testing.T) {
 		t.Fatal("Matches304 by ETag")
 	}
 	t1 := t0.Add(time.Hour)
-	n := e.Updated(hdr("Cache-Control", "max-age=100", "X-A", "new", "Content-Length", "0", "Date", t1.Format(http.TimeFormat)), t1, t1)
-	if n.Header.Get("X-A") != "new" || n.Header.Get("Content-Length") != "3" || string(n.Body) != "abc" {
+	var n *Entry
+	n = e.Updated(hdr("Cache-Control", "max-age=100", "ETag", `"v2"`, "X-A", "new", "Content-Length", "0", "Date", t1.Format(http.TimeFormat)), t1, t1)
+	if n.Header.Get("X-A") != "new" || n.Header.Get("Content-Length") != "3" || string(n.Body) != "abc" || n.Header.Get("ETag") != `"v1"` {
 		t.Errorf("merged header %v body %q", n.Header, n.Body)
 	}
 	if n.TTL(t1) != 100*time.Second {
@@ -214,6 +219,20 @@ func TestUpdated304(t *testing.T) {
 	}
 	if e.Header.Get("X-A") != "old" {
 		t.Error("the stored entry changed")
+	}
+}
+
+func TestQualifiedFieldsAndBadAge(t *testing.T) {
+	now := time.Now()
+	e := NewEntry(http.Header{}, 200, hdr("Cache-Control", `max-age=60, no-cache="X-A", private="X-B"`, "X-A", "1", "X-B", "2", "X-C", "3"), nil, now, now)
+	if e.Header.Get("X-A") != "" || e.Header.Get("X-B") != "" || e.Header.Get("X-C") != "3" {
+		t.Errorf("stored fields %v: want X-A and X-B dropped", e.Header)
+	}
+	for _, age := range [][]string{{"abc"}, {"-5"}, {"1.0"}, {"0, 0"}, {"0", "0"}} {
+		e := NewEntry(http.Header{}, 200, http.Header{"Cache-Control": {"max-age=3600"}, "Age": age}, nil, now, now)
+		if e.TTL(now) > 0 {
+			t.Errorf("Age %q: fresh, want stale", age)
+		}
 	}
 }
 
