@@ -163,7 +163,7 @@ curl -fsS -o /dev/null "http://127.0.0.1:$p_mem/blob?i=[1-1000]"
 curl -fsS -o /dev/null "http://127.0.0.1:$p_mem/blob?i=[1-1000]"
 hwm="$(awk '/^VmHWM/ {print $2}' "/proc/$mem_pid/status")"
 rss="$(awk '/^VmRSS/ {print $2}' "/proc/$mem_pid/status")"
-stored="$(curl -fsS "http://127.0.0.1:$a3/metrics" | awk '/^meshlb_cache_bytes/ {print $2}')"
+stored="$(curl -fsS "http://127.0.0.1:$a3/metrics" | awk '/^meshlb_cache_bytes/ {print $NF}')"
 awk -v h="$hwm" -v r="$rss" -v s="$stored" 'BEGIN {
   printf "peak RSS %.1f MiB, RSS now %.1f MiB, cache holds %.1f MiB; bound 1.5 x 64 + 64 = 160 MiB: %s\n",
     h / 1024, r / 1024, s / 1048576, (h / 1024 <= 160 ? "held" : "EXCEEDED") }'

@@ -36,6 +36,9 @@ type cacheState struct {
 
 	pending *httpcache.Entry // the response being stored, body still arriving
 	tee     *teeBody
+
+	sw   servedWriter // for answers from the cache
+	vals [2]string    // Age and Cache-Status field values, one allocation
 }
 
 // CacheStatus returns the Cache-Status member the exchange answered with
@@ -60,7 +63,11 @@ func (x *exchange) cacheBefore(c *httpcache.Cache) bool {
 	if x.grpc || upgradeType(r.Header) != "" {
 		return false
 	}
-	cs := &cacheState{c: c, key: httpcache.Key(r.Host, r.URL.RequestURI())}
+	target := r.RequestURI // as the client sent it, like nginx's $request_uri
+	if target == "" || target[0] != '/' {
+		target = r.URL.RequestURI()
+	}
+	cs := &cacheState{c: c, key: httpcache.Key(r.Host, target)}
 	x.cache = cs
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		cs.status.Fwd = "method"
@@ -183,9 +190,10 @@ func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 	if _, ok := e.Header["Content-Type"]; !ok {
 		h["Content-Type"] = nil // neither sniffed nor defaulted
 	}
-	h["Age"] = []string{httpcache.AgeHeader(e.Age(now))}
 	cs.status.TTL, cs.status.HasTTL = e.TTL(now), true
-	h["Cache-Status"] = cacheStatusField(cs.status, e.Header["Cache-Status"])
+	cs.vals[0] = httpcache.AgeHeader(e.Age(now))
+	cs.vals[1] = cacheStatusValue(cs.status, e.Header["Cache-Status"])
+	h["Age"], h["Cache-Status"] = cs.vals[0:1:1], cs.vals[1:2:2]
 	x.setTraceResponse(h)
 	if cs.condINM != nil || cs.condIMS != nil {
 		x.r.Header["If-None-Match"], x.r.Header["If-Modified-Since"] = cs.condINM, cs.condIMS
@@ -193,7 +201,17 @@ func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 		delete(x.r.Header, "If-None-Match")
 		delete(x.r.Header, "If-Modified-Since")
 	}
-	sw := &servedWriter{ResponseWriter: x.w, x: x}
+	cs.sw = servedWriter{ResponseWriter: x.w, x: x}
+	sw := &cs.sw
+	if e.Status == http.StatusOK && !conditionalOrRange(x.r.Header) {
+		// The common hit: no precondition or range to evaluate.
+		h["Content-Length"] = e.ContentLength()
+		sw.WriteHeader(http.StatusOK)
+		if x.r.Method != http.MethodHead {
+			sw.Write(e.Body)
+		}
+		return
+	}
 	if e.Status == http.StatusOK {
 		var mod time.Time
 		if v := e.Header["Last-Modified"]; len(v) > 0 {
@@ -213,6 +231,17 @@ func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 	if x.r.Method != http.MethodHead {
 		sw.Write(e.Body)
 	}
+}
+
+// conditionalOrRange reports whether the request has a precondition or a
+// Range for http.ServeContent to evaluate.
+func conditionalOrRange(h http.Header) bool {
+	for _, k := range [...]string{"Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // notModifiedSince reports whether an If-Modified-Since request without
@@ -242,11 +271,15 @@ func notModifiedSince(h http.Header, e *httpcache.Entry) bool {
 // cacheStatusField prepends ours to the Cache-Status members of the caches
 // behind us (RFC 9211 section 2).
 func cacheStatusField(s httpcache.Status, upstream []string) []string {
+	return []string{cacheStatusValue(s, upstream)}
+}
+
+func cacheStatusValue(s httpcache.Status, upstream []string) string {
 	v := s.String()
 	if len(upstream) > 0 {
 		v += ", " + strings.Join(upstream, ", ")
 	}
-	return []string{v}
+	return v
 }
 
 // servedWriter records the status and body size of an answer from the

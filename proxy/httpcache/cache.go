@@ -33,10 +33,12 @@ type Config struct {
 // request-target, with a variant per Vary selection. It is safe for
 // concurrent use.
 //
-// The store is otter (W-TinyLFU eviction, weighted by bytes): values are
-// either a URL's variant list (a small marker naming the Vary fields and a
-// generation) or one variant's Entry under a key that carries the marker's
-// generation, so that variants of a replaced marker are never served.
+// The store is otter (W-TinyLFU eviction, weighted by bytes). A URL whose
+// response has no Vary keeps its Entry under the URL key itself (one
+// lookup per hit); otherwise the URL key holds a marker naming the Vary
+// fields and a generation, and each variant's Entry sits under a key that
+// carries the marker's generation, so variants of a replaced marker are
+// never served. URL keys never contain a NUL byte; variant keys do.
 type Cache struct {
 	cfg   Config
 	store *otter.Cache[string, *value]
@@ -118,8 +120,11 @@ func Key(host, target string) string {
 // for the URL) or "vary-miss".
 func (c *Cache) Lookup(key string, h http.Header) (e *Entry, miss string) {
 	mv, ok := c.store.GetIfPresent(key)
-	if !ok || mv.marker == nil {
+	if !ok {
 		return nil, "uri-miss"
+	}
+	if mv.entry != nil {
+		return mv.entry, ""
 	}
 	m := mv.marker
 	ev, ok := c.store.GetIfPresent(variantKey(key, m.gen, VaryKey(m.names, h)))
@@ -139,8 +144,19 @@ func (c *Cache) Store(key string, e *Entry) bool {
 	if int64(len(e.Body)) > c.cfg.MaxObjectSize || int64(e.size) > c.cfg.MaxSize {
 		return false
 	}
+	mv, ok := c.store.GetIfPresent(key)
+	if len(e.varyNames) == 0 {
+		if ok && mv.marker != nil {
+			c.dropVariants(mv.marker)
+		}
+		c.objects.Add(1)
+		c.bytes.Add(int64(len(e.Body)))
+		c.store.Set(key, &value{entry: e})
+		c.stores.Add(1)
+		return true
+	}
 	var m *marker
-	if mv, ok := c.store.GetIfPresent(key); ok && mv.marker != nil && equalNames(mv.marker.names, e.varyNames) {
+	if ok && mv.marker != nil && equalNames(mv.marker.names, e.varyNames) {
 		m = mv.marker
 	} else {
 		if ok && mv.marker != nil {
@@ -175,10 +191,12 @@ func equalNames(a, b []string) bool {
 // Invalidate drops every variant stored under key.
 func (c *Cache) Invalidate(key string) bool {
 	mv, ok := c.store.Invalidate(key)
-	if !ok || mv.marker == nil {
+	if !ok {
 		return false
 	}
-	c.dropVariants(mv.marker)
+	if mv.marker != nil {
+		c.dropVariants(mv.marker)
+	}
 	return true
 }
 
@@ -206,8 +224,8 @@ func (c *Cache) Purge(key string, prefix bool) int {
 		return 0
 	}
 	var keys []string
-	for k, v := range c.store.All() {
-		if v.marker != nil && strings.HasPrefix(k, key) {
+	for k := range c.store.Keys() {
+		if strings.HasPrefix(k, key) && !strings.Contains(k, "\x00") {
 			keys = append(keys, k)
 		}
 	}

@@ -29,6 +29,7 @@ type Entry struct {
 	varyNames []string // canonical names of the selecting fields
 	varyKey   string   // the request's values of those fields, normalized
 	size      int      // weight in the store
+	clen      []string // the body's length, as a field value
 }
 
 // NewEntry makes an Entry of a response to req, received at resTime for a
@@ -70,6 +71,7 @@ func (e *Entry) init() {
 	}
 	e.lifetime, e.heuristic = FreshnessLifetime(e.Status, e.Header, &e.cc, e.date)
 	e.size = len(e.Body) + 256
+	e.clen = []string{strconv.Itoa(len(e.Body))}
 	for k, vv := range e.Header {
 		e.size += len(k) + 16
 		for _, v := range vv {
@@ -329,4 +331,14 @@ func (e *Entry) Updated(h http.Header, reqTime, resTime time.Time) *Entry {
 func (e *Entry) SetBody(b []byte) {
 	e.Body = b
 	e.size += len(b)
+	e.clen = []string{strconv.Itoa(len(b))}
+}
+
+// ContentLength is the body's length as a Content-Length field value; the
+// caller must not change it.
+func (e *Entry) ContentLength() []string {
+	if e.clen == nil {
+		return []string{strconv.Itoa(len(e.Body))}
+	}
+	return e.clen
 }
