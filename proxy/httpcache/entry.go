@@ -116,8 +116,11 @@ func (e *Entry) Age(now time.Time) time.Duration {
 	return initial + max(0, now.Sub(e.ResponseTime))
 }
 
-// TTL is the remaining freshness at now (negative when stale).
-func (e *Entry) TTL(now time.Time) time.Duration { return e.lifetime - e.Age(now) }
+// TTL is the remaining freshness at now (negative when stale), in step
+// with the Age field: the lifetime minus the age in whole seconds.
+func (e *Entry) TTL(now time.Time) time.Duration {
+	return e.lifetime - e.Age(now).Truncate(time.Second)
+}
 
 // AgeHeader formats age for the Age field: whole seconds.
 func AgeHeader(age time.Duration) string {
