@@ -346,7 +346,9 @@ func (x *exchange) cacheResponse(a *attempt) bool {
 		}
 	}
 	if cs.reqHeader == nil {
-		return false // a range or HEAD passed through
+		// A range or a HEAD passed through: nothing to store.
+		res.Header["Cache-Status"] = cacheStatusField(cs.status, res.Header["Cache-Status"])
+		return false
 	}
 	removeHopByHop(res.Header)
 	resCC := httpcache.ParseCacheControl(res.Header["Cache-Control"])
