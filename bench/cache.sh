@@ -102,6 +102,7 @@ http {
 }
 EOF
 start nginx nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;'
+nginx_master=$last_pid
 
 snapshot() { # snapshot FILE PORT
   printf '{"version":1,"saved":"2026-01-01T00:00:00Z","pools":{"app":[{"id":"app-1","service":"app","address":"127.0.0.1","port":%s,"weight":1}]}}\n' "$2" >"$1"
@@ -113,7 +114,9 @@ run_agent() { # run_agent NAME PORT ADMIN UPSTREAM ARGS...
     --snapshot-file "$work/$name.json" --consul-addr 127.0.0.1:1 --empty-pool-grace 1h --log-level error "$@"
 }
 run_agent agent-cache "$p_cache" "$a1" "$p_app" --cache 64m
+cache_pid=$last_pid
 run_agent agent-nocache "$p_nocache" "$a2" "$p_app"
+nocache_pid=$last_pid
 run_agent agent-mem "$p_mem" "$a3" "$p_blob" --cache 64m
 mem_pid=$last_pid
 
@@ -123,38 +126,49 @@ for p in "$p_nx" "$p_cache"; do curl -fsS -o /dev/null "http://127.0.0.1:$p$obj"
 curl -fsS -D - -o /dev/null "http://127.0.0.1:$p_cache$obj" | grep -qi '^cache-status: meshlb; hit' || die "the agent does not hit"
 curl -fsS -D - -o /dev/null "http://127.0.0.1:$p_nx$obj" | grep -qi '^cache-status: HIT' || die "nginx does not hit"
 
+nginx_worker="$(pgrep -P "$nginx_master" | head -1)"
 declare -A port=([nginx-proxy_cache]=$p_nx [meshlb-cache]=$p_cache [meshlb-uncached]=$p_nocache)
+# The CPU time the proxy itself spends per request (user + system, from
+# /proc): far steadier than rps on a loaded machine.
+declare -A cpid=([nginx-proxy_cache]=$nginx_worker [meshlb-cache]=$cache_pid [meshlb-uncached]=$nocache_pid)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
 contenders=(nginx-proxy_cache meshlb-cache meshlb-uncached)
 tsv="$work/rounds.tsv"; : >"$tsv"
 for ((r = 1; r <= ROUNDS; r++)); do
   for c in "${contenders[@]}"; do
+    t0="$(ticks "${cpid[$c]}")"
     out="$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:${port[$c]}$obj")"
+    t1="$(ticks "${cpid[$c]}")"
     rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+    reqs="$(awk '/requests in/ {print $1}' <<<"$out")"
+    us="$(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')"
     p99="$(awk '$1 == "99%" {print $2}' <<<"$out")"
     errs="$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')"
-    printf '%s\t%s\t%s\t%s\n' "$c" "$rps" "$p99" "$errs" >>"$tsv"
-    log "round $r $c: $rps rps, p99 $p99 $errs"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$c" "$rps" "$p99" "$us" "$errs" >>"$tsv"
+    log "round $r $c: $rps rps, p99 $p99, $us us CPU/request $errs"
   done
 done
 
 echo
 echo "## Cached GET of one object ($ROUNDS rounds of $DURATION, $CONNS connections, wrk -t1; median rps)"
 echo
-echo "| contender | median rps | best rps | median p99 |"
-echo "|---|---:|---:|---:|"
+echo "| contender | median rps | best rps | median p99 | median CPU us/request (the proxy's) |"
+echo "|---|---:|---:|---:|---:|"
 for c in "${contenders[@]}"; do
-  awk -F'\t' -v c="$c" '$1 == c {print $2 "\t" $3}' "$tsv" | sort -n >"$work/$c.s"
+  awk -F'\t' -v c="$c" '$1 == c {print $2 "\t" $3 "\t" $4}' "$tsv" | sort -n >"$work/$c.s"
   n=$(wc -l <"$work/$c.s")
   med="$(sed -n "$(((n + 1) / 2))p" "$work/$c.s" | cut -f1)"
   best="$(tail -1 "$work/$c.s" | cut -f1)"
   p99="$(cut -f2 "$work/$c.s" | sed -n "$(((n + 1) / 2))p")"
-  eval "med_${c//[-_]/}=$med"
-  echo "| $c | $med | $best | $p99 |"
+  us="$(cut -f3 "$work/$c.s" | sort -n | sed -n "$(((n + 1) / 2))p")"
+  eval "med_${c//[-_]/}=$med us_${c//[-_]/}=$us"
+  echo "| $c | $med | $best | $p99 | $us |"
 done
 echo
-awk -v a="$med_meshlbcache" -v n="$med_nginxproxycache" -v u="$med_meshlbuncached" 'BEGIN {
-  printf "meshlb cache / nginx proxy_cache: %.2f x (target >= 1.0)\n", a / n
-  printf "meshlb cache / meshlb uncached (Tornado): %.1f x (target >= 10)\n", a / u }'
+awk -v a="$med_meshlbcache" -v n="$med_nginxproxycache" -v u="$med_meshlbuncached" -v ua="$us_meshlbcache" -v un="$us_nginxproxycache" 'BEGIN {
+  printf "meshlb cache / nginx proxy_cache: %.2f x rps, %.2f x less CPU per request (target >= 1.0)\n", a / n, un / ua
+  printf "meshlb cache / meshlb uncached (Tornado): %.1f x rps (target >= 10)\n", a / u }'
 
 echo
 echo "## Memory: --cache 64m filled with 1000 distinct 256 KiB objects (250 MiB)"
