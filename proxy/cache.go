@@ -51,6 +51,10 @@ func (x *exchange) CacheStatus() string {
 	return x.cache.status.String()
 }
 
+// surrogateCapability is the Surrogate-Capability member the cache adds
+// to the requests it forwards.
+const surrogateCapability = httpcache.SurrogateTarget + `="Surrogate/1.0"`
+
 // backgroundKey marks the context of a stale-while-revalidate refresh; its
 // value is the Fill the refresh holds.
 type backgroundKey struct{}
@@ -58,7 +62,7 @@ type backgroundKey struct{}
 // cacheBefore looks the request up in the route's cache. It returns true
 // when the request was answered from the cache (or refused with 504 under
 // only-if-cached); false when it must be forwarded.
-func (x *exchange) cacheBefore(c *httpcache.Cache) bool {
+func (x *exchange) cacheBefore(c *httpcache.Cache) (served bool) {
 	r := x.r
 	if x.grpc || upgradeType(r.Header) != "" {
 		return false
@@ -69,6 +73,13 @@ func (x *exchange) cacheBefore(c *httpcache.Cache) bool {
 	}
 	cs := &cacheState{c: c, key: httpcache.Key(r.Host, target)}
 	x.cache = cs
+	defer func() {
+		if !served {
+			// Tell the origin a surrogate is here, so it may target
+			// Surrogate-Control directives at it (W3C Edge Architecture).
+			r.Header["Surrogate-Capability"] = append(r.Header["Surrogate-Capability"], surrogateCapability)
+		}
+	}()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		cs.status.Fwd = "method"
 		return false
@@ -347,6 +358,7 @@ func (x *exchange) cacheResponse(a *attempt) bool {
 	}
 	if cs.reqHeader == nil {
 		// A range or a HEAD passed through: nothing to store.
+		delete(res.Header, "Surrogate-Control")
 		res.Header["Cache-Status"] = cacheStatusField(cs.status, res.Header["Cache-Status"])
 		return false
 	}
@@ -371,6 +383,7 @@ func (x *exchange) cacheResponse(a *attempt) bool {
 		// The stored response is outdated and this one may not replace it.
 		cs.c.Invalidate(cs.key)
 	}
+	delete(res.Header, "Surrogate-Control") // for us, not for the clients
 	res.Header["Cache-Status"] = cacheStatusField(cs.status, res.Header["Cache-Status"])
 	return false
 }
@@ -401,7 +414,13 @@ func (x *exchange) cacheEnd() {
 		return
 	}
 	if cs.pending != nil && cs.tee.eof && !cs.tee.over && x.err == nil {
-		cs.pending.SetBody(cs.tee.buf)
+		body := cs.tee.buf
+		if cap(body)-len(body) > len(body)/8 {
+			// Grown by append (no Content-Length): keep only what is used,
+			// so the bytes held match the bytes counted.
+			body = append([]byte(nil), body...)
+		}
+		cs.pending.SetBody(body)
 		cs.c.Store(cs.key, cs.pending)
 	}
 	cs.fill.Done()

@@ -68,7 +68,9 @@ EOF
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 pids+=($!)
 for p in "$p_srv" "$p_agent" "$p_nx"; do
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  ok=0
+  for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$p/" && { ok=1; break; }; sleep 0.1; done
+  [ "$ok" = 1 ] || { log "127.0.0.1:$p does not answer:"; tail -n 5 "$work"/*.log >&2; exit 1; }
 done
 
 stamp="$(date -u +%Y-%m-%dT%H%M%SZ)"

@@ -201,6 +201,41 @@ func (d *Directives) noStaleServing() bool {
 	return d.MustRevalidate || d.ProxyRevalidate || d.SMaxAge != absent || d.NoCache
 }
 
+// SurrogateTarget is the device token that Surrogate-Control directives
+// targeted at meshlb carry ("max-age=60;meshlb").
+const SurrogateTarget = "meshlb"
+
+// Surrogate parses a response's Surrogate-Control field (W3C Edge
+// Architecture): its untargeted directives and those targeted at
+// SurrogateTarget. ok is false when the field is absent or names no
+// directive for us. Only max-age and no-store matter to the cache.
+func Surrogate(h http.Header) (d Directives, ok bool) {
+	vals := h["Surrogate-Control"]
+	if len(vals) == 0 {
+		return Directives{}, false
+	}
+	var mine []string
+	for _, line := range vals {
+		for m := range strings.SplitSeq(line, ",") {
+			m = strings.TrimSpace(m)
+			if name, target, targeted := strings.Cut(m, ";"); targeted {
+				if !strings.EqualFold(strings.TrimSpace(target), SurrogateTarget) {
+					continue
+				}
+				m = name
+			}
+			if m != "" {
+				mine = append(mine, m)
+			}
+		}
+	}
+	if len(mine) == 0 {
+		return Directives{}, false
+	}
+	d = ParseCacheControl(mine)
+	return d, d.MaxAge != absent || d.NoStore
+}
+
 // RequestDirectives parses a request's Cache-Control. Pragma is not
 // consulted: RFC 9111 deprecates it.
 func RequestDirectives(h http.Header) Directives {

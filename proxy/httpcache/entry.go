@@ -26,10 +26,11 @@ type Entry struct {
 	ageValue  time.Duration
 	date      time.Time // the Date field, or ResponseTime when absent or invalid
 
-	varyNames []string // canonical names of the selecting fields
-	varyKey   string   // the request's values of those fields, normalized
-	size      int      // weight in the store
-	clen      []string // the body's length, as a field value
+	varyNames []string      // canonical names of the selecting fields
+	varyKey   string        // the request's values of those fields, normalized
+	surrogate time.Duration // Surrogate-Control max-age; absent when none
+	size      int           // weight in the store
+	clen      []string      // the body's length, as a field value
 }
 
 // NewEntry makes an Entry of a response to req, received at resTime for a
@@ -37,13 +38,18 @@ type Entry struct {
 // fields a qualified no-cache or private names are dropped from it.
 func NewEntry(reqHeader http.Header, status int, header http.Header, body []byte, reqTime, resTime time.Time) *Entry {
 	cc := ParseCacheControl(header["Cache-Control"])
+	surrogate := absent
+	if sc, ok := Surrogate(header); ok {
+		surrogate = sc.MaxAge
+	}
+	delete(header, "Surrogate-Control") // for us, not for the clients
 	for _, f := range cc.NoCacheFields {
 		delete(header, f)
 	}
 	for _, f := range cc.PrivateFields {
 		delete(header, f)
 	}
-	e := &Entry{Status: status, Header: header, Body: body, RequestTime: reqTime, ResponseTime: resTime}
+	e := &Entry{Status: status, Header: header, Body: body, RequestTime: reqTime, ResponseTime: resTime, surrogate: surrogate}
 	e.varyNames, _ = VaryNames(header)
 	e.varyKey = VaryKey(e.varyNames, reqHeader)
 	e.init()
@@ -70,6 +76,11 @@ func (e *Entry) init() {
 		}
 	}
 	e.lifetime, e.heuristic = FreshnessLifetime(e.Status, e.Header, &e.cc, e.date)
+	if e.surrogate != absent {
+		// Surrogate-Control speaks to surrogates over Cache-Control.
+		e.lifetime, e.heuristic = e.surrogate, false
+		e.cc.NoCache = false
+	}
 	e.size = len(e.Body) + 256
 	e.clen = []string{strconv.Itoa(len(e.Body))}
 	for k, vv := range e.Header {
@@ -194,6 +205,23 @@ func Storable(method string, reqHeader http.Header, reqCC *Directives, status in
 	}
 	if resCC.MustUnderstand && !understood(status) {
 		return false, "status"
+	}
+	if sc, ok := Surrogate(resHeader); ok {
+		// Surrogate-Control, meant for caches like this one, takes
+		// precedence over Cache-Control.
+		if sc.NoStore {
+			return false, "no-store"
+		}
+		if _, ok := reqHeader["Authorization"]; ok && !resCC.allowsAuthorized() {
+			return false, "authorization"
+		}
+		if _, star := VaryNames(resHeader); star {
+			return false, "vary"
+		}
+		if len(resHeader["Trailer"]) > 0 {
+			return false, "trailers"
+		}
+		return true, ""
 	}
 	if resCC.NoStore && !(resCC.MustUnderstand && understood(status)) {
 		return false, "no-store"
@@ -324,6 +352,10 @@ func (e *Entry) Updated(h http.Header, reqTime, resTime time.Time) *Entry {
 	if _, ok := h["Age"]; !ok {
 		delete(n.Header, "Age")
 	}
+	if sc, ok := Surrogate(h); ok && sc.MaxAge != absent {
+		n.surrogate = sc.MaxAge
+	}
+	delete(n.Header, "Surrogate-Control")
 	n.RequestTime, n.ResponseTime = reqTime, resTime
 	n.init()
 	return &n

@@ -266,3 +266,34 @@ func TestStatusString(t *testing.T) {
 		}
 	}
 }
+
+func TestSurrogateControl(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name     string
+		h        http.Header
+		storable bool
+		ttl      time.Duration
+	}{
+		{"max-age over Cache-Control", hdr("Cache-Control", "max-age=1", "Surrogate-Control", "max-age=3600"), true, time.Hour},
+		{"short max-age wins", hdr("Cache-Control", "max-age=3600", "Surrogate-Control", "max-age=1"), true, time.Second},
+		{"over no-store", hdr("Cache-Control", "no-store", "Surrogate-Control", "max-age=60"), true, time.Minute},
+		{"no-store", hdr("Cache-Control", "max-age=60", "Surrogate-Control", "no-store"), false, 0},
+		{"targeted at us", hdr("Surrogate-Control", "max-age=60;meshlb"), true, time.Minute},
+		{"targeted elsewhere", hdr("Cache-Control", "max-age=5", "Surrogate-Control", "max-age=60;other"), true, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rq, rs := RequestDirectives(hdr()), ParseCacheControl(tc.h["Cache-Control"])
+			if ok, _ := Storable("GET", hdr(), &rq, 200, tc.h, &rs); ok != tc.storable {
+				t.Fatalf("Storable = %v", ok)
+			}
+			if !tc.storable {
+				return
+			}
+			e := NewEntry(hdr(), 200, tc.h, nil, now, now)
+			if e.TTL(now) != tc.ttl || e.Header.Get("Surrogate-Control") != "" {
+				t.Fatalf("TTL %v (want %v), stored Surrogate-Control %q", e.TTL(now), tc.ttl, e.Header.Get("Surrogate-Control"))
+			}
+		})
+	}
+}
