@@ -31,6 +31,10 @@ type Pool struct {
 	sched []int32
 	// ring is the consistent hash ring of hash policies, else nil.
 	ring *ring
+	// tiers are the pools of a tiered snapshot in serving order, nil when
+	// untiered; tierInfo describes them (see tier.go).
+	tiers    []*Pool
+	tierInfo []TierInfo
 }
 
 func newPool(service string, insts []*Instance, version uint64, pol policy) *Pool {
