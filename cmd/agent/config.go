@@ -57,7 +57,10 @@ Flags:
 //
 //	consul { address = "127.0.0.1:8500"  stale = false }
 //	admin = "127.0.0.1:9070"
-//	service "hello" { balance = "round_robin"  max_fails = 3  fail_timeout = "10s" }
+//	service "hello" {
+//	  balance = "round_robin"  max_fails = 3  fail_timeout = "10s"  backup_tag = "backup"
+//	  failover { datacenters = ["dc2", "dc3"]  min_healthy = 1 }   # or prepared_query = "NAME"
+//	}
 //	listener "web" {
 //	  address = ":8070"
 //	  route { host = "api.example.com"  path_prefix = "/v1"  service = "hello" }
@@ -104,11 +107,20 @@ type fileProxy struct {
 }
 
 type fileService struct {
-	Name        string  `hcl:"name,label"`
-	Balance     *string `hcl:"balance,optional"`
-	Tag         *string `hcl:"tag,optional"`
-	MaxFails    *int    `hcl:"max_fails,optional"`
-	FailTimeout *string `hcl:"fail_timeout,optional"`
+	Name        string        `hcl:"name,label"`
+	Balance     *string       `hcl:"balance,optional"`
+	Tag         *string       `hcl:"tag,optional"`
+	MaxFails    *int          `hcl:"max_fails,optional"`
+	FailTimeout *string       `hcl:"fail_timeout,optional"`
+	BackupTag   *string       `hcl:"backup_tag,optional"`
+	Failover    *fileFailover `hcl:"failover,block"`
+}
+
+// fileFailover is a service's failover across Consul datacenters.
+type fileFailover struct {
+	Datacenters   []string `hcl:"datacenters,optional"`
+	MinHealthy    *int     `hcl:"min_healthy,optional"`
+	PreparedQuery *string  `hcl:"prepared_query,optional"`
 }
 
 type fileListener struct {
@@ -179,6 +191,11 @@ type serviceConfig struct {
 	name string
 	tag  string
 	lb   lb.Config
+	// failover ranks backups and failover datacenters (Service, Tag and
+	// Logger are filled in by the agent); hasFailover: set by a failover
+	// block, which --failover-dc does not override.
+	failover    discovery.FailoverConfig
+	hasFailover bool
 }
 
 type listenerConfig struct {
@@ -205,6 +222,7 @@ type flags struct {
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
 	stale, cached, accessLog, logJSON, fastLane               bool
 	trusted, adminAllow                                       cli.StringList
+	failoverDCs                                               cli.StringList
 	logLevel                                                  string
 	set                                                       map[string]bool
 }
@@ -245,6 +263,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
 	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
+	fs.Var(&f.failoverDCs, "failover-dc", "Consul `DATACENTER` to fail over to when fewer than min_healthy (1) local instances pass (repeatable, in order; watched all the time); for every service without a failover block")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	if err := fs.Parse(args); err != nil {
@@ -399,6 +418,13 @@ func (f *flags) resolve() (*config, error) {
 	}
 	for i := range c.services {
 		s := &c.services[i]
+		if !s.hasFailover && len(f.failoverDCs) > 0 {
+			s.failover.Datacenters = append([]string(nil), f.failoverDCs...)
+			s.failover.Service = s.name
+			if err := s.failover.Validate(); err != nil {
+				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
+			}
+		}
 		if s.lb.MaxFails == 0 {
 			s.lb.MaxFails = f.maxFails
 		}
@@ -613,6 +639,32 @@ func (c *config) apply(path string, fc *fileConfig) error {
 				return wrap(err)
 			}
 			sc.lb.FailTimeout = d
+		}
+		sc.failover.Service = s.Name
+		if s.BackupTag != nil {
+			if *s.BackupTag == "" {
+				return wrap(fmt.Errorf("service %q: backup_tag is empty: leave it out for the default %q", s.Name, discovery.DefaultBackupTag))
+			}
+			sc.failover.BackupTag = *s.BackupTag
+		}
+		if fo := s.Failover; fo != nil {
+			sc.hasFailover = true
+			sc.failover.Datacenters = fo.Datacenters
+			if fo.MinHealthy != nil {
+				if *fo.MinHealthy < 1 {
+					return wrap(fmt.Errorf("service %q: invalid failover min_healthy %d: must be at least 1", s.Name, *fo.MinHealthy))
+				}
+				sc.failover.MinHealthy = *fo.MinHealthy
+			}
+			if fo.PreparedQuery != nil {
+				sc.failover.PreparedQuery = *fo.PreparedQuery
+			}
+			if len(fo.Datacenters) == 0 && sc.failover.PreparedQuery == "" {
+				return wrap(fmt.Errorf("service %q: the failover block needs datacenters = [...] or prepared_query", s.Name))
+			}
+		}
+		if err := sc.failover.Validate(); err != nil {
+			return wrap(err)
 		}
 		c.services = append(c.services, sc)
 	}
