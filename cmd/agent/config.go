@@ -59,7 +59,10 @@ Flags:
 //	admin = "127.0.0.1:9070"
 //	service "hello" {
 //	  balance = "round_robin"  max_fails = 3  fail_timeout = "10s"  backup_tag = "backup"
-//	  failover { datacenters = ["dc2", "dc3"]  min_healthy = 1 }   # or prepared_query = "NAME"
+//	  failover {                       # or prepared_query = "NAME"
+//	    datacenters = ["dc2", "dc3"]
+//	    min_healthy = 1
+//	  }
 //	}
 //	listener "web" {
 //	  address = ":8070"
