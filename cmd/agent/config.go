@@ -38,6 +38,10 @@ Consul's Service.Weights), least_conn, random_two, p2c_ewma,
 hash:header:NAME, hash:cookie:NAME, hash:ip.
 Passive health: --max-fails consecutive failures eject an instance for
 --fail-timeout (doubling while it keeps failing), never all at once.
+Instances tagged "backup" (per service backup_tag) get requests only when no
+primary can take them, as nginx's backup servers; --failover-dc DC sends the
+traffic to another Consul datacenter (watched all the time) while no local
+instance passes (min_healthy in a failover block), and back.
 
 Instances tagged "https" (registrars with --mesh-tls-cert) are reached over
 TLS, verified against --upstream-tls-ca (default: the system roots); with
