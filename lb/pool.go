@@ -13,8 +13,9 @@ import (
 type Pool struct {
 	// Service is the service name.
 	Service string
-	// Instances are sorted by ID; their Stats are shared with other
-	// snapshots of the same balancer.
+	// Instances are sorted by ID (tier by tier in a tiered pool, see
+	// UpdateTiers); their Stats are shared with other snapshots of the same
+	// balancer.
 	Instances []*Instance
 	// Version increases by one with every Update of the balancer.
 	Version uint64

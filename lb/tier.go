@@ -317,6 +317,15 @@ func (b *Balancer) switchServing(p *Pool, idx int) {
 		b.serving.cur.Store(next)
 		return
 	}
+	if cur.Index == idx && cur.Tier.Backup == to.Backup && cur.Tier.Remote == to.Remote &&
+		(cur.Tier.Datacenter == "" || to.Datacenter == "") {
+		// The same tier, now (or no longer) named after its datacenter:
+		// discovery learned the local datacenter's name. Not a switch.
+		renamed := *cur
+		renamed.Tier = to
+		b.serving.cur.Store(&renamed)
+		return
+	}
 	b.serving.switches++
 	next.Switches = b.serving.switches
 	next.Reason = p.switchReason(cur.Tier, idx)
