@@ -227,6 +227,9 @@ func (f *Failover) Run(ctx context.Context) error {
 		if dc, ok := self["Config"]["Datacenter"].(string); ok {
 			f.mu.Lock()
 			f.localDC = dc
+			if f.localSet {
+				f.publish("local datacenter is " + dc)
+			}
 			f.mu.Unlock()
 		}
 	}
