@@ -248,15 +248,25 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	testproc.WaitFor(t, 15*time.Second, "dc1 instances gone from Consul", func() bool { return passing(dcs[0].Client(), svc) == 0 })
 	time.Sleep(500 * time.Millisecond) // dc2 alone for a while
 
+	// Watch Consul for the first new dc1 instance to pass, from before
+	// the registrars start.
+	passedc := make(chan time.Time, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if passing(dcs[0].Client(), svc) > 0 {
+				passedc <- time.Now()
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
 	back := []*app{startApp(t, dcs[0].Env(), svc, dir), startApp(t, dcs[0].Env(), svc, dir)}
 	var passed time.Time
-	testproc.WaitFor(t, 15*time.Second, "a new dc1 instance passing", func() bool {
-		if passing(dcs[0].Client(), svc) > 0 {
-			passed = time.Now()
-			return true
-		}
-		return false
-	})
+	select {
+	case passed = <-passedc:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no new dc1 instance passing within 15s")
+	}
 	testproc.WaitFor(t, 10*time.Second, "dc1 serving again", func() bool {
 		_, ok := firstFrom(rec.snapshot(), passed.Add(-time.Second), pidSet(back...))
 		return ok
