@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,17 +80,45 @@ func passing(capi *api.Client, service string) int {
 	return len(entries)
 }
 
-// edge starts an agent for service against env's Consul.
+// edge starts an agent for service against env's Consul; its admin
+// listener is on lastAdmin.
 func edge(t *testing.T, env []string, service string, extra ...string) (*testproc.Proc, string) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
-	admin := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
-	args := append([]string{"--listen", addr, "--service", service, "--admin", admin}, extra...)
-	p := testproc.Start(t, env, bin(t, "agent"), args...)
-	if err := consultest.WaitListening(addr, 10*time.Second); err != nil {
+	lastAdmin = fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
+	args := []string{"--admin", lastAdmin}
+	if !slices.Contains(extra, "--config") {
+		args = append(args, "--listen", addr, "--service", service)
+	}
+	p := testproc.Start(t, env, bin(t, "agent"), append(args, extra...)...)
+	if err := consultest.WaitListening(addr, 10*time.Second); err != nil && !slices.Contains(extra, "--config") {
 		t.Fatal(err)
 	}
 	return p, addr
+}
+
+var lastAdmin string
+
+// statusOf runs `agent status` against the agent's admin listener.
+func statusOf(t *testing.T, admin string) string {
+	t.Helper()
+	out, err := exec.Command(bin(t, "agent"), "status", "--admin", admin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("agent status: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// metricsOf reads the agent's /metrics.
+func metricsOf(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // answer is one request's outcome as the client saw it.
@@ -217,6 +247,7 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	dc1 := []*app{startApp(t, dcs[0].Env(), svc, dir), startApp(t, dcs[0].Env(), svc, dir)}
 	dc2 := []*app{startApp(t, dcs[1].Env(), svc, dir), startApp(t, dcs[1].Env(), svc, dir)}
 	agent, addr := edge(t, dcs[0].Env(), svc, "--failover-dc", "dc2")
+	admin := lastAdmin
 	testproc.WaitFor(t, 20*time.Second, "both datacenters passing", func() bool {
 		return passing(dcs[0].Client(), svc) == 2 && passing(dcs[1].Client(), svc) == 2
 	})
@@ -246,7 +277,15 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	firstDC2, _ := firstFrom(rec.snapshot(), killed, pidSet(dc2...))
 	switchOver := firstDC2.Sub(killed)
 	testproc.WaitFor(t, 15*time.Second, "dc1 instances gone from Consul", func() bool { return passing(dcs[0].Client(), svc) == 0 })
-	time.Sleep(500 * time.Millisecond) // dc2 alone for a while
+	// The agent says dc2 serves: status, metrics.
+	testproc.WaitFor(t, 5*time.Second, "agent status to say dc2 serves", func() bool {
+		return strings.Contains(statusOf(t, admin), "web: serving dc2 primary since")
+	})
+	if m := metricsOf(t, admin); !strings.Contains(m, `meshlb_serving_tier{datacenter="dc2",service="web",tier="primary"} 1`) ||
+		!strings.Contains(m, `meshlb_failover_datacenter_up{datacenter="dc2",service="web"} 1`) {
+		t.Errorf("metrics do not say dc2 serves:\n%s", m)
+	}
+	time.Sleep(300 * time.Millisecond) // dc2 alone for a while
 
 	// Watch Consul for the first new dc1 instance to pass, from before
 	// the registrars start.
@@ -327,8 +366,13 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	if lateDC2 > 0 {
 		t.Errorf("%d requests went to dc2 after dc1 was back", lateDC2)
 	}
-	if !strings.Contains(agent.Out.String(), "serving tier changed") {
-		t.Error("the agent logged no switch of the serving tier")
+	for _, want := range []string{"serving tier changed", "failing over to another datacenter", "local datacenter serves again"} {
+		if !strings.Contains(agent.Out.String(), want) {
+			t.Errorf("the agent did not log %q", want)
+		}
+	}
+	if st := statusOf(t, admin); !strings.Contains(st, "web: serving dc1 primary since") {
+		t.Errorf("agent status after the switch back:\n%s", st)
 	}
 }
 
@@ -458,5 +502,68 @@ func TestUnreachableDatacenterIsSkipped(t *testing.T) {
 		first.Sub(killed).Round(time.Millisecond), slowest.Round(time.Millisecond))
 	if first.Sub(killed) > time.Second || slowest > time.Second {
 		t.Errorf("dc3 took %v to serve, slowest GET %v: the unreachable dc2 was waited on", first.Sub(killed), slowest)
+	}
+}
+
+// TestPreparedQueryFailover: with failover { prepared_query }, Consul's own
+// query failover picks the datacenter once the local instances are gone.
+func TestPreparedQueryFailover(t *testing.T) {
+	dcs := consultest.NewFederation(t, "dc1", "dc2")
+	dir := t.TempDir()
+	const svc = "pq"
+	if _, _, err := dcs[0].Client().PreparedQuery().Create(&api.PreparedQueryDefinition{
+		Name: "pq-failover", Service: api.ServiceQuery{Service: svc, OnlyPassing: true,
+			Failover: api.QueryFailoverOptions{Datacenters: []string{"dc2"}}},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	local := startApp(t, dcs[0].Env(), svc, dir)
+	remote := startApp(t, dcs[1].Env(), svc, dir)
+	listen := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
+	cfgFile := filepath.Join(dir, "agent.hcl")
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`service %q {
+  failover { prepared_query = "pq-failover" }
+}
+listener "web" {
+  address = %q
+  route { service = %q }
+}
+`, svc, listen, svc)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent, _ := edge(t, dcs[0].Env(), svc, "--config", cfgFile)
+	if err := consultest.WaitListening(listen, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	testproc.WaitFor(t, 20*time.Second, "both datacenters passing", func() bool {
+		return passing(dcs[0].Client(), svc) == 1 && passing(dcs[1].Client(), svc) == 1
+	})
+	client := &http.Client{Timeout: 2 * time.Second}
+	servedBy := func() int {
+		resp, err := client.Get("http://" + listen + "/")
+		if err != nil {
+			return 0
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if m := pidRE.FindSubmatch(b); m != nil && resp.StatusCode == 200 {
+			pid, _ := strconv.Atoi(string(m[1]))
+			return pid
+		}
+		return 0
+	}
+	testproc.WaitFor(t, 10*time.Second, "dc1 serving", func() bool { return servedBy() == local.pid })
+	local.kill(t)
+	killed := time.Now()
+	testproc.WaitFor(t, 10*time.Second, "dc2 serving through the prepared query", func() bool { return servedBy() == remote.pid })
+	took := time.Since(killed)
+	for range 10 {
+		if pid := servedBy(); pid != remote.pid {
+			t.Fatalf("after the failover a request was answered by pid %d, want dc2's %d", pid, remote.pid)
+		}
+	}
+	t.Logf("MEASURE prepared query failover: dc2 served %v after dc1's app was killed (the query is executed every second)", took.Round(time.Millisecond))
+	if !strings.Contains(agent.Out.String(), "failing over to another datacenter") {
+		t.Error("the agent did not log the failover")
 	}
 }
