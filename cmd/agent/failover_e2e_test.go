@@ -366,6 +366,9 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	if lateDC2 > 0 {
 		t.Errorf("%d requests went to dc2 after dc1 was back", lateDC2)
 	}
+	if strings.Contains(agent.Out.String(), "keeping the last pool for the grace period") {
+		t.Error("the empty-pool grace held dc1's failed instances back from leaving the pool")
+	}
 	for _, want := range []string{"serving tier changed", "failing over to another datacenter", "local datacenter serves again"} {
 		if !strings.Contains(agent.Out.String(), want) {
 			t.Errorf("the agent did not log %q", want)
