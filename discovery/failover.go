@@ -183,7 +183,7 @@ func (f *Failover) Datacenters() []DatacenterStatus {
 		out = append(out, DatacenterStatus{Datacenter: dc, Instances: len(f.remote[dc]),
 			Failing: f.failing[dc] != "", LastError: f.failing[dc]})
 	}
-	if f.cfg.PreparedQuery != "" && f.pqDC != "" {
+	if f.cfg.PreparedQuery != "" && f.pqDC != "" && !slices.Contains(f.cfg.Datacenters, f.pqDC) {
 		out = append(out, DatacenterStatus{Datacenter: f.pqDC, Instances: len(f.pq)})
 	}
 	return out

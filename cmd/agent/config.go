@@ -262,7 +262,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&f.maxFails, "max-fails", 3, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
 	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
-	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
+	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service and may have lost its state (the watch failed or its index went backwards: a restarted Consul agent is empty until registrars re-register), keep serving the last pool this long; instances that went critical or were deregistered leave at once; 0 disables")
 	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
 	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
 	fs.IntVar(&f.maxConns, "max-conns", 10000, "client connections one listener keeps at once; over it new ones get 503 and are closed (nginx's worker_connections); 0 = no cap")
