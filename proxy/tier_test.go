@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -98,5 +100,42 @@ func TestPostSentIsNotRetriedIntoBackup(t *testing.T) {
 	res, body := f.do(t, ctx, "GET", "/", nil, nil)
 	if res.StatusCode != http.StatusOK || body != "b0" {
 		t.Fatalf("GET: status %d body %q, want 200 from b0", res.StatusCode, body)
+	}
+}
+
+// TestSpanNamesTheInstanceDatacenter: an attempt span carries the
+// instance's datacenter, and marks a backup.
+func TestSpanNamesTheInstanceDatacenter(t *testing.T) {
+	ctx := testCtx(t)
+	sr := withRecorder(t)
+	backup := nameUpstream(t, "b0")
+	remote := nameUpstream(t, "r0")
+	bal, err := lb.NewBalancer("web", lb.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bal.UpdateTiers([]lb.Tier{
+		{Datacenter: "dc1", Instances: []lb.Instance{instanceAt("dead", closedAddr(t))}},
+		{Datacenter: "dc1", Backup: true, Instances: []lb.Instance{backup.instance()}},
+		{Datacenter: "dc2", Remote: true, Instances: []lb.Instance{remote.instance()}},
+	})
+	f := newFrontend(t, Config{Tracing: true}, Route{Balancer: bal})
+	if res, body := f.do(t, ctx, "GET", "/", nil, nil); res.StatusCode != 200 || body != "b0" {
+		t.Fatalf("GET: %d %q, want the backup", res.StatusCode, body)
+	}
+	backup.srv.Close()
+	if res, body := f.do(t, ctx, "GET", "/", nil, nil); res.StatusCode != 200 || body != "r0" {
+		t.Fatalf("GET: %d %q, want dc2", res.StatusCode, body)
+	}
+	got := map[string]string{}
+	for _, s := range waitServerSpans(t, ctx, sr, 2) {
+		if s.SpanKind() != trace.SpanKindClient {
+			continue
+		}
+		a := attrs(s)
+		got[a["service.instance.id"].AsString()] = a["meshlb.instance.datacenter"].AsString() + "/" + a["meshlb.instance.tier"].AsString()
+	}
+	if got["dead"] != "dc1/" || got["b0"] != "dc1/backup" || got["r0"] != "dc2/" {
+		t.Errorf("attempt spans: instance → datacenter/tier %v; want dead dc1/, b0 dc1/backup, r0 dc2/", got)
 	}
 }
