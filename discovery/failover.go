@@ -29,6 +29,14 @@ const (
 	// failoverCheckEvery is how often the watches' health is looked at, to
 	// leave out (and take back) a datacenter whose reads fail.
 	failoverCheckEvery = 200 * time.Millisecond
+	// A datacenter is probed every probeEvery with a cheap read
+	// (/v1/status/leader?dc=) bounded by probeTimeout: Consul retries a
+	// cross-datacenter read for up to rpc_hold_timeout (7s) and a blocking
+	// one for its wait time on top, so the watch alone can take 40s to see
+	// that a datacenter went away. No answer within probeTimeout: it is
+	// left out until a probe answers again.
+	probeEvery   = time.Second
+	probeTimeout = 1500 * time.Millisecond
 	// preparedQueryEvery paces the executions of a prepared query, which
 	// Consul does not offer as a blocking query.
 	preparedQueryEvery   = time.Second
@@ -125,6 +133,7 @@ type Failover struct {
 	localSet   bool
 	remote     map[string][]lb.Instance
 	failing    map[string]string // datacenter → last error, while failing
+	probeErr   map[string]string // datacenter → the last probe's error, "" when it answered
 	watchers   map[string]*Watcher
 	pq         []lb.Instance
 	pqDC       string
@@ -153,7 +162,8 @@ func NewFailover(client *api.Client, cfg FailoverConfig, onTiers func([]lb.Tier)
 		log = hclog.NewNullLogger()
 	}
 	f := &Failover{cfg: cfg, client: client, onTiers: onTiers, log: log.With("service", cfg.Service),
-		remote: map[string][]lb.Instance{}, failing: map[string]string{}, watchers: map[string]*Watcher{}}
+		remote: map[string][]lb.Instance{}, failing: map[string]string{}, probeErr: map[string]string{},
+		watchers: map[string]*Watcher{}}
 	for _, dc := range cfg.Datacenters {
 		w, err := NewWatcher(client, WatchConfig{
 			Service: cfg.Service, Tag: cfg.Tag, Datacenter: dc,
@@ -234,9 +244,10 @@ func (f *Failover) Run(ctx context.Context) error {
 		}
 	}
 	var wg sync.WaitGroup
-	for _, w := range f.watchers {
-		wg.Add(1)
+	for dc, w := range f.watchers {
+		wg.Add(2)
 		go func() { defer wg.Done(); _ = w.Run(ctx) }()
+		go func() { defer wg.Done(); f.probe(ctx, dc) }()
 	}
 	if f.cfg.PreparedQuery != "" {
 		wg.Add(1)
@@ -255,22 +266,52 @@ func (f *Failover) Run(ctx context.Context) error {
 	}
 }
 
-// checkWatches leaves out the datacenters whose last read failed, and takes
-// them back once one succeeds.
+// probe reads /v1/status/leader?dc= every probeEvery, each read with its
+// own deadline, and records whether the datacenter answered.
+func (f *Failover) probe(ctx context.Context, dc string) {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		_, err := f.client.Status().LeaderWithQueryOptions((&api.QueryOptions{Datacenter: dc}).WithContext(pctx))
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		msg := ""
+		if err != nil {
+			msg = fmt.Sprintf("no answer from datacenter %s within %v: %v", dc, probeTimeout, err)
+		}
+		f.mu.Lock()
+		f.probeErr[dc] = msg
+		f.mu.Unlock()
+		if msg != "" {
+			f.checkWatches() // leave it out now, not at the next tick
+		}
+		if sleepCtx(ctx, probeEvery) != nil {
+			return
+		}
+	}
+}
+
+// checkWatches leaves out the datacenters whose last read or probe failed,
+// and takes them back once both succeed.
 func (f *Failover) checkWatches() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	changed := ""
 	for dc, w := range f.watchers {
 		st := w.Status()
+		errMsg := f.probeErr[dc]
+		if st.LastError != nil {
+			errMsg = st.LastError.Error()
+		}
 		was := f.failing[dc] != ""
 		switch {
-		case st.LastError != nil && !was:
-			f.failing[dc] = st.LastError.Error()
-			f.log.Warn("failover datacenter unreachable: leaving it out until it answers", "datacenter", dc, "error", st.LastError)
+		case errMsg != "" && !was:
+			f.failing[dc] = errMsg
+			f.log.Warn("failover datacenter unreachable: leaving it out until it answers", "datacenter", dc, "error", errMsg)
 			changed = "datacenter " + dc + " unreachable"
-		case st.LastError != nil:
-			f.failing[dc] = st.LastError.Error()
+		case errMsg != "":
+			f.failing[dc] = errMsg
 		case was:
 			delete(f.failing, dc)
 			f.log.Info("failover datacenter answers again", "datacenter", dc)

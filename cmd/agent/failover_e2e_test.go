@@ -39,6 +39,13 @@ type app struct {
 
 func startApp(t *testing.T, env []string, service, dir string, tags ...string) *app {
 	t.Helper()
+	return launchApp(t, env, service, dir, tags...).ready(t)
+}
+
+// launchApp starts the registrar and its app without waiting for them, so
+// that several start side by side; ready waits.
+func launchApp(t *testing.T, env []string, service, dir string, tags ...string) *app {
+	t.Helper()
 	port := testproc.FreePort(t)
 	a := &app{port: port, journal: filepath.Join(dir, fmt.Sprintf("journal-%d", port))}
 	args := []string{"--service", service, "--port", strconv.Itoa(port), "--drain", "1s", "--log-level", "warn"}
@@ -47,6 +54,13 @@ func startApp(t *testing.T, env []string, service, dir string, tags ...string) *
 	}
 	args = append(append(args, "--"), append(testproc.App(t, port), "--logging=warning", "--journal="+a.journal)...)
 	a.reg = testproc.Start(t, env, bin(t, "registrar"), args...)
+	return a
+}
+
+// ready waits until the app listens and learns its PID.
+func (a *app) ready(t *testing.T) *app {
+	t.Helper()
+	port := a.port
 	if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +76,19 @@ func startApp(t *testing.T, env []string, service, dir string, tags ...string) *
 	}
 	a.pid, _ = strconv.Atoi(string(m[1]))
 	return a
+}
+
+// startApps starts apps side by side: one per env, tagged with tags.
+func startApps(t *testing.T, service, dir string, envs [][]string, tags ...string) []*app {
+	t.Helper()
+	apps := make([]*app, len(envs))
+	for i, env := range envs {
+		apps[i] = launchApp(t, env, service, dir, tags...)
+	}
+	for _, a := range apps {
+		a.ready(t)
+	}
+	return apps
 }
 
 func (a *app) kill(t *testing.T) {
@@ -244,8 +271,8 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	dcs := consultest.NewFederation(t, "dc1", "dc2")
 	dir := t.TempDir()
 	const svc = "web"
-	dc1 := []*app{startApp(t, dcs[0].Env(), svc, dir), startApp(t, dcs[0].Env(), svc, dir)}
-	dc2 := []*app{startApp(t, dcs[1].Env(), svc, dir), startApp(t, dcs[1].Env(), svc, dir)}
+	apps := startApps(t, svc, dir, [][]string{dcs[0].Env(), dcs[0].Env(), dcs[1].Env(), dcs[1].Env()})
+	dc1, dc2 := apps[:2], apps[2:]
 	agent, addr := edge(t, dcs[0].Env(), svc, "--failover-dc", "dc2")
 	admin := lastAdmin
 	testproc.WaitFor(t, 20*time.Second, "both datacenters passing", func() bool {
@@ -288,18 +315,25 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // dc2 alone for a while
 
 	// Watch Consul for the first new dc1 instance to pass, from before
-	// the registrars start.
+	// the registrars start, with a blocking query as the agent's.
 	passedc := make(chan time.Time, 1)
 	go func() {
+		var index uint64
 		for ctx.Err() == nil {
-			if passing(dcs[0].Client(), svc) > 0 {
+			entries, meta, err := dcs[0].Client().Health().Service(svc, "", true,
+				(&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Second}).WithContext(ctx))
+			if err != nil {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			if len(entries) > 0 {
 				passedc <- time.Now()
 				return
 			}
-			time.Sleep(2 * time.Millisecond)
+			index = meta.LastIndex
 		}
 	}()
-	back := []*app{startApp(t, dcs[0].Env(), svc, dir), startApp(t, dcs[0].Env(), svc, dir)}
+	back := startApps(t, svc, dir, [][]string{dcs[0].Env(), dcs[0].Env()})
 	var passed time.Time
 	select {
 	case passed = <-passedc:
@@ -386,9 +420,10 @@ func TestBackupServesOnlyWhenNoPrimaryCan(t *testing.T) {
 	srv := consultest.New(t)
 	dir := t.TempDir()
 	const svc = "bk"
-	prim := []*app{startApp(t, srv.Env(), svc, dir), startApp(t, srv.Env(), svc, dir)}
-	backup := startApp(t, srv.Env(), svc, dir, "backup")
+	prim := startApps(t, svc, dir, [][]string{srv.Env(), srv.Env()})
+	backup := launchApp(t, srv.Env(), svc, dir, "backup")
 	agent, addr := edge(t, srv.Env(), svc)
+	backup.ready(t)
 	testproc.WaitFor(t, 20*time.Second, "three passing instances", func() bool { return passing(srv.Client(), svc) == 3 })
 	testproc.WaitFor(t, 10*time.Second, "the agent's pool with the backup", func() bool {
 		return strings.Contains(agent.Out.String(), "instances=3 tiers=2")
@@ -461,9 +496,8 @@ func TestUnreachableDatacenterIsSkipped(t *testing.T) {
 	dcs := consultest.NewFederation(t, "dc1", "dc2", "dc3")
 	dir := t.TempDir()
 	const svc = "un"
-	local := startApp(t, dcs[0].Env(), svc, dir)
-	inDC2 := startApp(t, dcs[1].Env(), svc, dir)
-	inDC3 := startApp(t, dcs[2].Env(), svc, dir)
+	apps := startApps(t, svc, dir, [][]string{dcs[0].Env(), dcs[1].Env(), dcs[2].Env()})
+	local, inDC2, inDC3 := apps[0], apps[1], apps[2]
 	agent, addr := edge(t, dcs[0].Env(), svc, "--failover-dc", "dc2", "--failover-dc", "dc3")
 	testproc.WaitFor(t, 20*time.Second, "every datacenter passing", func() bool {
 		return passing(dcs[0].Client(), svc) == 1 && passing(dcs[1].Client(), svc) == 1 && passing(dcs[2].Client(), svc) == 1
@@ -520,8 +554,8 @@ func TestPreparedQueryFailover(t *testing.T) {
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	local := startApp(t, dcs[0].Env(), svc, dir)
-	remote := startApp(t, dcs[1].Env(), svc, dir)
+	apps := startApps(t, svc, dir, [][]string{dcs[0].Env(), dcs[1].Env()})
+	local, remote := apps[0], apps[1]
 	listen := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 	cfgFile := filepath.Join(dir, "agent.hcl")
 	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`service %q {

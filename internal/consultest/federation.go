@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -18,13 +19,39 @@ func NewFederation(t TB, dcs ...string) []*Server {
 	if len(dcs) == 0 {
 		t.Fatalf("consultest: NewFederation needs datacenter names")
 	}
-	servers := make([]*Server, 0, len(dcs))
-	for i, dc := range dcs {
-		hcl := fmt.Sprintf("datacenter = %q\n", dc)
-		if i > 0 {
-			hcl += fmt.Sprintf("retry_join_wan = [\"127.0.0.1:%d\"]\nretry_interval_wan = \"200ms\"\n", servers[0].SerfWAN)
+	// The first agent's WAN port must be known before the others start;
+	// they start side by side.
+	first := New(t, Options{ExtraHCL: fmt.Sprintf("datacenter = %q\n", dcs[0])})
+	servers := make([]*Server, len(dcs))
+	servers[0] = first
+	errs := make([]error, len(dcs))
+	dirs := make([]string, len(dcs))
+	for i := range dcs {
+		dirs[i] = t.TempDir()
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < len(dcs); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servers[i], errs[i] = Start(dirs[i], Options{ExtraHCL: fmt.Sprintf(
+				"datacenter = %q\nretry_join_wan = [\"127.0.0.1:%d\"]\nretry_interval_wan = \"200ms\"\n", dcs[i], first.SerfWAN)})
+		}()
+	}
+	wg.Wait()
+	for i := 1; i < len(dcs); i++ {
+		if s := servers[i]; s != nil {
+			t.Cleanup(func() {
+				if err := s.Stop(); err != nil {
+					t.Logf("consultest: stop: %v", err)
+				}
+			})
 		}
-		servers = append(servers, New(t, Options{ExtraHCL: hcl}))
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("consultest: datacenter %s: %v", dcs[i], err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
