@@ -170,7 +170,7 @@ func (x *exchange) revalidateLater() {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(x.ctx), x.p.cfg.ResponseHeaderTimeout+x.p.cfg.ConnectTimeout)
 	ctx = context.WithValue(ctx, backgroundKey{}, fill)
-	req := x.r.Clone(ctx) // the client's request may be reused once answered
+	req := x.r.Clone(ctx)       // the client's request may be reused once answered
 	req.Method = http.MethodGet // a HEAD's refresh stores the GET it answers from
 	req.Body, req.ContentLength, req.GetBody = nil, 0, nil
 	for _, k := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
