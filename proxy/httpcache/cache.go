@@ -294,14 +294,15 @@ func (c *Cache) Wait(ctx context.Context, done <-chan struct{}) bool {
 // Count records a served request's outcome for the statistics.
 func (c *Cache) Count(s *Status) {
 	switch {
-	case s.Hit && s.TTL < 0:
-		c.stale.Add(1)
-		c.hits.Add(1)
 	case s.Hit:
 		c.hits.Add(1)
-	case s.Fwd == "stale" && s.FwdStatus >= 500:
-		c.stale.Add(1)
+		if s.TTL < 0 {
+			c.stale.Add(1) // max-stale, stale-while-revalidate
+		}
+	case s.Detail == "stale-if-error":
+		// Forwarded (or no instance to forward to), answered stale.
 		c.misses.Add(1)
+		c.stale.Add(1)
 	case s.Fwd != "" && s.Fwd != "method" && s.Fwd != "bypass":
 		c.misses.Add(1)
 	}
