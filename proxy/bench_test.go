@@ -113,7 +113,7 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 
-	b.Run("lane", func(b *testing.B) {
+	b.Run("loop", func(b *testing.B) {
 		// LoopServer, as the agent serves cleartext listeners, and a raw
 		// keep-alive client that allocates nothing: allocs/op are the
 		// agent's whole request path.
