@@ -169,6 +169,7 @@ func (s *LoopServer) enroll(c net.Conn) {
 		return
 	}
 	lc := &loopConn{s: s, nc: c, remote: c.RemoteAddr().String(), done: make(chan struct{})}
+	lc.ctx, lc.cancel = context.WithCancel(context.Background())
 	s.mu.Lock()
 	if s.shutting.Load() {
 		s.mu.Unlock()
@@ -186,6 +187,7 @@ func (s *LoopServer) enroll(c net.Conn) {
 	// EnrollContext dups the descriptor into the loop and closes tc.
 	if _, err := s.cli.EnrollContext(tc, lc); err != nil {
 		s.log.Debug("cannot enroll connection", "peer", lc.remote, "error", err)
+		lc.cancel()
 		lc.gone()
 	}
 }
@@ -348,7 +350,9 @@ type loopConn struct {
 	armed     bool // the header timeout runs for a partial head
 	closed    bool
 	handedOff bool
-	cancel    context.CancelFunc // the request being served
+	ctx       context.Context // the requests' context: cancelled when the client goes
+	cancel    context.CancelFunc
+	w         loopResponse // the response being written, reused
 
 	drainFn    func(gnet.Conn) // waiting for the outbound buffer to drain
 	drainLow   int
@@ -417,10 +421,9 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 	} else {
 		lc.deadline.Store(0)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	lc.cancel = cancel
-	w := newLoopResponse(lc, c, req)
-	go w.serve(ctx, req)
+	w := &lc.w // the previous request's goroutine is done with it
+	w.reset(lc, c)
+	go w.serve(lc.ctx, req)
 	return gnet.None
 }
 
@@ -440,10 +443,6 @@ func (lc *loopConn) finished(c gnet.Conn, keep bool) {
 		return
 	}
 	lc.busy = false
-	if lc.cancel != nil {
-		lc.cancel()
-		lc.cancel = nil
-	}
 	lc.served = true
 	s := lc.s
 	if !keep || s.shutting.Load() {
@@ -481,6 +480,14 @@ func (lc *loopConn) closeIfIdle(c gnet.Conn) {
 // closeAfterDrain closes the connection once what it has to send is sent.
 func (lc *loopConn) closeAfterDrain(c gnet.Conn) {
 	lc.closing = true
+	// A client that stops reading must not hold the connection forever:
+	// the kernel would drop unsent bytes of a closed socket after a while
+	// too.
+	wait := lc.s.srv.IdleTimeout
+	if wait <= 0 {
+		wait = DefaultIdleTimeout
+	}
+	lc.deadline.Store(time.Now().Add(wait).UnixNano())
 	lc.waitDrain(c, 0, func(c gnet.Conn) { c.Close() })
 }
 
@@ -578,10 +585,7 @@ func (lc *loopConn) onClose() {
 	}
 	lc.closed = true
 	close(lc.done)
-	if lc.cancel != nil {
-		lc.cancel() // the client is gone: the exchange stops now
-		lc.cancel = nil
-	}
+	lc.cancel() // the client is gone: a request being served stops now
 	lc.deadline.Store(0)
 	if !lc.handedOff {
 		lc.gone()

@@ -37,16 +37,25 @@ type loopResponse struct {
 	out      *[]byte    // pending bytes, from outPool
 	wrote    chan error // the loop took a buffer (and the client keeps up)
 	onWrite  gnet.AsyncCallback
+	onFinal  gnet.AsyncCallback
+	final_   *[]byte // the last buffer, until the loop took it
+	keep     bool    // the connection may carry another request
 }
 
 // outPool holds the response buffers; a connection holds one only while
 // it writes a response.
 var outPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
-func newLoopResponse(lc *loopConn, c gnet.Conn, req *http.Request) *loopResponse {
-	w := &loopResponse{lc: lc, c: c, req: req, header: make(http.Header, 8), clen: -1, wrote: make(chan error, 1)}
-	w.onWrite = w.tookBuffer
-	return w
+// reset readies w, the connection's, for its next response (on the loop).
+func (w *loopResponse) reset(lc *loopConn, c gnet.Conn) {
+	h, wrote, onWrite, onFinal := w.header, w.wrote, w.onWrite, w.onFinal
+	if h == nil {
+		h, wrote = make(http.Header, 8), make(chan error, 1)
+		onWrite, onFinal = w.tookBuffer, w.tookFinal
+	} else {
+		clear(h)
+	}
+	*w = loopResponse{lc: lc, c: c, header: h, clen: -1, wrote: wrote, onWrite: onWrite, onFinal: onFinal}
 }
 
 // serve runs the handler for req on the request's goroutine and hands the
@@ -78,18 +87,22 @@ func (w *loopResponse) run() (keep bool) {
 func (w *loopResponse) final(keep bool) {
 	out := w.out
 	w.out = nil
-	lc := w.lc
-	err := w.c.AsyncWrite(*out, func(c gnet.Conn, err error) error {
-		putOut(out)
-		if err == nil {
-			lc.s.noteOutbound(c.OutboundBuffered())
-			lc.finished(c, keep && w.err == nil)
-		}
-		return nil
-	})
-	if err != nil {
+	w.final_, w.keep = out, keep && w.err == nil
+	if err := w.c.AsyncWrite(*out, w.onFinal); err != nil {
 		putOut(out) // the loops are stopping: the connection is closed with them
 	}
+	// From here on w is the loop's again.
+}
+
+// tookFinal runs on the loop once it took the last buffer of a response.
+func (w *loopResponse) tookFinal(c gnet.Conn, err error) error {
+	putOut(w.final_)
+	w.final_ = nil
+	if err == nil {
+		w.lc.s.noteOutbound(c.OutboundBuffered())
+		w.lc.finished(c, w.keep) // may reset w for the next request
+	}
+	return nil
 }
 
 func putOut(b *[]byte) {
@@ -148,11 +161,18 @@ func (w *loopResponse) tookBuffer(c gnet.Conn, err error) error {
 
 // write appends p to the pending bytes, sending them when enough gathered.
 func (w *loopResponse) write(p []byte) error {
-	*w.out = append(*w.out, p...)
-	if len(*w.out) >= loopFlushSize {
-		return w.send()
+	for {
+		room := loopFlushSize - len(*w.out)
+		if len(p) < room {
+			*w.out = append(*w.out, p...)
+			return nil
+		}
+		*w.out = append(*w.out, p[:room]...)
+		p = p[room:]
+		if err := w.send(); err != nil {
+			return err
+		}
 	}
-	return nil
 }
 
 // Header returns the response header map.
@@ -202,10 +222,16 @@ func (w *loopResponse) Write(p []byte) (int, error) {
 		if n == 0 {
 			return 0, nil
 		}
-		*w.out = strconv.AppendInt(*w.out, int64(n), 16)
-		*w.out = append(*w.out, '\r', '\n')
-		*w.out = append(*w.out, p...)
+		var size [18]byte
+		err := w.write(append(strconv.AppendInt(size[:0], int64(n), 16), '\r', '\n'))
+		if err == nil {
+			err = w.write(p)
+		}
 		p = crlf
+		if err != nil {
+			w.err = err
+			return 0, err
+		}
 	}
 	err := w.write(p)
 	w.written += int64(n)
