@@ -168,7 +168,7 @@ func (s *LoopServer) enroll(c net.Conn) {
 		c.Close()
 		return
 	}
-	lc := &loopConn{s: s, nc: c, remote: c.RemoteAddr().String(), done: make(chan struct{})}
+	lc := &loopConn{s: s, nc: c, remote: c.RemoteAddr().String()}
 	lc.ctx, lc.cancel = context.WithCancel(context.Background())
 	s.mu.Lock()
 	if s.shutting.Load() {
@@ -339,7 +339,6 @@ type loopConn struct {
 	nc     net.Conn // as accepted: the ConnState key; its Close releases the listener's count
 	remote string
 	gc     atomic.Pointer[gnet.Conn] // set once opened
-	done   chan struct{}             // closed when the connection ends (read anywhere)
 
 	deadline atomic.Int64 // UnixNano after which the sweeper closes it; 0: none
 
@@ -421,7 +420,7 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 	} else {
 		lc.deadline.Store(0)
 	}
-	w := &lc.w // the previous request's goroutine is done with it
+	w := respPool.Get().(*loopResponse) // back in the pool once the loop took the last bytes
 	w.reset(lc, c)
 	go w.serve(lc.ctx, req)
 	return gnet.None
@@ -507,7 +506,7 @@ func (lc *loopConn) scheduleDrainCheck(c gnet.Conn) {
 	lc.drainDelay = min(max(2*lc.drainDelay, 500*time.Microsecond), 20*time.Millisecond)
 	time.AfterFunc(lc.drainDelay, func() {
 		select {
-		case <-lc.done:
+		case <-lc.ctx.Done():
 			return
 		default:
 		}
@@ -584,7 +583,6 @@ func (lc *loopConn) onClose() {
 		return
 	}
 	lc.closed = true
-	close(lc.done)
 	lc.cancel() // the client is gone: a request being served stops now
 	lc.deadline.Store(0)
 	if !lc.handedOff {

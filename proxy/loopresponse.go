@@ -46,7 +46,10 @@ type loopResponse struct {
 // it writes a response.
 var outPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
-// reset readies w, the connection's, for its next response (on the loop).
+// respPool holds the response writers: an idle connection holds none.
+var respPool = sync.Pool{New: func() any { return new(loopResponse) }}
+
+// reset readies w for a response on lc (on the loop).
 func (w *loopResponse) reset(lc *loopConn, c gnet.Conn) {
 	h, wrote, onWrite, onFinal := w.header, w.wrote, w.onWrite, w.onFinal
 	if h == nil {
@@ -97,10 +100,13 @@ func (w *loopResponse) final(keep bool) {
 // tookFinal runs on the loop once it took the last buffer of a response.
 func (w *loopResponse) tookFinal(c gnet.Conn, err error) error {
 	putOut(w.final_)
-	w.final_ = nil
+	lc, keep := w.lc, w.keep
+	clear(w.header)
+	w.lc, w.c, w.req, w.final_, w.err = nil, nil, nil, nil, nil // an idle connection keeps nothing alive
+	respPool.Put(w)
 	if err == nil {
-		w.lc.s.noteOutbound(c.OutboundBuffered())
-		w.lc.finished(c, w.keep) // may reset w for the next request
+		lc.s.noteOutbound(c.OutboundBuffered())
+		lc.finished(c, keep)
 	}
 	return nil
 }
@@ -133,7 +139,7 @@ func (w *loopResponse) send() error {
 			w.out = new([]byte) // the loop is done with the old one; keep it out of the pool
 			return err
 		}
-	case <-w.lc.done:
+	case <-w.lc.ctx.Done():
 		w.err = errLoopClosed
 		w.out = new([]byte)
 		return w.err
