@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io"
 	"net"
 	"sync"
 )
@@ -45,7 +44,7 @@ func (l *handoffListener) give(c net.Conn) bool {
 type replayConn struct {
 	net.Conn
 	pending []byte
-	release io.Closer // closed with the connection, once (the accepted wrapper)
+	release func() // run with the connection's Close, once (see LoopOptions.Detach)
 	once    sync.Once
 }
 
@@ -54,7 +53,7 @@ func (c *replayConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
 		if c.release != nil {
-			c.release.Close()
+			c.release()
 		}
 	})
 	return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -65,6 +66,12 @@ type LoopOptions struct {
 	// WrapHandoff, if set, wraps the listener the fallback server accepts
 	// handed-off connections from (the agent puts httpguard there).
 	WrapHandoff func(net.Listener) net.Listener
+	// Detach, if set, is called with each accepted connection before its
+	// descriptor moves to a loop and it is dropped; the function it
+	// returns (if not nil) runs once when the connection ends. The agent
+	// passes httpguard.Detach, which keeps --max-conns right without the
+	// loop holding the accepted wrapper for the connection's life.
+	Detach func(net.Conn) func()
 	// Logger receives the loop engine's own logs; nil discards them.
 	Logger hclog.Logger
 }
@@ -168,12 +175,18 @@ func (s *LoopServer) enroll(c net.Conn) {
 		c.Close()
 		return
 	}
-	lc := &loopConn{s: s, nc: c, remote: c.RemoteAddr().String()}
+	lc := &loopConn{s: s, remote: c.RemoteAddr().String(), local: c.LocalAddr().String()}
+	if s.opts.Detach != nil {
+		lc.release = s.opts.Detach(c)
+	}
 	lc.ctx, lc.cancel = context.WithCancel(context.Background())
 	s.mu.Lock()
 	if s.shutting.Load() {
 		s.mu.Unlock()
 		c.Close()
+		if lc.release != nil {
+			lc.release()
+		}
 		return
 	}
 	s.conns[lc] = struct{}{}
@@ -182,7 +195,7 @@ func (s *LoopServer) enroll(c net.Conn) {
 		lc.deadline.Store(time.Now().Add(d).UnixNano())
 	}
 	if cs := s.srv.ConnState; cs != nil {
-		cs(c, http.StateNew)
+		cs(lc, http.StateNew)
 	}
 	// EnrollContext dups the descriptor into the loop and closes tc.
 	if _, err := s.cli.EnrollContext(tc, lc); err != nil {
@@ -335,10 +348,11 @@ func (e *loopEvents) OnClose(c gnet.Conn, _ error) gnet.Action {
 // loopConn is one client connection on a loop. Fields without a comment
 // saying otherwise are touched on the loop only.
 type loopConn struct {
-	s      *LoopServer
-	nc     net.Conn // as accepted: the ConnState key; its Close releases the listener's count
-	remote string
-	gc     atomic.Pointer[gnet.Conn] // set once opened
+	s       *LoopServer
+	release func() // gives the listener's count back (LoopOptions.Detach)
+	remote  string
+	local   string
+	gc      atomic.Pointer[gnet.Conn] // set once opened
 
 	deadline atomic.Int64 // UnixNano after which the sweeper closes it; 0: none
 
@@ -449,7 +463,7 @@ func (lc *loopConn) finished(c gnet.Conn, keep bool) {
 		return
 	}
 	if cs := s.srv.ConnState; cs != nil {
-		cs(lc.nc, http.StateIdle)
+		cs(lc, http.StateIdle)
 	}
 	wait := s.srv.IdleTimeout
 	if wait <= 0 {
@@ -566,9 +580,9 @@ func (lc *loopConn) doHandOff(c gnet.Conn) gnet.Action {
 	// wrapper): the loop's account of it ends first, so that hooks
 	// counting New against Closed stay balanced.
 	if cs := lc.s.srv.ConnState; cs != nil {
-		cs(lc.nc, http.StateClosed)
+		cs(lc, http.StateClosed)
 	}
-	rc := &replayConn{Conn: nc, pending: pending, release: lc.nc}
+	rc := &replayConn{Conn: nc, pending: pending, release: lc.release}
 	go func() {
 		if !lc.s.ho.give(rc) {
 			rc.Close()
@@ -594,11 +608,42 @@ func (lc *loopConn) onClose() {
 
 // gone reports the end of a connection the loop served to the end.
 func (lc *loopConn) gone() {
-	lc.nc.Close() // the descriptor is the loop's (closed); this releases the count
+	if lc.release != nil {
+		lc.release()
+	}
 	if cs := lc.s.srv.ConnState; cs != nil {
-		cs(lc.nc, http.StateClosed)
+		cs(lc, http.StateClosed)
 	}
 	lc.s.remove(lc)
+}
+
+// A loopConn is the net.Conn the server's ConnState hook sees for a
+// connection on a loop: a stable key with its addresses. Its bytes are the
+// loop's: Read and Write fail.
+func (lc *loopConn) Read([]byte) (int, error)  { return 0, errLoopConnIO }
+func (lc *loopConn) Write([]byte) (int, error) { return 0, errLoopConnIO }
+
+// Close closes the connection.
+func (lc *loopConn) Close() error {
+	if c := lc.conn(); c != nil {
+		return c.Close()
+	}
+	return nil
+}
+func (lc *loopConn) LocalAddr() net.Addr              { return tcpAddr(lc.local) }
+func (lc *loopConn) RemoteAddr() net.Addr             { return tcpAddr(lc.remote) }
+func (lc *loopConn) SetDeadline(time.Time) error      { return errLoopConnIO }
+func (lc *loopConn) SetReadDeadline(time.Time) error  { return errLoopConnIO }
+func (lc *loopConn) SetWriteDeadline(time.Time) error { return errLoopConnIO }
+
+var errLoopConnIO = errors.New("proxy: a connection on an event loop is read and written by the loop")
+
+func tcpAddr(s string) net.Addr {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(ap)
 }
 
 // gnetLogger sends gnet's logs to hclog at debug level (errors at error).

@@ -467,6 +467,7 @@ func (a *agent) buildServers() error {
 				WrapHandoff: func(ln net.Listener) net.Listener {
 					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.maxHeaderBytes, Logger: a.log})
 				},
+				Detach: httpguard.Detach,
 				Logger: a.log.Named("loop").With("listener", l.name),
 			})
 		}
