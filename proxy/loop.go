@@ -179,7 +179,6 @@ func (s *LoopServer) enroll(c net.Conn) {
 	if s.opts.Detach != nil {
 		lc.release = s.opts.Detach(c)
 	}
-	lc.ctx, lc.cancel = context.WithCancel(context.Background())
 	s.mu.Lock()
 	if s.shutting.Load() {
 		s.mu.Unlock()
@@ -200,7 +199,6 @@ func (s *LoopServer) enroll(c net.Conn) {
 	// EnrollContext dups the descriptor into the loop and closes tc.
 	if _, err := s.cli.EnrollContext(tc, lc); err != nil {
 		s.log.Debug("cannot enroll connection", "peer", lc.remote, "error", err)
-		lc.cancel()
 		lc.gone()
 	}
 }
@@ -363,9 +361,8 @@ type loopConn struct {
 	armed     bool // the header timeout runs for a partial head
 	closed    bool
 	handedOff bool
-	ctx       context.Context // the requests' context: cancelled when the client goes
-	cancel    context.CancelFunc
-	w         loopResponse // the response being written, reused
+	cancel    context.CancelFunc // ends the context of the request being served
+	w         loopResponse       // the response being written, reused
 
 	drainFn    func(gnet.Conn) // waiting for the outbound buffer to drain
 	drainLow   int
@@ -436,7 +433,12 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 	}
 	w := respPool.Get().(*loopResponse) // back in the pool once the loop took the last bytes
 	w.reset(lc, c)
-	go w.serve(lc.ctx, req)
+	// A context per request, cancelled when it is answered or the client
+	// goes: an idle connection holds none.
+	ctx, cancel := context.WithCancel(context.Background())
+	lc.cancel = cancel
+	w.ctx = ctx
+	go w.serve(ctx, req)
 	return gnet.None
 }
 
@@ -457,6 +459,10 @@ func (lc *loopConn) finished(c gnet.Conn, keep bool) {
 	}
 	lc.busy = false
 	lc.served = true
+	if lc.cancel != nil {
+		lc.cancel()
+		lc.cancel = nil
+	}
 	s := lc.s
 	if !keep || s.shutting.Load() {
 		lc.closeAfterDrain(c)
@@ -519,11 +525,7 @@ func (lc *loopConn) waitDrain(c gnet.Conn, low int, fn func(gnet.Conn)) {
 func (lc *loopConn) scheduleDrainCheck(c gnet.Conn) {
 	lc.drainDelay = min(max(2*lc.drainDelay, 500*time.Microsecond), 20*time.Millisecond)
 	time.AfterFunc(lc.drainDelay, func() {
-		select {
-		case <-lc.ctx.Done():
-			return
-		default:
-		}
+		// On a closed connection the callback sees lc.closed.
 		c.Wake(func(c gnet.Conn, err error) error {
 			if err != nil || lc.closed || lc.drainFn == nil {
 				return nil
@@ -597,7 +599,10 @@ func (lc *loopConn) onClose() {
 		return
 	}
 	lc.closed = true
-	lc.cancel() // the client is gone: a request being served stops now
+	if lc.cancel != nil {
+		lc.cancel() // the client is gone: the request being served stops now
+		lc.cancel = nil
+	}
 	lc.deadline.Store(0)
 	if !lc.handedOff {
 		lc.gone()

@@ -25,6 +25,7 @@ type loopResponse struct {
 	lc       *loopConn
 	c        gnet.Conn
 	req      *http.Request
+	ctx      context.Context // the request's: ends when the client goes
 	header   http.Header
 	status   int
 	headSent bool
@@ -102,7 +103,7 @@ func (w *loopResponse) tookFinal(c gnet.Conn, err error) error {
 	putOut(w.final_)
 	lc, keep := w.lc, w.keep
 	clear(w.header)
-	w.lc, w.c, w.req, w.final_, w.err = nil, nil, nil, nil, nil // an idle connection keeps nothing alive
+	w.lc, w.c, w.req, w.ctx, w.final_, w.err = nil, nil, nil, nil, nil, nil // an idle connection keeps nothing alive
 	respPool.Put(w)
 	if err == nil {
 		lc.s.noteOutbound(c.OutboundBuffered())
@@ -139,7 +140,7 @@ func (w *loopResponse) send() error {
 			w.out = new([]byte) // the loop is done with the old one; keep it out of the pool
 			return err
 		}
-	case <-w.lc.ctx.Done():
+	case <-w.ctx.Done():
 		w.err = errLoopClosed
 		w.out = new([]byte)
 		return w.err
