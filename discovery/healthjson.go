@@ -283,15 +283,136 @@ func (d *decoder) object(member func(key []byte) error) error {
 	}
 }
 
-// is reports whether key names field as encoding/json matches it.
-func is(key []byte, field string) bool {
-	return string(key) == field || bytes.EqualFold(key, []byte(field))
+// Field numbers of the objects the decoder reads.
+const (
+	fOther = iota
+	fNode
+	fService
+	fChecks
+	fAddress
+	fID
+	fPort
+	fModifyIndex
+	fTags
+	fMeta
+	fWeights
+	fPassing
+	fWarning
+	fCheckID
+	fStatus
+)
+
+// Objects the decoder reads fields of.
+const (
+	oEntry = iota
+	oNode
+	oService
+	oWeights
+	oCheck
+)
+
+// objectNames lists each object's fields, lower-case.
+var objectNames = [...][]string{
+	oEntry:   {"node", "service", "checks"},
+	oNode:    {"node", "address"},
+	oService: {"id", "service", "address", "port", "modifyindex", "tags", "meta", "weights"},
+	oWeights: {"passing", "warning"},
+	oCheck:   {"checkid", "status"},
+}
+
+// field maps a key of an object to the field it names, as encoding/json
+// matches keys: exactly or else case-insensitively (bytes.EqualFold,
+// Unicode folding included). No two fields of one object fold to the same
+// name, so for an ASCII key the match is its lower-case form.
+func field(key []byte, obj int) int {
+	var buf [24]byte
+	if len(key) <= len(buf) {
+		ascii := true
+		for i, c := range key {
+			if c >= 0x80 {
+				ascii = false
+				break
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf[i] = c
+		}
+		if ascii {
+			return lookupField(obj, buf[:len(key)])
+		}
+	}
+	if utf8.RuneCount(key) > len(buf) {
+		return fOther // longer than any field name, even folded
+	}
+	for _, name := range objectNames[obj] {
+		if bytes.EqualFold(key, []byte(name)) {
+			return lookupField(obj, []byte(name))
+		}
+	}
+	return fOther
+}
+
+// lookupField maps a lower-case name to its field.
+func lookupField(obj int, k []byte) int {
+	switch obj {
+	case oEntry:
+		switch string(k) {
+		case "node":
+			return fNode
+		case "service":
+			return fService
+		case "checks":
+			return fChecks
+		}
+	case oNode:
+		switch string(k) {
+		case "node":
+			return fNode
+		case "address":
+			return fAddress
+		}
+	case oService:
+		switch string(k) {
+		case "id":
+			return fID
+		case "service":
+			return fService
+		case "address":
+			return fAddress
+		case "port":
+			return fPort
+		case "modifyindex":
+			return fModifyIndex
+		case "tags":
+			return fTags
+		case "meta":
+			return fMeta
+		case "weights":
+			return fWeights
+		}
+	case oWeights:
+		switch string(k) {
+		case "passing":
+			return fPassing
+		case "warning":
+			return fWarning
+		}
+	case oCheck:
+		switch string(k) {
+		case "checkid":
+			return fCheckID
+		case "status":
+			return fStatus
+		}
+	}
+	return fOther
 }
 
 func (d *decoder) entry(e *healthEntry) error {
 	return d.object(func(key []byte) error {
-		switch {
-		case is(key, "Node"):
+		switch field(key, oEntry) {
+		case fNode:
 			if d.literal("null") {
 				e.hasNode, e.node, e.nodeAddr = false, nil, nil
 				return nil
@@ -301,15 +422,15 @@ func (d *decoder) entry(e *healthEntry) error {
 			}
 			e.hasNode = true
 			return d.object(func(k []byte) error {
-				switch {
-				case is(k, "Node"):
+				switch field(k, oNode) {
+				case fNode:
 					return d.strField(&e.node)
-				case is(k, "Address"):
+				case fAddress:
 					return d.strField(&e.nodeAddr)
 				}
 				return d.skip()
 			})
-		case is(key, "Service"):
+		case fService:
 			if d.literal("null") {
 				*e = healthEntry{hasNode: e.hasNode, node: e.node, nodeAddr: e.nodeAddr,
 					checkLo: e.checkLo, checkEnd: e.checkEnd, checksSet: e.checksSet}
@@ -320,7 +441,7 @@ func (d *decoder) entry(e *healthEntry) error {
 			}
 			e.hasService = true
 			return d.service(e)
-		case is(key, "Checks"):
+		case fChecks:
 			if d.literal("null") {
 				e.checkLo, e.checkEnd, e.checksSet = 0, 0, false
 				return nil
@@ -336,22 +457,22 @@ func (d *decoder) entry(e *healthEntry) error {
 
 func (d *decoder) service(e *healthEntry) error {
 	return d.object(func(k []byte) error {
-		switch {
-		case is(k, "ID"):
+		switch field(k, oService) {
+		case fID:
 			return d.strField(&e.id)
-		case is(k, "Service"):
+		case fService:
 			return d.strField(&e.name)
-		case is(k, "Address"):
+		case fAddress:
 			return d.strField(&e.addr)
-		case is(k, "Port"):
+		case fPort:
 			return d.intField(&e.port)
-		case is(k, "ModifyIndex"):
+		case fModifyIndex:
 			return d.uintField(&e.modifyIndex)
-		case is(k, "Tags"):
+		case fTags:
 			return d.rawField(&e.tagsRaw, '[', "the Tags array")
-		case is(k, "Meta"):
+		case fMeta:
 			return d.rawField(&e.metaRaw, '{', "the Meta object")
-		case is(k, "Weights"):
+		case fWeights:
 			if d.literal("null") {
 				return nil
 			}
@@ -359,10 +480,10 @@ func (d *decoder) service(e *healthEntry) error {
 				return d.wrongType("the Weights object")
 			}
 			return d.object(func(k []byte) error {
-				switch {
-				case is(k, "Passing"):
+				switch field(k, oWeights) {
+				case fPassing:
 					return d.intField(&e.passing)
-				case is(k, "Warning"):
+				case fWarning:
 					return d.intField(&e.warning)
 				}
 				return d.skip()
@@ -390,10 +511,10 @@ func (d *decoder) checks(e *healthEntry) error {
 				i := len(a.checks)
 				a.checks = append(a.checks, checkState{})
 				err := d.object(func(k []byte) error {
-					switch {
-					case is(k, "CheckID"):
+					switch field(k, oCheck) {
+					case fCheckID:
 						return d.strField(&a.checks[i].id)
-					case is(k, "Status"):
+					case fStatus:
 						return d.strField(&a.checks[i].status)
 					}
 					return d.skip()
@@ -529,55 +650,44 @@ func (d *decoder) str() ([]byte, error) {
 		return nil, d.syntax("a string")
 	}
 	start := d.off
+	data := d.data
+	i := start
 	ascii, escaped := true, false
-	for d.off < len(d.data) {
-		c := d.data[d.off]
-		switch {
-		case c == '"':
-			s := d.data[start:d.off]
-			d.off++
+	for {
+		for i < len(data) && plain[data[i]] {
+			if data[i] >= 0x80 {
+				ascii = false
+			}
+			i++
+		}
+		d.off = i
+		if i == len(data) {
+			return nil, d.syntax("the end of a string")
+		}
+		switch data[i] {
+		case '"':
+			d.off = i + 1
+			s := data[start:i]
 			if escaped || (!ascii && !utf8.Valid(s)) {
 				var v string
-				if err := json.Unmarshal(d.data[start-1:d.off], &v); err != nil {
+				if err := json.Unmarshal(data[start-1:d.off], &v); err != nil {
 					return nil, fmt.Errorf("decoding health answer: string at offset %d: %w", start-1, err)
 				}
 				d.scratch = append(d.scratch[len(d.scratch):], v...)
 				return d.scratch, nil
 			}
 			return s, nil
-		case c == '\\':
+		case '\\':
 			escaped = true
-			d.off++
-			if d.off >= len(d.data) {
-				return nil, d.syntax("an escape")
+			d.off = i + 1
+			if err := d.escape(); err != nil {
+				return nil, err
 			}
-			switch d.data[d.off] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				d.off++
-			case 'u':
-				if len(d.data)-d.off < 5 {
-					d.off = len(d.data)
-					return nil, d.syntax("four hex digits")
-				}
-				for _, h := range d.data[d.off+1 : d.off+5] {
-					if !isHex(h) {
-						return nil, d.syntax("four hex digits")
-					}
-				}
-				d.off += 5
-			default:
-				return nil, d.syntax("an escape character")
-			}
-		case c < 0x20:
-			return nil, d.syntax("a string character")
+			i = d.off
 		default:
-			if c >= 0x80 {
-				ascii = false
-			}
-			d.off++
+			return nil, d.syntax("a string character")
 		}
 	}
-	return nil, d.syntax("the end of a string")
 }
 
 func isHex(c byte) bool {
@@ -590,7 +700,36 @@ func (d *decoder) skip() error {
 	case c == '"':
 		return d.skipString()
 	case c == '{':
-		return d.object(func([]byte) error { return d.skip() })
+		d.off++
+		d.space()
+		if d.consume('}') {
+			return nil
+		}
+		for {
+			d.space()
+			if d.peek() != '"' {
+				return d.syntax("a string key")
+			}
+			if err := d.skipString(); err != nil {
+				return err
+			}
+			d.space()
+			if !d.consume(':') {
+				return d.syntax("':' after an object key")
+			}
+			d.space()
+			if err := d.skip(); err != nil {
+				return err
+			}
+			d.space()
+			if d.consume(',') {
+				continue
+			}
+			if d.consume('}') {
+				return nil
+			}
+			return d.syntax("',' or '}' in an object")
+		}
 	case c == '[':
 		d.off++
 		d.space()
@@ -629,54 +768,66 @@ func (d *decoder) skip() error {
 	return d.syntax("a value")
 }
 
+// plain marks the bytes that need no attention inside a string.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // skipString steps over a string without decoding it.
 func (d *decoder) skipString() error {
 	d.off++ // '"'
-	for d.off < len(d.data) {
-		i := d.off
-		// The common run: plain bytes.
-		for i < len(d.data) {
-			c := d.data[i]
-			if c == '"' || c == '\\' || c < 0x20 {
-				break
-			}
+	data := d.data
+	i := d.off
+	for {
+		for i < len(data) && plain[data[i]] {
 			i++
 		}
 		d.off = i
-		if i == len(d.data) {
-			break
+		if i == len(data) {
+			return d.syntax("the end of a string")
 		}
-		switch c := d.data[i]; {
-		case c == '"':
-			d.off++
+		switch data[i] {
+		case '"':
+			d.off = i + 1
 			return nil
-		case c == '\\':
-			d.off++
-			if d.off >= len(d.data) {
-				return d.syntax("an escape")
+		case '\\':
+			d.off = i + 1
+			if err := d.escape(); err != nil {
+				return err
 			}
-			switch d.data[d.off] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				d.off++
-			case 'u':
-				if len(d.data)-d.off < 5 {
-					d.off = len(d.data)
-					return d.syntax("four hex digits")
-				}
-				for _, h := range d.data[d.off+1 : d.off+5] {
-					if !isHex(h) {
-						return d.syntax("four hex digits")
-					}
-				}
-				d.off += 5
-			default:
-				return d.syntax("an escape character")
-			}
+			i = d.off
 		default:
 			return d.syntax("a string character")
 		}
 	}
-	return d.syntax("the end of a string")
+}
+
+// escape steps over an escape sequence after its backslash.
+func (d *decoder) escape() error {
+	if d.off >= len(d.data) {
+		return d.syntax("an escape")
+	}
+	switch d.data[d.off] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		d.off++
+	case 'u':
+		if len(d.data)-d.off < 5 {
+			d.off = len(d.data)
+			return d.syntax("four hex digits")
+		}
+		for _, h := range d.data[d.off+1 : d.off+5] {
+			if !isHex(h) {
+				return d.syntax("four hex digits")
+			}
+		}
+		d.off += 5
+	default:
+		return d.syntax("an escape character")
+	}
+	return nil
 }
 
 // skipNumber steps over a number, checking JSON's number grammar.

@@ -217,7 +217,7 @@ type readDone struct {
 	// nodes are the nodes of the answer's instances.
 	nodes  []string
 	failed bool
-	retry   time.Duration
+	retry  time.Duration
 }
 
 // Run follows every added service until ctx is done and returns ctx.Err().
@@ -421,6 +421,11 @@ func (h *Hub) read(ctx context.Context, w *Watcher) readDone {
 	w.mu.Lock()
 	w.readFailing = failed
 	w.mu.Unlock()
+	if !failed {
+		// Pace by the answer's cost: the service is not read again
+		// (and this read slot not reused) before then.
+		_ = sleepCtx(ctx, paceFor(answerSize(ans)))
+	}
 	return readDone{w: w, nodes: answerNodes(ans), failed: failed, retry: retry}
 }
 

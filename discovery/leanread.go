@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -147,4 +148,35 @@ func (w *Watcher) fetch(ctx context.Context, q *api.QueryOptions) (*healthAnswer
 		return fromAPI(entries), meta, func() {}, nil
 	}
 	return &slot.ans, meta, func() { putSlot(slot) }, nil
+}
+
+// Pacing reads by their cost. Consul spends about 16 ns per byte producing
+// a /v1/health/service answer (141 ms for the 8.6 MiB of 10,000 instances,
+// measured with the bench on a dev agent), and every change of the service
+// ends the blocking query at once: with changes coming 20 times a second,
+// an unpaced watch of 10,000 instances keeps Consul busy producing answers
+// and the agent decoding them. After each answer the watch therefore
+// pauses for size / paceRate, at most maxPace, and picks up the changes of
+// the pause together in its next read. For 10,000 instances (8.6 MiB) that
+// is 270 ms: Consul spends at most about a third of a core on the watch,
+// and a change is seen at worst after the pause plus one read, ≈ 0.45 s.
+// Answers under 3 MiB (≈ 3,500 instances) pause less than the 100 ms the
+// agent's query interval enforces anyway.
+const (
+	paceRate = 32 << 20 // bytes per second
+	maxPace  = 400 * time.Millisecond
+)
+
+// paceFor is the pause after an answer of size bytes.
+func paceFor(size int) time.Duration {
+	return min(time.Duration(float64(size)/paceRate*float64(time.Second)), maxPace)
+}
+
+// answerSize is the size of an answer as read, 0 when unknown (consul/api
+// decoded it).
+func answerSize(a *healthAnswer) int {
+	if a == nil {
+		return 0
+	}
+	return a.bytes
 }

@@ -221,9 +221,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		next, retry, failed := w.handle(waitedOn, ans, meta, err)
+		size := answerSize(ans)
 		release()
 		index = next
 		if failed {
+			retry = max(retry, 0)
+		} else {
+			retry = paceFor(size)
+		}
+		if retry > 0 {
 			if err := sleepCtx(ctx, retry); err != nil {
 				return err
 			}
