@@ -135,9 +135,11 @@ type Watcher struct {
 }
 
 // NewWatcher returns a watcher of cfg.Service; Run starts it. onUpdate is
-// called from Run's goroutine with a slice (and Tags, Meta) that the
-// watcher never touches again; it should not block for long, since the
-// next query waits for it.
+// called from Run's goroutine with a slice that the watcher never touches
+// again; the instances' Tags and Meta are shared with the watcher's later
+// pools (an unchanged instance is not decoded again) and must not be
+// modified. onUpdate should not block for long, since the next query
+// waits for it.
 func NewWatcher(client *api.Client, cfg WatchConfig, onUpdate func([]lb.Instance)) (*Watcher, error) {
 	if client == nil {
 		return nil, errors.New("watcher needs a consul client, got nil")
