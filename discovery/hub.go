@@ -421,11 +421,6 @@ func (h *Hub) read(ctx context.Context, w *Watcher) readDone {
 	w.mu.Lock()
 	w.readFailing = failed
 	w.mu.Unlock()
-	if !failed {
-		// Pace by the answer's cost: the service is not read again
-		// (and this read slot not reused) before then.
-		_ = sleepCtx(ctx, paceFor(answerSize(ans)))
-	}
 	return readDone{w: w, nodes: answerNodes(ans), failed: failed, retry: retry}
 }
 

@@ -106,7 +106,11 @@ func readBody(r io.Reader, buf []byte, length int64) ([]byte, error) {
 	}
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			// Double: append would grow a big slice by a quarter, and
+			// copy a 9 MiB answer twenty times on the way.
+			nb := make([]byte, len(buf), 2*cap(buf))
+			copy(nb, buf)
+			buf = nb
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -135,6 +139,25 @@ func wrapLean(c *http.Client) {
 // decoded answer; release must be called once the answer is no longer
 // needed (its byte slices point into a pooled buffer).
 func (w *Watcher) fetch(ctx context.Context, q *api.QueryOptions) (*healthAnswer, *api.QueryMeta, func(), error) {
+	if !w.fed {
+		// A watcher's own loop reads one answer at a time: it keeps its
+		// slot, so a big answer's buffers are not given back to a pool
+		// that the GC empties, and allocated and grown again, every read.
+		if w.slot == nil {
+			w.slot = new(leanSlot)
+		}
+		slot := w.slot
+		slot.filled = false
+		q = q.WithContext(context.WithValue(ctx, leanKey{}, slot))
+		entries, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q)
+		switch {
+		case err != nil:
+			return nil, meta, func() {}, err
+		case !slot.filled:
+			return fromAPI(entries), meta, func() {}, nil
+		}
+		return &slot.ans, meta, func() {}, nil
+	}
 	slot := getSlot()
 	q = q.WithContext(context.WithValue(ctx, leanKey{}, slot))
 	// passingOnly=false: warning instances stay, with their warning

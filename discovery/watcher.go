@@ -127,6 +127,8 @@ type Watcher struct {
 	loop loopState
 	// fed: made by Hub.Add, which reads for it; Run refuses to start.
 	fed bool
+	// slot holds the answers of the watcher's own loop (leanread.go).
+	slot *leanSlot
 
 	mu     sync.Mutex
 	status WatchStatus
