@@ -76,6 +76,7 @@ type churnResult struct {
 	trialFails int64
 	rss, hwm   int
 	warnings   int
+	warnSample []string
 	queries    []queryCost
 }
 
@@ -247,7 +248,7 @@ func churnShape(ctx context.Context, co churnOptions, srv *consultest.Server, ag
 		return res
 	}
 	defer a.stop()
-	defer func() { res.warnings, _ = a.warnCount() }()
+	defer func() { res.warnings, res.warnSample = a.warnCount() }()
 	want := map[string]int{}
 	for _, in := range insts {
 		want[in.service]++
@@ -537,6 +538,11 @@ func printChurn(out io.Writer, co churnOptions, rows []churnResult, rss churnRes
 		fmt.Fprintf(out, "| variant | median time | Consul CPU per read | size | backend |\n|---|---:|---:|---:|---|\n")
 		for _, q := range r.queries {
 			fmt.Fprintf(out, "| %s | %s ms | %s ms | %s | %s |\n", q.name, ms(q.wall), ms(q.cpu), kb(q.bytes), q.backend)
+		}
+	}
+	for _, r := range rows {
+		if len(r.warnSample) > 0 {
+			fmt.Fprintf(out, "\nSample agent warnings (%v):\n\n```\n%s\n```\n", r.shape, strings.Join(r.warnSample, "\n"))
 		}
 	}
 	fmt.Fprintf(out, "\nMemory at %v (catalog-only instances, two meta keys each): ", rss.shape)
