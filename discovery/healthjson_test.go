@@ -171,8 +171,8 @@ func TestDecodeHealthMatchesConsulAPI(t *testing.T) {
 
 // FuzzDecodeHealth checks the lean decoder against consul/api's decoding
 // on any input: never accept invalid JSON, never refuse what consul/api
-// decodes, and read the same values. The seed corpus is in
-// testdata/fuzz/FuzzDecodeHealth.
+// decodes, and read the same values. Seeds: the f.Add calls below
+// (`go test -fuzz FuzzDecodeHealth ./discovery/` to search further).
 func FuzzDecodeHealth(f *testing.F) {
 	f.Add([]byte(`[{"Node":{"Node":"n1","Address":"10.0.0.1"},"Service":{"ID":"a","Service":"web","Port":8080,"Weights":{"Passing":3,"Warning":1},"Tags":["x"],"Meta":{"k":"v"},"ModifyIndex":9},"Checks":[{"CheckID":"serfHealth","Status":"passing"}]}]`))
 	f.Add([]byte(`[null,{"Service":null},{"Node":null,"Service":{"ID":"x","Port":1,"Address":"::1"},"Checks":[null]}]`))
@@ -352,8 +352,56 @@ func BenchmarkHealthDecode(b *testing.B) {
 			}
 		}
 	})
-	for _, pol := range []string{lb.PolicyRoundRobin, "hash:header:X-User"} {
-		b.Run("update-20-changed/"+pol, func(b *testing.B) {
+	// The issue's answer: catalog-only instances (no checks), 8.6 MiB.
+	bare := catalogOnly(base)
+	bareUpd := catalogOnly(upd)
+	for _, fx := range []struct {
+		name      string
+		base, upd []byte
+	}{{"with-checks", base, upd}, {"catalog-only", bare, bareUpd}} {
+		base, upd := fx.base, fx.upd
+		for _, pol := range []string{lb.PolicyRoundRobin, "hash:header:X-User"} {
+			updateBench(b, "update-20-changed/"+fx.name+"/"+pol, pol, base, upd, n)
+		}
+	}
+	b.Run("consul-api/catalog-only", func(b *testing.B) {
+		b.SetBytes(int64(len(bareUpd)))
+		b.ReportAllocs()
+		defer cpuMetric(b)()
+		for b.Loop() {
+			var entries []*api.ServiceEntry
+			if err := json.Unmarshal(bareUpd, &entries); err != nil {
+				b.Fatal(err)
+			}
+			if len(Instances(entries, nil)) != n {
+				b.Fatal("wrong pool")
+			}
+		}
+	})
+}
+
+// catalogOnly drops the checks of a fixture's entries.
+func catalogOnly(data []byte) []byte {
+	var entries []*api.ServiceEntry
+	if err := json.Unmarshal(data, &entries); err != nil {
+		panic(err)
+	}
+	for _, e := range entries {
+		e.Checks = api.HealthChecks{}
+	}
+	out, err := json.Marshal(entries)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// updateBench measures one pool update: decode the answer, reuse or build
+// the instances, update a balancer; the answers alternate between base
+// and upd, so every update changes 20 instances.
+func updateBench(b *testing.B, name, pol string, base, upd []byte, n int) {
+	{
+		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(len(upd)))
 			b.ReportAllocs()
 			bal, err := lb.NewBalancer("web", lb.Config{Policy: pol})
