@@ -450,3 +450,28 @@ func processCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestBuilderForget: a restarted Consul may give another registration the
+// ModifyIndex an old one had; after forget the builder compares by value.
+func TestBuilderForget(t *testing.T) {
+	answer := func(port int) *healthAnswer {
+		var a healthAnswer
+		data := fmt.Sprintf(`[{"Node":{"Node":"n1","Address":"10.0.0.1"},"Service":{"ID":"web-1","Service":"web","Port":%d,"ModifyIndex":13}}]`, port)
+		if err := decodeHealth([]byte(data), &a); err != nil {
+			t.Fatal(err)
+		}
+		return &a
+	}
+	ib := newInstanceBuilder()
+	ib.build(answer(8080), nil)
+	if p, changed := ib.build(answer(8081), nil); changed || p[0].Port != 8080 {
+		t.Fatalf("same index, trusted: port %d, changed %v; want the reused 8080", p[0].Port, changed)
+	}
+	ib.forget()
+	if p, changed := ib.build(answer(8081), nil); !changed || p[0].Port != 8081 {
+		t.Fatalf("after forget: port %d, changed %v; want 8081, changed", p[0].Port, changed)
+	}
+	if _, changed := ib.build(answer(8081), nil); changed {
+		t.Fatal("the same answer again: changed")
+	}
+}

@@ -530,6 +530,7 @@ func (h *Hub) query(ctx context.Context, kind pollKind, index uint64) (pollEvent
 func (w *Watcher) hubFailed(err error, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.forgetNext = true // see Watcher.forgetIndexes
 	w.status.LastError, w.status.LastErrorAt = err, now
 	w.status.Errors++
 	if w.status.DownSince.IsZero() {

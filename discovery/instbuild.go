@@ -55,6 +55,17 @@ type candidate struct {
 	had   bool // prev holds the instance this key had before
 }
 
+// forget stops trusting the recorded ModifyIndexes: the next answer may
+// come from a Consul that restarted (or another agent), whose indexes
+// start over and may equal old ones for other registrations. Every entry
+// is built again once and compared by value, so nothing changes that did
+// not change.
+func (ib *instanceBuilder) forget() {
+	for _, b := range ib.byKey {
+		b.index = 0
+	}
+}
+
 func newInstanceBuilder() *instanceBuilder {
 	return &instanceBuilder{byKey: map[string]*builtInst{}}
 }

@@ -134,6 +134,18 @@ type Watcher struct {
 	status WatchStatus
 	// readFailing: the hub's last read of a fed watcher failed.
 	readFailing bool
+	// forgetNext: Consul failed since the last answer; the next one may
+	// come from a restarted agent whose ModifyIndexes start over, so the
+	// builder must not reuse instances by index (instbuild.go).
+	forgetNext bool
+}
+
+// forgetIndexes makes the next conversion rebuild every instance once
+// (compared by value, so no spurious update). Safe from any goroutine.
+func (w *Watcher) forgetIndexes() {
+	w.mu.Lock()
+	w.forgetNext = true
+	w.mu.Unlock()
 }
 
 // NewWatcher returns a watcher of cfg.Service; Run starts it. onUpdate is
@@ -285,6 +297,7 @@ func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta
 			w.logFailure(acl, st.failures, now.Sub(st.downSince), retry, err)
 		}
 		st.lastACL = acl
+		w.forgetIndexes()
 		// Start over with a non-blocking read once Consul answers again:
 		// the agent that answers may have restarted or be another one,
 		// and its index has nothing to do with ours. Measured with a
@@ -317,6 +330,7 @@ func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta
 		// Debug: with Stale, answers from servers that lag each other
 		// go backwards now and then.
 		w.log.Debug("consul index went backwards: reading the full state again", "was", waitedOn, "now", got)
+		w.forgetIndexes()
 	}
 	w.mu.Lock()
 	w.status.Index, w.status.LastSuccess = got, time.Now()
@@ -363,6 +377,13 @@ func (w *Watcher) query(ctx context.Context, index uint64) (*healthAnswer, *api.
 func (w *Watcher) convert(ans *healthAnswer) (insts []lb.Instance, changed bool) {
 	if w.loop.builder == nil {
 		w.loop.builder = newInstanceBuilder()
+	}
+	w.mu.Lock()
+	forget := w.forgetNext
+	w.forgetNext = false
+	w.mu.Unlock()
+	if forget {
+		w.loop.builder.forget()
 	}
 	bad := make(map[string]string)
 	insts, changed = w.loop.builder.build(ans, func(id, reason string) {
