@@ -21,7 +21,9 @@ import (
 // with weight and service normalized. Callers hold b.mu.
 func (b *Balancer) reuseInstances(vals []Instance, list []*Instance) {
 	var prev []*Instance
-	if p := b.pool.Load(); p != nil {
+	if p := b.pool.Load(); p != nil && p.tiers == nil {
+		// A tiered snapshot's instances are in tier order and keyed
+		// ID@datacenter in remote tiers: nothing to walk by ID.
 		prev = p.Instances
 	}
 	j := 0
@@ -67,6 +69,7 @@ func (b *Balancer) reuseInstances(vals []Instance, list []*Instance) {
 func sameValue(x, y *Instance) bool {
 	return x.ID == y.ID && x.Service == y.Service && x.Address == y.Address &&
 		x.Port == y.Port && x.HostPort == y.HostPort && x.Weight == y.Weight &&
+		x.Datacenter == y.Datacenter && x.Backup == y.Backup && x.Tier == y.Tier &&
 		slices.Equal(x.Tags, y.Tags) && sameMeta(x.Meta, y.Meta)
 }
 
