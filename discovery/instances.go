@@ -89,19 +89,6 @@ func sameInstances(a, b []lb.Instance) bool {
 	})
 }
 
-// cloneInstances returns a deep copy of pool (Tags and Meta included), so
-// that what is handed to a consumer shares nothing with the watcher.
-func cloneInstances(pool []lb.Instance) []lb.Instance {
-	out := make([]lb.Instance, len(pool))
-	for i, in := range pool {
-		in.Tags = cloneTags(in.Tags)
-		in.Meta = cloneMeta(in.Meta)
-		in.Stats = nil
-		out[i] = in
-	}
-	return out
-}
-
 func cloneTags(t []string) []string {
 	if len(t) == 0 {
 		return nil
