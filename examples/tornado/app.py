@@ -8,6 +8,10 @@ GET / answers "Hello from Process Id = <pid>". Run one per port:
 It needs Tornado (Debian: apt-get install python3-tornado). For tests it also
 offers /slow?ms=N (answers after N ms), /echo (POST: echoes the body and
 counts it in /count), and /count (how many POSTs each body was seen).
+With --journal=FILE every POST body is also appended to FILE, one line each,
+and fsynced before the handler goes on: the record survives SIGKILL, so a
+test can tell whether a killed instance ran a POST that was then sent
+elsewhere.
 """
 import asyncio
 import os
@@ -19,9 +23,19 @@ from tornado.options import define, options, parse_command_line
 
 define("port", default=8071, type=int, help="port to listen on")
 define("address", default="127.0.0.1", help="address to listen on")
+define("journal", default="", help="append every POST body to this file, fsynced before answering")
 
 PID = os.getpid()
 SEEN = {}
+JOURNAL = None  # file descriptor of --journal, opened in main
+
+
+def record(body):
+    """Counts body and, with --journal, appends it durably before returning."""
+    SEEN[body] = SEEN.get(body, 0) + 1
+    if JOURNAL is not None:
+        os.write(JOURNAL, (body.replace("\n", " ") + "\n").encode("utf-8"))
+        os.fsync(JOURNAL)
 
 
 class MainHandler(tornado.web.RequestHandler):
@@ -43,7 +57,7 @@ class EchoHandler(tornado.web.RequestHandler):
     async def post(self):
         ms = int(self.get_argument("ms", "0"))
         body = self.request.body.decode("utf-8", "replace")
-        SEEN[body] = SEEN.get(body, 0) + 1
+        record(body)
         if ms:
             await asyncio.sleep(ms / 1000.0)
         self.write("pid=%d body=%s" % (PID, body))
@@ -64,7 +78,10 @@ def make_app():
 
 
 def main():
+    global JOURNAL
     parse_command_line()
+    if options.journal:
+        JOURNAL = os.open(options.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     app = make_app()
     app.listen(options.port, address=options.address)
     loop = tornado.ioloop.IOLoop.current()
