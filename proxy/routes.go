@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshlb/meshlb/lb"
 )
@@ -27,6 +28,11 @@ type Route struct {
 	// Protocol is how the route's requests reach the instances:
 	// ProtocolAuto ("") or ProtocolH2C.
 	Protocol string
+	// TryTimeout is the per-try timeout of the route's idempotent requests
+	// (see hedge.go): TryTimeoutAdaptive (0, from the service's observed
+	// latency), a fixed duration, or TryTimeoutOff (any negative value).
+	// Routes to one service should agree: the last one set wins.
+	TryTimeout time.Duration
 }
 
 // Route protocols: how requests are sent to the instances.
@@ -49,6 +55,9 @@ type compiledRoute struct {
 	service  string
 	policy   string
 	h2c      bool // Protocol h2c
+
+	tryTimeout time.Duration // Route.TryTimeout
+	hedge      *serviceHedge // the service's, shared by its routes
 }
 
 // routeTable is an immutable, compiled route set. Matching goes like an
@@ -127,14 +136,16 @@ func compileRoute(r Route) (*compiledRoute, error) {
 	if r.Protocol != ProtocolAuto && r.Protocol != ProtocolH2C {
 		return nil, fmt.Errorf("invalid protocol %q: want %q (auto: gRPC over h2c, the rest over HTTP/1.1) or %q", r.Protocol, ProtocolAuto, ProtocolH2C)
 	}
-	return &compiledRoute{
+	cr := &compiledRoute{
 		h2c:      r.Protocol == ProtocolH2C,
 		host:     host,
 		prefix:   prefix,
 		balancer: r.Balancer,
 		service:  r.Balancer.Service(),
 		policy:   r.Balancer.Policy(),
-	}, nil
+	}
+	cr.tryTimeout = r.TryTimeout
+	return cr, nil
 }
 
 func normalizeRouteHost(h string) (string, error) {
