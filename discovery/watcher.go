@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -131,6 +132,8 @@ type Watcher struct {
 	status WatchStatus
 	// readFailing: the hub's last read of a fed watcher failed.
 	readFailing bool
+
+	failedIDs atomic.Pointer[map[string]bool] // see Failed
 }
 
 // NewWatcher returns a watcher of cfg.Service; Run starts it. onUpdate is
@@ -354,6 +357,8 @@ func (w *Watcher) convert(entries []*api.ServiceEntry) []lb.Instance {
 		}
 	})
 	w.warned = bad
+	failed := FailedIDs(entries)
+	w.failedIDs.Store(&failed)
 	return insts
 }
 

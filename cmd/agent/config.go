@@ -17,6 +17,7 @@ import (
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy"
 )
 
 const usageHead = `agent: the meshlb edge. Clients call one host:port; the agent follows the
@@ -109,6 +110,7 @@ type fileService struct {
 	Tag         *string `hcl:"tag,optional"`
 	MaxFails    *int    `hcl:"max_fails,optional"`
 	FailTimeout *string `hcl:"fail_timeout,optional"`
+	TryTimeout  *string `hcl:"try_timeout,optional"`
 }
 
 type fileListener struct {
@@ -179,6 +181,9 @@ type serviceConfig struct {
 	name string
 	tag  string
 	lb   lb.Config
+
+	tryTimeout    time.Duration // proxy.Route.TryTimeout
+	tryTimeoutSet bool          // try_timeout in the file: the flag does not override it
 }
 
 type listenerConfig struct {
@@ -207,6 +212,7 @@ type flags struct {
 	trusted, adminAllow                                       cli.StringList
 	logLevel                                                  string
 	set                                                       map[string]bool
+	tryTimeout                                                string
 }
 
 func parseArgs(args []string, stderr io.Writer) (*config, error) {
@@ -247,6 +253,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
+	fs.StringVar(&f.tryTimeout, "try-timeout", "auto", "per-try timeout of idempotent requests: with no response head by then, the request also goes to another instance and the first answer wins (hedging, bounded by a retry budget of 20% of requests + 10/s); `DURATION` (e.g. 300ms), \"auto\" (3x the service's recent p99, 50ms-10s; 1s until latency is known) or \"off\"; a service's try_timeout in the config file wins")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -397,8 +404,15 @@ func (f *flags) resolve() (*config, error) {
 		c.listeners = append(c.listeners, listenerConfig{name: "cli", address: f.listen,
 			certFile: f.tlsCert, keyFile: f.tlsKey, routes: []routeConfig{{service: f.service}}})
 	}
+	tryTimeout, err := parseTryTimeout(f.tryTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --try-timeout %q: %w", f.tryTimeout, err)
+	}
 	for i := range c.services {
 		s := &c.services[i]
+		if !s.tryTimeoutSet {
+			s.tryTimeout = tryTimeout
+		}
 		if s.lb.MaxFails == 0 {
 			s.lb.MaxFails = f.maxFails
 		}
@@ -614,6 +628,13 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			}
 			sc.lb.FailTimeout = d
 		}
+		if s.TryTimeout != nil {
+			d, err := parseTryTimeout(*s.TryTimeout)
+			if err != nil {
+				return wrap(fmt.Errorf("service %q: invalid try_timeout %q: %w", s.Name, *s.TryTimeout, err))
+			}
+			sc.tryTimeout, sc.tryTimeoutSet = d, true
+		}
 		c.services = append(c.services, sc)
 	}
 	for _, l := range fc.Listeners {
@@ -741,4 +762,20 @@ func validateListenAddr(addr string) error {
 		}
 	}
 	return nil
+}
+
+// parseTryTimeout reads a per-try timeout setting: "auto" (or "") for the
+// adaptive timeout, "off", or a positive duration.
+func parseTryTimeout(s string) (time.Duration, error) {
+	switch s {
+	case "", "auto":
+		return proxy.TryTimeoutAdaptive, nil
+	case "off":
+		return proxy.TryTimeoutOff, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, errors.New(`want a positive duration such as 300ms, "auto" (adaptive) or "off"`)
+	}
+	return d, nil
 }

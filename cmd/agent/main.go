@@ -160,6 +160,7 @@ func (a *agent) run() int {
 		a.closeListeners()
 		return exitBadInput
 	}
+	a.metrics.reg.MustRegister(&budgetCollector{proxies: a.proxies})
 
 	var wg sync.WaitGroup
 	// Up to HubThreshold services get a long poll each; above, one hub
@@ -316,7 +317,9 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 		})
 		return
 	}
+	old := s.balancer.Pool()
 	s.balancer.Update(insts)
+	a.instancesLeft(s, old, insts)
 	a.log.Info("pool updated", "service", s.name, "instances", len(insts))
 	a.kickSave()
 }
@@ -410,7 +413,8 @@ func (a *agent) buildServers() error {
 	for _, l := range a.cfg.listeners {
 		routes := make([]proxy.Route, 0, len(l.routes))
 		for _, r := range l.routes {
-			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer})
+			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer,
+				TryTimeout: a.cfg.service(r.service).tryTimeout})
 		}
 		p, err := proxy.New(proxy.Config{
 			ConnectTimeout:        a.cfg.connectTimeout,
