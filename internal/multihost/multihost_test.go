@@ -516,6 +516,17 @@ func TestMultiHost(t *testing.T) {
 	t0 := time.Now()
 	waitUntil(t, ctx, 10*time.Second, 20*time.Millisecond, "every instance served under load",
 		func() bool { return l.servedSince(t0, pidList(insts)...) })
+	// The cost of hedging on a healthy service: the extra attempts it sends.
+	healthy0, _, _ := c.extraAttempts()
+	req0, _ := c.metric(fmt.Sprintf("meshlb_retry_budget_requests_total{service=%q}", service))
+	okHealthy, _, _ := l.counts()
+	waitUntil(t, ctx, 20*time.Second, 20*time.Millisecond, "500 GETs on the healthy service",
+		func() bool { ok, _, _ := l.counts(); return ok >= okHealthy+500 })
+	healthy1, _, _ := c.extraAttempts()
+	req1, _ := c.metric(fmt.Sprintf("meshlb_retry_budget_requests_total{service=%q}", service))
+	tt, _ := c.metric(fmt.Sprintf("meshlb_try_timeout_seconds{service=%q}", service))
+	t.Logf("MEASURE healthy service: %v hedges for %v requests (%.2f%% added load); per-try timeout %.3fs",
+		healthy1-healthy0, req1-req0, 100*(healthy1-healthy0)/max(req1-req0, 1), tt)
 
 	t.Run("host cut off and back", func(t *testing.T) {
 		for _, tc := range []struct {
