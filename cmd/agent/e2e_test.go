@@ -562,6 +562,7 @@ func TestBadInputIsRefused(t *testing.T) {
 	badHCL := write("bad.hcl", "listener \"web\" {\n  address = \n}\n")
 	badPolicy := write("policy.hcl", "service \"a\" {\n  balance = \"fastest\"\n}\nlistener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"a\" }\n}\n")
 	noRoute := write("noroute.hcl", "listener \"web\" {\n  address = \"127.0.0.1:0\"\n}\n")
+	badTry := write("try.hcl", "service \"a\" {\n  try_timeout = \"-1s\"\n}\nlistener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"a\" }\n}\n")
 	badProto := write("proto.hcl", "listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route {\n    service = \"a\"\n    protocol = \"spdy\"\n  }\n}\n")
 	cases := []struct {
 		name string
@@ -585,6 +586,9 @@ func TestBadInputIsRefused(t *testing.T) {
 		{"bad admin", []string{"--listen", "127.0.0.1:0", "--service", "s", "--admin", "x"}, `invalid --admin "x"`},
 		{"bad max-fails", []string{"--listen", "127.0.0.1:0", "--service", "s", "--max-fails", "0"}, "invalid --max-fails 0"},
 		{"bad service", []string{"--listen", "127.0.0.1:0", "--service", "a b"}, `"a b"`},
+		{"bad try-timeout", []string{"--listen", "127.0.0.1:0", "--service", "s", "--try-timeout", "fast"}, `invalid --try-timeout "fast"`},
+		{"zero try-timeout", []string{"--listen", "127.0.0.1:0", "--service", "s", "--try-timeout", "0s"}, `"auto" (adaptive) or "off"`},
+		{"bad try_timeout in file", []string{"--config", badTry}, `service "a": invalid try_timeout "-1s"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
