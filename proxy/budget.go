@@ -79,6 +79,12 @@ func (b *budget) sums(now time.Time) (requests, extra int64) {
 	return requests, extra
 }
 
+// allows reports whether the budget would grant an extra attempt now.
+func (b *budget) allows(now time.Time) bool {
+	req, extra := b.sums(now)
+	return budgetAllows(req, extra, BudgetRatio, BudgetMinPerSecond, budgetWindow)
+}
+
 // withdraw takes one extra attempt from the budget if it allows one;
 // hedge says which kind it is, for the metrics.
 func (b *budget) withdraw(now time.Time, hedge bool) bool {

@@ -208,99 +208,123 @@ func (x *exchange) sendOne(a *attempt) (*http.Response, error) {
 	return res, nil
 }
 
+// hedgeRace is the state of one race (one allocation): the first attempt
+// runs on the request's goroutine, hedges on their own.
+type hedgeRace struct {
+	x     *exchange
+	a     *attempt // the first attempt
+	d     time.Duration
+	timer *time.Timer
+
+	mu         sync.Mutex
+	closed     bool // a has returned: no more hedges
+	winner     *attempt
+	winRes     *http.Response
+	wg         sync.WaitGroup
+	running    []*attempt // hedges started
+	exclude    []*lb.Instance
+	runBuf     [2]*attempt
+	excludeBuf [4]*lb.Instance
+}
+
 // race sends a and, each time d passes with no response head, the request
 // to one more instance while the budget and MaxAttempts allow. The first
 // head wins; the others are cancelled (their connections dropped) and
 // finished before race returns, so only the winner outlives it.
 func (x *exchange) race(a *attempt, d time.Duration, tried *[]*lb.Instance) (*attempt, *http.Response, error) {
-	var (
-		mu      sync.Mutex
-		closed  bool // a has returned: no more hedges
-		winner  *attempt
-		winRes  *http.Response
-		wg      sync.WaitGroup
-		running []*attempt // hedges started
-		timer   *time.Timer
-	)
+	r := &hedgeRace{x: x, a: a, d: d}
+	r.running = r.runBuf[:0]
 	// Hedges pick on a copy of tried: the caller's slice is only touched
 	// again after wg.Wait.
-	exclude := append(make([]*lb.Instance, 0, x.p.cfg.MaxAttempts), *tried...)
-	exclude = append(exclude, a.inst)
-	hedge := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed || winner != nil || x.attempts >= x.p.cfg.MaxAttempts || x.ctx.Err() != nil {
-			return
-		}
-		inst, err := x.route.balancer.Pick(x.r, exclude)
-		if err != nil {
-			return // nowhere else to go: keep waiting on what runs
-		}
-		if !x.route.hedge.budget.withdraw(time.Now(), true) {
-			return
-		}
-		x.attempts++
-		exclude = append(exclude, inst)
-		b := x.newAttempt(inst, x.attempts)
-		running = append(running, b)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res, err := x.sendOne(b)
-			mu.Lock()
-			if err == nil && winner == nil {
-				winner, winRes = b, res
-				a.cancel(errHedgeLost)
-				for _, o := range running {
-					if o != b {
-						o.cancel(errHedgeLost)
-					}
-				}
-				mu.Unlock()
-				return
-			}
-			mu.Unlock()
-			b.lose(res, err, d)
-		}()
-		if x.attempts < x.p.cfg.MaxAttempts {
-			timer.Reset(d)
-		}
-	}
-	mu.Lock()
-	timer = time.AfterFunc(d, hedge)
-	mu.Unlock()
+	r.exclude = append(append(r.excludeBuf[:0], *tried...), a.inst)
+	r.mu.Lock()
+	r.timer = time.AfterFunc(d, r.hedge)
+	r.mu.Unlock()
 
 	res, err := x.sendOne(a)
 
-	mu.Lock()
-	closed = true
-	timer.Stop()
-	if err == nil && winner == nil {
-		winner, winRes = a, res
-		for _, o := range running {
+	r.mu.Lock()
+	r.closed = true
+	r.timer.Stop()
+	if err == nil && r.winner == nil {
+		r.winner, r.winRes = a, res
+		for _, o := range r.running {
 			o.cancel(errHedgeLost)
 		}
 	}
-	started := len(running) > 0
-	mu.Unlock()
+	started := len(r.running) > 0
+	r.mu.Unlock()
 	if started {
-		wg.Wait() // a hedge that answers first wins; losers end at once
+		r.wg.Wait() // a hedge that answers first wins; losers end at once
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, o := range running {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.running {
 		*tried = append(*tried, o.inst)
 	}
 	switch {
-	case winner == a:
+	case r.winner == a:
 		return a, res, nil
-	case winner != nil:
+	case r.winner != nil:
 		a.lose(res, err, d)
-		x.inst = winner.inst
-		return winner, winRes, nil
+		x.inst = r.winner.inst
+		return r.winner, r.winRes, nil
 	}
 	// Every attempt failed: report the first, the others are finished.
 	return a, nil, err
+}
+
+// hedge starts one more attempt, on the timer's goroutine.
+func (r *hedgeRace) hedge() {
+	x := r.x
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || r.winner != nil || x.attempts >= x.p.cfg.MaxAttempts || x.ctx.Err() != nil {
+		return
+	}
+	bud := &x.route.hedge.budget
+	if !bud.allows(time.Now()) {
+		bud.refused.Add(1)
+		return
+	}
+	inst, err := x.route.balancer.Pick(x.r, r.exclude)
+	if err != nil {
+		return // nowhere else to go: keep waiting on what runs
+	}
+	if !bud.withdraw(time.Now(), true) {
+		x.route.balancer.Done(inst, lb.Result{}) // spent meanwhile: the pick is not used
+		return
+	}
+	x.attempts++
+	r.exclude = append(r.exclude, inst)
+	b := x.newAttempt(inst, x.attempts)
+	r.running = append(r.running, b)
+	r.wg.Add(1)
+	go r.run(b)
+	if x.attempts < x.p.cfg.MaxAttempts {
+		r.timer.Reset(r.d)
+	}
+}
+
+// run sends hedge b; the first head of the race wins, b is finished if it
+// lost.
+func (r *hedgeRace) run(b *attempt) {
+	defer r.wg.Done()
+	res, err := r.x.sendOne(b)
+	r.mu.Lock()
+	if err == nil && r.winner == nil {
+		r.winner, r.winRes = b, res
+		r.a.cancel(errHedgeLost)
+		for _, o := range r.running {
+			if o != b {
+				o.cancel(errHedgeLost)
+			}
+		}
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	b.lose(res, err, r.d)
 }
 
 // lose ends an attempt that did not win a race: its response, if any, is
@@ -334,7 +358,8 @@ var errTryTimeout = &timeoutError{"proxy: per-try timeout: no response head, ano
 // instance address, so that the attempts on an instance that left the pool
 // can be cancelled at once.
 type inflight struct {
-	m sync.Map // host:port → *inflightSet
+	mu sync.RWMutex
+	m  map[string]*inflightSet // host:port → set
 }
 
 type inflightSet struct {
@@ -343,22 +368,34 @@ type inflightSet struct {
 }
 
 func (f *inflight) set(addr string) *inflightSet {
-	if s, ok := f.m.Load(addr); ok {
-		return s.(*inflightSet)
+	f.mu.RLock()
+	s := f.m[addr]
+	f.mu.RUnlock()
+	if s != nil {
+		return s
 	}
-	s, _ := f.m.LoadOrStore(addr, &inflightSet{m: make(map[*attempt]struct{})})
-	return s.(*inflightSet)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s = f.m[addr]; s == nil {
+		if f.m == nil {
+			f.m = make(map[string]*inflightSet)
+		}
+		s = &inflightSet{m: make(map[*attempt]struct{})}
+		f.m[addr] = s
+	}
+	return s
 }
 
 func (f *inflight) add(a *attempt) {
 	s := f.set(a.inst.HostPort)
+	a.inflight = s
 	s.mu.Lock()
 	s.m[a] = struct{}{}
 	s.mu.Unlock()
 }
 
 func (f *inflight) remove(a *attempt) {
-	s := f.set(a.inst.HostPort)
+	s := a.inflight
 	s.mu.Lock()
 	delete(s.m, a)
 	s.mu.Unlock()

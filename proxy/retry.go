@@ -123,14 +123,15 @@ type attempt struct {
 	span    trace.Span // client span; nil when tracing is off
 	done    bool
 
-	req    http.Request
-	url    url.URL
-	ctrace httptrace.ClientTrace
-	wrote  atomic.Bool // request headers written (only traced when it matters)
-	buf    bufferedBody
-	stream streamBody
-	h1     h1Body // the response body when h1Client carried the attempt
-	cancel context.CancelCauseFunc
+	req      http.Request
+	url      url.URL
+	ctrace   httptrace.ClientTrace
+	wrote    atomic.Bool // request headers written (only traced when it matters)
+	buf      bufferedBody
+	stream   streamBody
+	h1       h1Body // the response body when h1Client carried the attempt
+	cancel   context.CancelCauseFunc
+	inflight *inflightSet // while waiting on the response head (hedge.go)
 }
 
 // newAttempt builds the upstream request for attempt n on inst.
