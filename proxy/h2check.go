@@ -79,8 +79,9 @@ var errH2Malformed = errors.New("proxy: malformed HTTP/2 request: connection clo
 type h2check struct {
 	net.Conn
 	preface bool   // the client preface is behind us
+	buf     []byte // what raw reads into
 	raw     []byte // read from the client, not yet checked
-	ready   []byte // checked, for the server
+	ready   []byte // checked, for the server (a window on buf when it can)
 	pass    bool   // stop checking: forward the rest as is
 	err     error
 
@@ -129,11 +130,19 @@ func (h *h2check) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads more from the client.
+// fill reads more from the client, into raw's spare room. It runs only
+// when ready is empty, so nothing handed out still points into raw.
 func (h *h2check) fill() error {
-	var buf [32 << 10]byte
-	n, err := h.Conn.Read(buf[:])
-	h.raw = append(h.raw, buf[:n]...)
+	if len(h.raw) == 0 {
+		h.raw = h.buf[:0]
+	}
+	if cap(h.raw)-len(h.raw) < 4<<10 {
+		b := make([]byte, len(h.raw), max(2*cap(h.raw), 32<<10))
+		copy(b, h.raw)
+		h.raw, h.buf = b, b
+	}
+	n, err := h.Conn.Read(h.raw[len(h.raw):cap(h.raw)])
+	h.raw = h.raw[:len(h.raw)+n]
 	if n > 0 {
 		return nil
 	}
@@ -215,9 +224,14 @@ func (h *h2check) step() bool {
 	return true
 }
 
-// emit moves the first n bytes of raw to ready.
+// emit moves the first n bytes of raw to ready, without a copy when
+// ready is empty (step only runs then).
 func (h *h2check) emit(n int) {
-	h.ready = append(h.ready, h.raw[:n]...)
+	if len(h.ready) == 0 {
+		h.ready = h.raw[:n:n]
+	} else {
+		h.ready = append(h.ready, h.raw[:n]...)
+	}
 	h.raw = h.raw[n:]
 }
 
@@ -256,7 +270,11 @@ func (h *h2check) hold(length int, endHeaders bool) {
 		h.fail() // a declared body that never comes
 		return
 	}
-	h.ready = append(h.ready, h.held...)
+	if len(h.ready) == 0 {
+		h.ready = h.held
+	} else {
+		h.ready = append(h.ready, h.held...)
+	}
 	h.held = nil
 }
 
