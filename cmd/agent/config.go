@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,10 @@ Consul's Service.Weights), least_conn, random_two, p2c_ewma,
 hash:header:NAME, hash:cookie:NAME, hash:ip.
 Passive health: --max-fails consecutive failures eject an instance for
 --fail-timeout (doubling while it keeps failing), never all at once.
+Instances tagged "backup" (per service backup_tag) get requests only when no
+primary can take them, as nginx's backup servers; --failover-dc DC sends the
+traffic to another Consul datacenter (watched all the time) while no local
+instance passes (min_healthy in a failover block), and back.
 
 Instances tagged "https" (registrars with --mesh-tls-cert) are reached over
 TLS, verified against --upstream-tls-ca (default: the system roots); with
@@ -58,7 +63,13 @@ Flags:
 //
 //	consul { address = "127.0.0.1:8500"  stale = false }
 //	admin = "127.0.0.1:9070"
-//	service "hello" { balance = "round_robin"  max_fails = 3  fail_timeout = "10s" }
+//	service "hello" {
+//	  balance = "round_robin"  max_fails = 3  fail_timeout = "10s"  backup_tag = "backup"
+//	  failover {                       # or prepared_query = "NAME"
+//	    datacenters = ["dc2", "dc3"]
+//	    min_healthy = 1
+//	  }
+//	}
 //	listener "web" {
 //	  address = ":8070"
 //	  route { host = "api.example.com"  path_prefix = "/v1"  service = "hello" }
@@ -68,13 +79,14 @@ type fileConfig struct {
 	Admin          *string          `hcl:"admin,optional"`
 	SnapshotFile   *string          `hcl:"snapshot_file,optional"`
 	AccessLog      *bool            `hcl:"access_log,optional"`
-	FastLane       *bool            `hcl:"fast_lane,optional"`
+	FastLane       *bool            `hcl:"fast_lane,optional"` // deprecated: event_loops
 	TrustedProxies []string         `hcl:"trusted_proxies,optional"`
 	Consul         *fileConsul      `hcl:"consul,block"`
 	Proxy          *fileProxy       `hcl:"proxy,block"`
 	Services       []fileService    `hcl:"service,block"`
 	Listeners      []fileListener   `hcl:"listener,block"`
 	UpstreamTLS    *fileUpstreamTLS `hcl:"upstream_tls,block"`
+	EventLoops     *int             `hcl:"event_loops,optional"`
 }
 
 // fileUpstreamTLS is TLS to instances tagged "https"; see upstreamTLS.
@@ -105,12 +117,21 @@ type fileProxy struct {
 }
 
 type fileService struct {
-	Name        string  `hcl:"name,label"`
-	Balance     *string `hcl:"balance,optional"`
-	Tag         *string `hcl:"tag,optional"`
-	MaxFails    *int    `hcl:"max_fails,optional"`
-	FailTimeout *string `hcl:"fail_timeout,optional"`
-	TryTimeout  *string `hcl:"try_timeout,optional"`
+	Name        string        `hcl:"name,label"`
+	Balance     *string       `hcl:"balance,optional"`
+	Tag         *string       `hcl:"tag,optional"`
+	MaxFails    *int          `hcl:"max_fails,optional"`
+	FailTimeout *string       `hcl:"fail_timeout,optional"`
+	BackupTag   *string       `hcl:"backup_tag,optional"`
+	Failover    *fileFailover `hcl:"failover,block"`
+	TryTimeout  *string       `hcl:"try_timeout,optional"`
+}
+
+// fileFailover is a service's failover across Consul datacenters.
+type fileFailover struct {
+	Datacenters   []string `hcl:"datacenters,optional"`
+	MinHealthy    *int     `hcl:"min_healthy,optional"`
+	PreparedQuery *string  `hcl:"prepared_query,optional"`
 }
 
 type fileListener struct {
@@ -138,7 +159,7 @@ type config struct {
 	adminAllow     []netip.Prefix
 	snapshotFile   string
 	accessLog      bool
-	fastLane       bool // plain HTTP/1.1 GET/HEAD through proxy.FastServer
+	eventLoops     int // proxy.LoopServer loops per cleartext listener; 0 = net/http for all
 	trustedProxies []netip.Prefix
 	consul         discovery.ClientOptions
 	stale, cached  bool
@@ -181,6 +202,11 @@ type serviceConfig struct {
 	name string
 	tag  string
 	lb   lb.Config
+	// failover ranks backups and failover datacenters (Service, Tag and
+	// Logger are filled in by the agent); hasFailover: set by a failover
+	// block, which --failover-dc does not override.
+	failover    discovery.FailoverConfig
+	hasFailover bool
 
 	tryTimeout    time.Duration // proxy.Route.TryTimeout
 	tryTimeoutSet bool          // try_timeout in the file: the flag does not override it
@@ -209,7 +235,9 @@ type flags struct {
 	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
 	stale, cached, accessLog, logJSON, fastLane               bool
+	eventLoops                                                int
 	trusted, adminAllow                                       cli.StringList
+	failoverDCs                                               cli.StringList
 	logLevel                                                  string
 	set                                                       map[string]bool
 	tryTimeout                                                string
@@ -243,14 +271,16 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&f.maxFails, "max-fails", 3, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
 	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
-	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
+	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service and may have lost its state (the watch failed or its index went backwards: a restarted Consul agent is empty until registrars re-register), keep serving the last pool this long; instances that went critical or were deregistered leave at once; 0 disables")
 	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
 	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
 	fs.IntVar(&f.maxConns, "max-conns", 10000, "client connections one listener keeps at once; over it new ones get 503 and are closed (nginx's worker_connections); 0 = no cap")
 	fs.IntVar(&f.maxStreams, "max-concurrent-streams", 250, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
-	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
+	fs.BoolVar(&f.fastLane, "fast-lane", true, "deprecated: use --event-loops (false is --event-loops 0)")
+	fs.IntVar(&f.eventLoops, "event-loops", runtime.GOMAXPROCS(0), "event loops serving HTTP/1.1 on each cleartext listener (default one per core: GOMAXPROCS); 0 = Go's net/http for everything")
+	fs.Var(&f.failoverDCs, "failover-dc", "Consul `DATACENTER` to fail over to when fewer than min_healthy (1) local instances pass (repeatable, in order; watched all the time); for every service without a failover block")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	fs.StringVar(&f.tryTimeout, "try-timeout", "auto", "per-try timeout of idempotent requests: with no response head by then, the request also goes to another instance and the first answer wins (hedging, bounded by a retry budget of 20% of requests + 10/s); `DURATION` (e.g. 300ms), \"auto\" (3x the service's recent p99, 50ms-10s; 1s until latency is known) or \"off\"; a service's try_timeout in the config file wins")
@@ -267,7 +297,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 
 func (f *flags) resolve() (*config, error) {
 	c := &config{
-		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog, fastLane: f.fastLane,
+		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog, eventLoops: f.eventLoops,
 		consul: discovery.ClientOptions{Address: f.consulAddr, TokenFile: f.consulTokenFile},
 		stale:  f.stale, cached: f.cached, emptyGrace: f.emptyGrace,
 		connectTimeout: f.connectTimeout, responseHeaderTimeout: 60 * time.Second,
@@ -327,8 +357,17 @@ func (f *flags) resolve() (*config, error) {
 	if f.set["access-log"] {
 		c.accessLog = f.accessLog
 	}
-	if f.set["fast-lane"] {
-		c.fastLane = f.fastLane
+	if f.set["fast-lane"] && !f.set["event-loops"] {
+		c.eventLoops = 0
+		if f.fastLane {
+			c.eventLoops = runtime.GOMAXPROCS(0)
+		}
+	}
+	if f.set["event-loops"] {
+		if f.eventLoops < 0 || f.eventLoops > 1024 {
+			return nil, fmt.Errorf("invalid --event-loops %d: must be 0 (net/http for everything) to 1024", f.eventLoops)
+		}
+		c.eventLoops = f.eventLoops
 	}
 	if f.set["consul-addr"] {
 		c.consul.Address = f.consulAddr
@@ -410,6 +449,13 @@ func (f *flags) resolve() (*config, error) {
 	}
 	for i := range c.services {
 		s := &c.services[i]
+		if !s.hasFailover && len(f.failoverDCs) > 0 {
+			s.failover.Datacenters = append([]string(nil), f.failoverDCs...)
+			s.failover.Service = s.name
+			if err := s.failover.Validate(); err != nil {
+				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
+			}
+		}
 		if !s.tryTimeoutSet {
 			s.tryTimeout = tryTimeout
 		}
@@ -503,7 +549,16 @@ func (c *config) apply(path string, fc *fileConfig) error {
 		c.accessLog = *fc.AccessLog
 	}
 	if fc.FastLane != nil {
-		c.fastLane = *fc.FastLane
+		c.eventLoops = 0 // deprecated alias of event_loops
+		if *fc.FastLane {
+			c.eventLoops = runtime.GOMAXPROCS(0)
+		}
+	}
+	if fc.EventLoops != nil {
+		if *fc.EventLoops < 0 || *fc.EventLoops > 1024 {
+			return fmt.Errorf("invalid event_loops %d: must be 0 (net/http for everything) to 1024", *fc.EventLoops)
+		}
+		c.eventLoops = *fc.EventLoops
 	}
 	for _, p := range fc.TrustedProxies {
 		pfx, err := parsePrefix(p)
@@ -634,6 +689,32 @@ func (c *config) apply(path string, fc *fileConfig) error {
 				return wrap(fmt.Errorf("service %q: invalid try_timeout %q: %w", s.Name, *s.TryTimeout, err))
 			}
 			sc.tryTimeout, sc.tryTimeoutSet = d, true
+		}
+		sc.failover.Service = s.Name
+		if s.BackupTag != nil {
+			if *s.BackupTag == "" {
+				return wrap(fmt.Errorf("service %q: backup_tag is empty: leave it out for the default %q", s.Name, discovery.DefaultBackupTag))
+			}
+			sc.failover.BackupTag = *s.BackupTag
+		}
+		if fo := s.Failover; fo != nil {
+			sc.hasFailover = true
+			sc.failover.Datacenters = fo.Datacenters
+			if fo.MinHealthy != nil {
+				if *fo.MinHealthy < 1 {
+					return wrap(fmt.Errorf("service %q: invalid failover min_healthy %d: must be at least 1", s.Name, *fo.MinHealthy))
+				}
+				sc.failover.MinHealthy = *fo.MinHealthy
+			}
+			if fo.PreparedQuery != nil {
+				sc.failover.PreparedQuery = *fo.PreparedQuery
+			}
+			if len(fo.Datacenters) == 0 && sc.failover.PreparedQuery == "" {
+				return wrap(fmt.Errorf("service %q: the failover block needs datacenters = [...] or prepared_query", s.Name))
+			}
+		}
+		if err := sc.failover.Validate(); err != nil {
+			return wrap(err)
 		}
 		c.services = append(c.services, sc)
 	}

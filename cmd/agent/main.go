@@ -79,6 +79,7 @@ type serviceState struct {
 
 	mu         sync.Mutex  // serializes updates; never taken on the request path
 	emptyTimer *time.Timer // pending "pool became empty", see onUpdate
+	tiers      tierState   // backups and failover datacenters (failover.go)
 }
 
 type agent struct {
@@ -91,7 +92,7 @@ type agent struct {
 
 	listeners []net.Listener
 	servers   []*http.Server
-	lanes     []*proxy.FastServer    // one per server: its plain HTTP/1.1 fast lane (nil under TLS)
+	loops     []*proxy.LoopServer    // one per server: its HTTP/1.1 event loops (nil under TLS or --event-loops 0)
 	certs     []*certreload.Reloader // per listener, nil without TLS
 	upTLS     *tls.Config            // to instances tagged https; nil: system roots, no client certificate
 	upCert    *certreload.Reloader   // the client certificate in upTLS, if any
@@ -116,6 +117,7 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	a.upTLS, a.upCert = upTLS, upCert
 	copts := cfg.consul
 	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
+	copts.Watchers += failoverWatchers(cfg)
 	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
@@ -131,6 +133,9 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 		s := &serviceState{name: sc.name, balancer: b}
 		a.services[sc.name] = s
 		a.ordered = append(a.ordered, s)
+	}
+	if err := a.newFailovers(); err != nil {
+		return nil, err
 	}
 	a.metrics = newMetrics(a.ordered)
 	return a, nil
@@ -209,6 +214,7 @@ func (a *agent) run() int {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = hub.Run(ctx) }()
 	}
+	a.runFailovers(ctx, &wg)
 	if a.cfg.snapshotFile != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.saveLoop(ctx) }()
@@ -228,11 +234,12 @@ func (a *agent) run() int {
 			Logger:         a.log,
 		})
 		serve := srv.Serve
-		if lane := a.lanes[i]; lane != nil {
-			// Plain HTTP/1.1 GETs take the fast lane; the rest (bodies,
-			// upgrades, h2c) go on to srv.
-			serve = lane.Serve
-		} else {
+		switch {
+		case a.loops[i] != nil:
+			// HTTP/1.1 on the event loops; what they hand off (bodies,
+			// upgrades, h2c) goes on to srv, guarded again.
+			serve = a.loops[i].Serve
+		case srv.TLSConfig != nil:
 			ln = tls.NewListener(ln, srv.TLSConfig)
 		}
 		go func() {
@@ -301,9 +308,9 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 		s.emptyTimer.Stop()
 		s.emptyTimer = nil
 	}
-	if pool := s.balancer.Pool(); len(insts) == 0 && pool != nil && len(pool.Instances) > 0 && a.cfg.emptyGrace > 0 {
+	if len(insts) == 0 && s.tiers.local > 0 && a.cfg.emptyGrace > 0 && a.mayHaveLostState(s) {
 		a.log.Warn("consul reports no instances; keeping the last pool for the grace period in case Consul lost its state",
-			"service", s.name, "instances", len(pool.Instances), "grace", a.cfg.emptyGrace)
+			"service", s.name, "instances", s.tiers.local, "grace", a.cfg.emptyGrace)
 		s.emptyTimer = time.AfterFunc(a.cfg.emptyGrace, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -311,17 +318,14 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 				return
 			}
 			s.emptyTimer = nil
-			s.balancer.Update(nil)
 			a.log.Warn("pool emptied: consul still reports no instances after the grace period", "service", s.name)
-			a.kickSave()
+			a.setLocal(s, nil)
 		})
 		return
 	}
 	old := s.balancer.Pool()
-	s.balancer.Update(insts)
+	a.setLocal(s, insts)
 	a.instancesLeft(s, old, insts)
-	a.log.Info("pool updated", "service", s.name, "instances", len(insts))
-	a.kickSave()
 }
 
 // reloadCerts reads every listener's TLS files again (SIGHUP). New
@@ -461,11 +465,20 @@ func (a *agent) buildServers() error {
 		}
 		a.certs = append(a.certs, cr)
 		a.servers = append(a.servers, srv)
-		var lane *proxy.FastServer // TLS listeners have none
-		if srv.TLSConfig == nil && a.cfg.fastLane {
-			lane = proxy.NewFastServer(srv)
+		var loop *proxy.LoopServer // TLS listeners have none
+		if srv.TLSConfig == nil && a.cfg.eventLoops > 0 {
+			loop = proxy.NewLoopServer(srv, proxy.LoopOptions{
+				Loops: a.cfg.eventLoops,
+				// Connections handed to net/http are checked as before;
+				// the cap is kept on the TCP listener.
+				WrapHandoff: func(ln net.Listener) net.Listener {
+					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.maxHeaderBytes, Logger: a.log})
+				},
+				Detach: httpguard.Detach,
+				Logger: a.log.Named("loop").With("listener", l.name),
+			})
 		}
-		a.lanes = append(a.lanes, lane)
+		a.loops = append(a.loops, loop)
 	}
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
@@ -552,8 +565,8 @@ func (a *agent) shutdown(cancel context.CancelFunc, wg *sync.WaitGroup) {
 	var swg sync.WaitGroup
 	for i, srv := range a.servers {
 		swg.Add(1)
-		if lane := a.lanes[i]; lane != nil {
-			go func() { defer swg.Done(); _ = lane.Shutdown(ctx) }()
+		if loop := a.loops[i]; loop != nil {
+			go func() { defer swg.Done(); _ = loop.Shutdown(ctx) }()
 			continue
 		}
 		go func() { defer swg.Done(); _ = srv.Shutdown(ctx) }()
@@ -592,7 +605,9 @@ func (a *agent) restoreSnapshot() {
 	}
 	for name, insts := range pools {
 		if s, ok := a.services[name]; ok && len(insts) > 0 {
-			s.balancer.Update(insts)
+			s.mu.Lock()
+			a.setLocal(s, insts)
+			s.mu.Unlock()
 			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.snapshotFile)
 		}
 	}
@@ -635,7 +650,11 @@ func (a *agent) saveSnapshot() {
 			continue
 		}
 		insts := make([]lb.Instance, 0, len(pool.Instances))
+		tiers := pool.Tiers()
 		for _, in := range pool.Instances {
+			if in.Tier < len(tiers) && tiers[in.Tier].Remote {
+				continue // another datacenter's: not for a restart's local pool
+			}
 			c := *in
 			c.Stats = nil
 			insts = append(insts, c)
