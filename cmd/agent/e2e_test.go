@@ -348,6 +348,9 @@ func (c *cluster) runLoad(ctx context.Context, getters, posters int) *load {
 					res.status = resp.StatusCode
 					fmt.Sscanf(string(b), "pid=%d", &res.pid)
 				}
+				if res.status != 200 {
+					l.note(fmt.Sprintf("poster %d: POST %s status %d err %v", p, body, res.status, err))
+				}
 				l.mu.Lock()
 				l.postResults[body] = res
 				l.mu.Unlock()
