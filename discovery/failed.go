@@ -65,9 +65,49 @@ func failed(checks api.HealthChecks) bool {
 	return crit
 }
 
+// failedInAnswer is FailedIDs for a decoded answer, which carries no check
+// output: only a failed node (serfHealth critical, not in maintenance)
+// counts, since a drain cannot be told from a failed service check there.
+func failedInAnswer(a *healthAnswer) map[string]bool {
+	if a == nil {
+		return nil
+	}
+	var out map[string]bool
+	for i := range a.entries {
+		e := &a.entries[i]
+		if !e.hasService || !e.checksSet {
+			continue
+		}
+		nodeDown, maint := false, false
+		for _, c := range a.entryChecks(e) {
+			id := string(c.id)
+			switch {
+			case id == api.NodeMaint || strings.HasPrefix(id, api.ServiceMaintPrefix):
+				maint = true
+			case id == "serfHealth" && string(c.status) == api.HealthCritical:
+				nodeDown = true
+			}
+		}
+		if !nodeDown || maint {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]bool)
+		}
+		id := string(e.id)
+		if id == "" {
+			id = string(e.name)
+		}
+		out[id] = true
+		out[id+"@"+string(e.node)] = true // as Instances names an ID registered on several nodes
+	}
+	return out
+}
+
 // Failed returns the IDs of the service's instances that the last answer
-// from Consul listed as failed (see FailedIDs). The map must not be
-// modified.
+// from Consul listed on a failed node (see failedInAnswer: the watch's lean
+// decoder keeps no check output, so a failed service check cannot be told
+// from a drain and does not count). The map must not be modified.
 func (w *Watcher) Failed() map[string]bool {
 	if m := w.failedIDs.Load(); m != nil {
 		return *m
