@@ -413,8 +413,8 @@ func (f *inflight) cancel(addr string) int {
 }
 
 // InstancesLeft is told that instances left their service's pool because
-// they failed (node or health check; not a drain, whose instances finish
-// what they have): it closes their idle upstream connections and cancels
+// they failed (their node; not a drain, whose instances finish what they
+// have): it closes their idle upstream connections and cancels
 // the attempts still waiting on their response head. Idempotent requests
 // among them are sent to another instance at once; the others fail with
 // 502, never sent again. It returns how many attempts it cancelled.
