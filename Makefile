@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build test deps deps-consul deps-python deps-tools demo bench soak fmt vet fuzz clean generate
+.PHONY: all build test deps deps-consul deps-python deps-tools deps-h2spec demo bench soak fmt vet fuzz clean generate
 
 all: build
 
@@ -19,7 +19,7 @@ FORCE:
 # deps installs what the tests and the demo need on a fresh machine: Consul
 # (built from the MPL-2.0 v1.16.1 source, cached outside the clone), Tornado
 # (Debian's python3-tornado, else pip), and the tools the tests drive.
-deps: deps-consul deps-python deps-tools
+deps: deps-consul deps-python deps-tools deps-h2spec
 
 deps-consul:
 	@bash deploy/consul/install.sh >/dev/null
@@ -29,6 +29,9 @@ deps-python:
 
 deps-tools:
 	@bash scripts/ensure-tools.sh
+
+deps-h2spec:
+	@bash scripts/ensure-h2spec.sh >/dev/null
 
 # test runs every test, with the race detector, against a real Consul and
 # real Tornado processes, plus a short fuzz run.

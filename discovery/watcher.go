@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -134,6 +135,8 @@ type Watcher struct {
 	status WatchStatus
 	// readFailing: the hub's last read of a fed watcher failed.
 	readFailing bool
+
+	failedIDs atomic.Pointer[map[string]bool] // see Failed
 	// forgetNext: Consul failed since the last answer; the next one may
 	// come from a restarted agent whose ModifyIndexes start over, so the
 	// builder must not reuse instances by index (instbuild.go).
@@ -393,6 +396,8 @@ func (w *Watcher) convert(ans *healthAnswer) (insts []lb.Instance, changed bool)
 		}
 	})
 	w.warned = bad
+	failed := failedInAnswer(ans)
+	w.failedIDs.Store(&failed)
 	return insts, changed
 }
 

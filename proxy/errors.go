@@ -63,6 +63,11 @@ func (x *exchange) failUpstream() {
 		x.failGRPC(grpcUnavailable, http.StatusBadGateway, "upstream of service "+x.route.service+" failed: "+errorType(x.err))
 		return
 	}
+	if errors.Is(x.err, errInstanceLeft) {
+		x.fail(http.StatusBadGateway, "instance "+x.inst.ID+" of service "+x.route.service+
+			" left the pool while the request was in flight; not sent again: not idempotent")
+		return
+	}
 	if isTimeout(x.err) {
 		x.fail(http.StatusGatewayTimeout, "upstream of service "+x.route.service+" timed out")
 		return

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy/httpcache"
@@ -32,6 +33,11 @@ type Route struct {
 	// and HEAD requests are answered from when they may be. Routes may
 	// share one.
 	Cache *httpcache.Cache
+	// TryTimeout is the per-try timeout of the route's idempotent requests
+	// (see hedge.go): TryTimeoutAdaptive (0, from the service's observed
+	// latency), a fixed duration, or TryTimeoutOff (any negative value).
+	// Routes to one service should agree: the last one set wins.
+	TryTimeout time.Duration
 }
 
 // Route protocols: how requests are sent to the instances.
@@ -55,6 +61,9 @@ type compiledRoute struct {
 	policy   string
 	h2c      bool // Protocol h2c
 	cache    *httpcache.Cache
+
+	tryTimeout time.Duration // Route.TryTimeout
+	hedge      *serviceHedge // the service's, shared by its routes
 }
 
 // routeTable is an immutable, compiled route set. Matching goes like an
@@ -133,7 +142,7 @@ func compileRoute(r Route) (*compiledRoute, error) {
 	if r.Protocol != ProtocolAuto && r.Protocol != ProtocolH2C {
 		return nil, fmt.Errorf("invalid protocol %q: want %q (auto: gRPC over h2c, the rest over HTTP/1.1) or %q", r.Protocol, ProtocolAuto, ProtocolH2C)
 	}
-	return &compiledRoute{
+	cr := &compiledRoute{
 		h2c:      r.Protocol == ProtocolH2C,
 		host:     host,
 		prefix:   prefix,
@@ -141,7 +150,9 @@ func compileRoute(r Route) (*compiledRoute, error) {
 		service:  r.Balancer.Service(),
 		policy:   r.Balancer.Policy(),
 		cache:    r.Cache,
-	}, nil
+	}
+	cr.tryTimeout = r.TryTimeout
+	return cr, nil
 }
 
 func normalizeRouteHost(h string) (string, error) {

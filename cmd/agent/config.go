@@ -18,6 +18,7 @@ import (
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy"
 )
 
 const usageHead = `agent: the meshlb edge. Clients call one host:port; the agent follows the
@@ -127,6 +128,7 @@ type fileService struct {
 	FailTimeout *string       `hcl:"fail_timeout,optional"`
 	BackupTag   *string       `hcl:"backup_tag,optional"`
 	Failover    *fileFailover `hcl:"failover,block"`
+	TryTimeout  *string       `hcl:"try_timeout,optional"`
 }
 
 // fileFailover is a service's failover across Consul datacenters.
@@ -213,6 +215,9 @@ type serviceConfig struct {
 	// block, which --failover-dc does not override.
 	failover    discovery.FailoverConfig
 	hasFailover bool
+
+	tryTimeout    time.Duration // proxy.Route.TryTimeout
+	tryTimeoutSet bool          // try_timeout in the file: the flag does not override it
 }
 
 type listenerConfig struct {
@@ -246,6 +251,7 @@ type flags struct {
 	logLevel                                                  string
 	cache                                                     string
 	set                                                       map[string]bool
+	tryTimeout                                                string
 }
 
 func parseArgs(args []string, stderr io.Writer) (*config, error) {
@@ -290,6 +296,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	fs.StringVar(&f.cache, "cache", "", "cache `SIZE` for --listen, e.g. 256m or 1GiB: an RFC 9111 shared HTTP cache of GET/HEAD responses (nginx's proxy_cache); off by default")
+	fs.StringVar(&f.tryTimeout, "try-timeout", "auto", "per-try timeout of idempotent requests: with no response head by then, the request also goes to another instance and the first answer wins (hedging, bounded by a retry budget of 20% of requests + 10/s); `DURATION` (e.g. 300ms), \"auto\" (3x the service's recent p99, 50ms-10s; 1s until latency is known) or \"off\"; a service's try_timeout in the config file wins")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -462,6 +469,10 @@ func (f *flags) resolve() (*config, error) {
 	} else if f.cache != "" {
 		return nil, errors.New("--cache applies to --listen; in a config file use a cache block in the listener or route")
 	}
+	tryTimeout, err := parseTryTimeout(f.tryTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --try-timeout %q: %w", f.tryTimeout, err)
+	}
 	for i := range c.services {
 		s := &c.services[i]
 		if !s.hasFailover && len(f.failoverDCs) > 0 {
@@ -470,6 +481,9 @@ func (f *flags) resolve() (*config, error) {
 			if err := s.failover.Validate(); err != nil {
 				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
 			}
+		}
+		if !s.tryTimeoutSet {
+			s.tryTimeout = tryTimeout
 		}
 		if s.lb.MaxFails == 0 {
 			s.lb.MaxFails = f.maxFails
@@ -701,6 +715,13 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			}
 			sc.lb.FailTimeout = d
 		}
+		if s.TryTimeout != nil {
+			d, err := parseTryTimeout(*s.TryTimeout)
+			if err != nil {
+				return wrap(fmt.Errorf("service %q: invalid try_timeout %q: %w", s.Name, *s.TryTimeout, err))
+			}
+			sc.tryTimeout, sc.tryTimeoutSet = d, true
+		}
 		sc.failover.Service = s.Name
 		if s.BackupTag != nil {
 			if *s.BackupTag == "" {
@@ -868,4 +889,20 @@ func validateListenAddr(addr string) error {
 		}
 	}
 	return nil
+}
+
+// parseTryTimeout reads a per-try timeout setting: "auto" (or "") for the
+// adaptive timeout, "off", or a positive duration.
+func parseTryTimeout(s string) (time.Duration, error) {
+	switch s {
+	case "", "auto":
+		return proxy.TryTimeoutAdaptive, nil
+	case "off":
+		return proxy.TryTimeoutOff, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, errors.New(`want a positive duration such as 300ms, "auto" (adaptive) or "off"`)
+	}
+	return d, nil
 }

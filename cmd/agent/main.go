@@ -179,6 +179,7 @@ func (a *agent) run() int {
 		a.closeListeners()
 		return exitBadInput
 	}
+	a.metrics.reg.MustRegister(&budgetCollector{proxies: a.proxies})
 
 	var wg sync.WaitGroup
 	// Up to HubThreshold services get a long poll each; above, one hub
@@ -336,7 +337,9 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 		})
 		return
 	}
+	old := s.balancer.Pool()
 	a.setLocal(s, insts)
+	a.instancesLeft(s, old, insts)
 }
 
 // reloadCerts reads every listener's TLS files again (SIGHUP). New
@@ -429,7 +432,7 @@ func (a *agent) buildServers() error {
 		routes := make([]proxy.Route, 0, len(l.routes))
 		for ri, r := range l.routes {
 			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer,
-				Cache: a.routeCaches[li][ri]})
+				Cache: a.routeCaches[li][ri], TryTimeout: a.cfg.service(r.service).tryTimeout})
 		}
 		p, err := proxy.New(proxy.Config{
 			ConnectTimeout:        a.cfg.connectTimeout,

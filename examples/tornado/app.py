@@ -7,9 +7,11 @@ GET / answers "Hello from Process Id = <pid>". Run one per port:
 
 It needs Tornado (Debian: apt-get install python3-tornado). For tests it also
 offers /slow?ms=N (answers after N ms), /echo (POST: echoes the body and
-counts it in /count, and with --journal=FILE appends it to FILE before
-answering, so the record survives SIGKILL), and /count (how many POSTs each
-body was seen).
+counts it in /count), and /count (how many POSTs each body was seen).
+With --journal=FILE every POST body is also appended to FILE, one line each,
+and fsynced before the handler goes on: the record survives SIGKILL, so a
+test can tell whether a killed instance ran a POST that was then sent
+elsewhere.
 
 GET /cached answers "Hello from Process Id = <pid>" with
 "Cache-Control: public, max-age=N" (N from ?max_age=, default 10): behind the
@@ -35,12 +37,20 @@ from tornado.options import define, options, parse_command_line
 
 define("port", default=8071, type=int, help="port to listen on")
 define("address", default="127.0.0.1", help="address to listen on")
-define("journal", default="", help="file each POST /echo body is appended to (one line, written before the answer: it survives SIGKILL)")
+define("journal", default="", help="append every POST body to this file, fsynced before answering")
 
 PID = os.getpid()
 SEEN = {}
 HITS = {}
-JOURNAL = None  # fd of --journal, opened O_APPEND: one write(2) per POST
+JOURNAL = None  # file descriptor of --journal, opened in main
+
+
+def record(body):
+    """Counts body and, with --journal, appends it durably before returning."""
+    SEEN[body] = SEEN.get(body, 0) + 1
+    if JOURNAL is not None:
+        os.write(JOURNAL, (body.replace("\n", " ") + "\n").encode("utf-8"))
+        os.fsync(JOURNAL)
 
 
 class MainHandler(tornado.web.RequestHandler):
@@ -62,9 +72,7 @@ class EchoHandler(tornado.web.RequestHandler):
     async def post(self):
         ms = int(self.get_argument("ms", "0"))
         body = self.request.body.decode("utf-8", "replace")
-        SEEN[body] = SEEN.get(body, 0) + 1
-        if JOURNAL is not None:
-            os.write(JOURNAL, (body.replace("\n", " ") + "\n").encode("utf-8"))
+        record(body)
         if ms:
             await asyncio.sleep(ms / 1000.0)
         self.write("pid=%d body=%s" % (PID, body))
