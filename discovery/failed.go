@@ -11,11 +11,10 @@ import (
 // finishes the requests it has.
 const DrainNote = "draining"
 
-// failedInAnswer returns the IDs of the instances whose node failed
-// (serfHealth critical, not in maintenance): requests in flight on them will
-// not be answered. A failed service check does not count: the decoded
-// answer carries no check output, so it cannot be told from a drain
-// (DrainNote), whose instance still answers what it has.
+// failedInAnswer returns the IDs of the instances that Consul reports
+// failed (see checksFailed): requests in flight on them will not be
+// answered. Each is listed under its ID (its name if the ID is empty) and
+// as ID@node, as Instances names an ID registered on several nodes.
 func failedInAnswer(a *healthAnswer) map[string]bool {
 	if a == nil {
 		return nil
@@ -23,20 +22,7 @@ func failedInAnswer(a *healthAnswer) map[string]bool {
 	var out map[string]bool
 	for i := range a.entries {
 		e := &a.entries[i]
-		if !e.hasService || !e.checksSet {
-			continue
-		}
-		nodeDown, maint := false, false
-		for _, c := range a.entryChecks(e) {
-			id := string(c.id)
-			switch {
-			case id == api.NodeMaint || strings.HasPrefix(id, api.ServiceMaintPrefix):
-				maint = true
-			case id == "serfHealth" && string(c.status) == api.HealthCritical:
-				nodeDown = true
-			}
-		}
-		if !nodeDown || maint {
+		if !e.hasService || !e.checksSet || !checksFailed(a.entryChecks(e)) {
 			continue
 		}
 		if out == nil {
@@ -47,15 +33,54 @@ func failedInAnswer(a *healthAnswer) map[string]bool {
 			id = string(e.name)
 		}
 		out[id] = true
-		out[id+"@"+string(e.node)] = true // as Instances names an ID registered on several nodes
+		out[id+"@"+string(e.node)] = true
 	}
 	return out
 }
 
+// checksFailed reports whether an instance with these checks (its own and
+// its node's, as /v1/health/service lists them) failed, rather than left
+// on purpose:
+//   - in maintenance (node or service): not failed, whatever else is
+//     critical; an operator took it out and decides what it finishes;
+//   - its node failed (serfHealth critical): failed, drain or not, since a
+//     node that stopped answering gossip answers nothing;
+//   - a check is critical with output that does not start with DrainNote:
+//     failed, unless another critical check is a drain: a draining
+//     instance finishes what it has, and its other checks may fail
+//     because of the drain (an app closing its listener);
+//   - warning is not failed (the instance stays in the pool).
+func checksFailed(checks []checkState) bool {
+	nodeDown, crit, drain := false, false, false
+	for i := range checks {
+		c := &checks[i]
+		if c.nullCheck {
+			continue
+		}
+		id := string(c.id)
+		if id == api.NodeMaint || strings.HasPrefix(id, api.ServiceMaintPrefix) {
+			return false
+		}
+		if string(c.status) != api.HealthCritical {
+			continue
+		}
+		switch {
+		case id == "serfHealth":
+			nodeDown = true
+		case c.drain:
+			drain = true
+		default:
+			crit = true
+		}
+	}
+	return nodeDown || (crit && !drain)
+}
+
 // Failed returns the IDs of the service's instances that the last answer
-// from Consul listed on a failed node (see failedInAnswer: the watch's lean
-// decoder keeps no check output, so a failed service check cannot be told
-// from a drain and does not count). The map must not be modified.
+// from Consul reports failed: their node (serfHealth) or one of their
+// checks is critical, not because the instance drains (a check's output
+// starting with DrainNote) and not in maintenance; see checksFailed. The
+// map must not be modified.
 func (w *Watcher) Failed() map[string]bool {
 	if m := w.failedIDs.Load(); m != nil {
 		return *m

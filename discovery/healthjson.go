@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/hashicorp/consul/api"
@@ -13,9 +14,10 @@ import (
 
 // healthEntry is what a pool needs of one /v1/health/service entry: the
 // node's name and address, the service's ID, name, address, port, weights,
-// tags, meta and ModifyIndex, and each check's ID and status. Everything
-// else Consul sends (tagged addresses, proxy and connect settings, check
-// output, raft indexes …) is skipped unread.
+// tags, meta and ModifyIndex, and each check's ID, status and whether its
+// output starts with DrainNote. Everything else Consul sends (tagged
+// addresses, proxy and connect settings, the rest of check output, raft
+// indexes …) is skipped unread.
 //
 // From the lean decoder, the byte slices point into the answer (or into a
 // scratch buffer when a string had escapes) and are valid only until the
@@ -40,9 +42,12 @@ type healthEntry struct {
 }
 
 // checkState is what the pool needs of one check. A null check in the
-// answer has nullCheck set (consul/api gives a nil *HealthCheck).
+// answer has nullCheck set (consul/api gives a nil *HealthCheck). drain is
+// true when the check's Output starts with DrainNote: a registrar drains
+// its instance (see failedInAnswer); the output itself is not kept.
 type checkState struct {
 	nullCheck bool
+	drain     bool
 	id        []byte
 	status    []byte
 }
@@ -97,7 +102,8 @@ func fromAPI(entries []*api.ServiceEntry) *healthAnswer {
 				a.checks = append(a.checks, checkState{nullCheck: true})
 				continue
 			}
-			a.checks = append(a.checks, checkState{id: []byte(c.CheckID), status: []byte(c.Status)})
+			a.checks = append(a.checks, checkState{id: []byte(c.CheckID), status: []byte(c.Status),
+				drain: strings.HasPrefix(c.Output, DrainNote)})
 		}
 		h.checkEnd = len(a.checks)
 		a.entries = append(a.entries, h)
@@ -300,6 +306,7 @@ const (
 	fWarning
 	fCheckID
 	fStatus
+	fOutput
 )
 
 // Objects the decoder reads fields of.
@@ -317,7 +324,7 @@ var objectNames = [...][]string{
 	oNode:    {"node", "address"},
 	oService: {"id", "service", "address", "port", "modifyindex", "tags", "meta", "weights"},
 	oWeights: {"passing", "warning"},
-	oCheck:   {"checkid", "status"},
+	oCheck:   {"checkid", "status", "output"},
 }
 
 // field maps a key of an object to the field it names, as encoding/json
@@ -404,6 +411,8 @@ func lookupField(obj int, k []byte) int {
 			return fCheckID
 		case "status":
 			return fStatus
+		case "output":
+			return fOutput
 		}
 	}
 	return fOther
@@ -516,6 +525,8 @@ func (d *decoder) checks(e *healthEntry) error {
 						return d.strField(&a.checks[i].id)
 					case fStatus:
 						return d.strField(&a.checks[i].status)
+					case fOutput:
+						return d.prefixField(&a.checks[i].drain, DrainNote)
 					}
 					return d.skip()
 				})
@@ -563,6 +574,76 @@ func (d *decoder) strField(dst *[]byte) error {
 	*dst = s
 	return nil
 }
+
+// prefixField sets *dst to whether a string value starts with prefix (an
+// ASCII string), as encoding/json would decode the value, without keeping
+// or unescaping it; null leaves it as it is.
+func (d *decoder) prefixField(dst *bool, prefix string) error {
+	if d.literal("null") {
+		return nil
+	}
+	if d.peek() != '"' {
+		return d.wrongType("a string")
+	}
+	start := d.off + 1
+	if err := d.skipString(); err != nil {
+		return err
+	}
+	*dst = hasEscapedPrefix(d.data[start:d.off-1], prefix)
+	return nil
+}
+
+// hasEscapedPrefix reports whether the JSON string body raw (between its
+// quotes, syntax already checked) decodes to a string starting with the
+// ASCII prefix. An escape decodes to one character; \uXXXX of a non-ASCII
+// rune, a surrogate or a raw byte ≥ 0x80 (invalid UTF-8 included, which
+// encoding/json turns into U+FFFD) cannot match an ASCII byte.
+func hasEscapedPrefix(raw []byte, prefix string) bool {
+	i := 0
+	for j := 0; j < len(prefix); j++ {
+		if i >= len(raw) {
+			return false
+		}
+		c := raw[i]
+		i++
+		if c == '\\' {
+			switch e := raw[i]; e {
+			case 'u':
+				v := 0
+				for _, h := range raw[i+1 : i+5] {
+					v = v<<4 | hexVal(h)
+				}
+				if v >= 0x80 {
+					return false
+				}
+				c = byte(v)
+				i += 5
+			default:
+				c = unescaped[e]
+				i++
+			}
+		}
+		if c != prefix[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// hexVal is the value of a hex digit (checked before).
+func hexVal(h byte) int {
+	switch {
+	case h <= '9':
+		return int(h - '0')
+	case h >= 'a':
+		return int(h-'a') + 10
+	}
+	return int(h-'A') + 10
+}
+
+// unescaped maps the character after a backslash to what it stands for
+// (\u aside).
+var unescaped = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
 
 // rawField records the span of an array or object value (open is '[' or
 // '{'); null sets it to nil, as encoding/json does for slices and maps.

@@ -26,7 +26,7 @@ type entryView struct {
 	ModifyIndex      uint64
 	Tags             []string
 	Meta             map[string]string
-	Checks           []string // "nil" or id + "=" + status
+	Checks           []string // "nil" or id + "=" + status, + " drain" if its output starts with DrainNote
 }
 
 func views(t testing.TB, a *healthAnswer) []entryView {
@@ -51,7 +51,11 @@ func views(t testing.TB, a *healthAnswer) []entryView {
 				v.Checks = append(v.Checks, "nil")
 				continue
 			}
-			v.Checks = append(v.Checks, string(c.id)+"="+string(c.status))
+			cv := string(c.id) + "=" + string(c.status)
+			if c.drain {
+				cv += " drain"
+			}
+			v.Checks = append(v.Checks, cv)
 		}
 		out = append(out, v)
 	}
@@ -118,6 +122,13 @@ func TestDecodeHealthMatchesConsulAPI(t *testing.T) {
 		`[{"Service":{"ID":"a","Port":1,"Weights":null,"Weights":{"Passing":4},"Weights":{"Warning":5}}}]`,
 		`[{"Checks":[{"CheckID":"a","Status":"critical"}],"Checks":[null,{"Status":"passing"}],"Service":{"ID":"a","Port":1,"Address":"h"}}]`,
 		`[{"Service":{"ID":"a","Port":1,"Address":"h","Tags":[],"Meta":{}},"Checks":[]}]`,
+		// Check output: only whether it starts with DrainNote is read, as
+		// encoding/json decodes it (escapes, case-insensitive keys,
+		// repeated keys: the last wins; null leaves it).
+		`[{"Checks":[{"CheckID":"c","Status":"critical","Output":"draining: registrar received a stop signal"},{"Status":"critical","Output":"draining"},{"Output":"drainin"},{"Output":"Draining"},{"Output":""},{"Output":" draining"}]}]`,
+		`[{"Checks":[{"output":"\u0064rain\u0069ng\n"},{"OUTPUT":"\u0044raining"},{"Output":"drain\ting"},{"Output":"\"draining\""},{"Output":"d\u00e9raining"},{"Output":"\ud800draining"}]}]`,
+		"[{\"Checks\":[{\"Output\":\"dr\xffaining\"},{\"Output\":\"draining\xff\"},{\"Output\":\"draining\\u0000\"}]}]",
+		`[{"Checks":[{"Output":"draining","Output":"failed"},{"Output":"failed","Output":"draining"},{"Output":"draining","Output":null},{"Output":null}]}]`,
 		// Numbers: negative, zero, big indexes, exponent in skipped fields.
 		`[{"Service":{"ID":"a","Port":-0,"ModifyIndex":18446744073709551615,"X":1.5e300,"Weights":{"Passing":-7}}}]`,
 		`[{"Service":{"ID":"a","Port":65535,"X":[1,-2.5E-3,true,false,null,{"y":[[]]}]}}]`,
@@ -147,6 +158,11 @@ func TestDecodeHealthMatchesConsulAPI(t *testing.T) {
 		`[{"Checks":{}}]`,
 		`[{"Checks":[1]}]`,
 		`[{"Checks":[{"Status":true}]}]`,
+		`[{"Checks":[{"Output":1}]}]`,
+		`[{"Checks":[{"Output":{"draining":true}}]}]`,
+		`[{"Checks":[{"Output":"draining\x"}]}]`,
+		`[{"Checks":[{"Output":"\u00"}]}]`,
+		"[{\"Checks\":[{\"Output\":\"draining\x01\"}]}]",
 		`[{"Service":{"ID":"a\x01"}}]`,
 		`[{"Service":{"ID":"\x"}}]`,
 		`[{"Service":{"ID":"\u12"}}]`,
@@ -178,6 +194,7 @@ func FuzzDecodeHealth(f *testing.F) {
 	f.Add([]byte(`[null,{"Service":null},{"Node":null,"Service":{"ID":"x","Port":1,"Address":"::1"},"Checks":[null]}]`))
 	f.Add([]byte(`[{"service":{"\u0069d":"é\ud83d","port":-0,"Tags":[null]},"Service":{"Meta":{"a":null}}}]`))
 	f.Add(healthFixture(3, 0))
+	f.Add([]byte(`[{"Checks":[{"CheckID":"service:a","Status":"critical","Output":"draining: stop"},{"output":"\u0064raining"},{"Output":"drain"},{"Output":null}]}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		_ = compareDecoders(t, data)
 	})
@@ -473,5 +490,27 @@ func TestBuilderForget(t *testing.T) {
 	}
 	if _, changed := ib.build(answer(8081), nil); changed {
 		t.Fatal("the same answer again: changed")
+	}
+}
+
+// TestDecodeHealthDrain pins which check outputs read as a drain, so that
+// the comparison with consul/api above cannot pass with drain never set.
+func TestDecodeHealthDrain(t *testing.T) {
+	data := `[{"Checks":[{"Output":"draining: registrar received a stop signal"},{"output":"\u0064rain\u0069ng"},` +
+		`{"Output":"drainin"},{"Output":"Draining"},{"Output":"d\u00e9raining"},` +
+		`{"Output":"draining","Output":"failed"},{"Output":"failed","Output":"draining"},{"Output":"draining","Output":null},{}]}]`
+	want := []bool{true, true, false, false, false, false, true, true, false}
+	var a healthAnswer
+	if err := decodeHealth([]byte(data), &a); err != nil {
+		t.Fatal(err)
+	}
+	checks := a.entryChecks(&a.entries[0])
+	if len(checks) != len(want) {
+		t.Fatalf("%d checks, want %d", len(checks), len(want))
+	}
+	for i, c := range checks {
+		if c.drain != want[i] {
+			t.Errorf("check %d: drain %v, want %v", i, c.drain, want[i])
+		}
 	}
 }
