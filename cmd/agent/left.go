@@ -5,9 +5,9 @@ import (
 )
 
 // instancesLeft tells every proxy about the instances of s that left the
-// pool (old → now) because Consul reports their node failed (not a drain,
-// whose instances finish what they have; see discovery's Watcher.Failed):
-// the proxies
+// pool (old → now) because Consul reports them failed: their node, or a
+// check critical for another reason than a drain, whose instances finish
+// what they have (see discovery's Watcher.Failed). The proxies
 // close their idle connections and send the idempotent requests waiting on
 // them elsewhere at once, rather than waiting for TCP or the response
 // header timeout; the others fail with 502.

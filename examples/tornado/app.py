@@ -24,6 +24,11 @@ and delay (?ms=) it is asked for (from the request numbered ?fail_after=
 on: a bare 500), answers 304 when If-None-Match matches the
 ?h=ETag it is told to send, names the request's ?echo= header field in the
 body, and counts the requests per ?key= (GET /hits?key=K reads the count).
+
+/hold?key=K (GET or POST) counts itself in /hits?key=K, then answers
+"pid=<pid> held K" only once GET /release?key=K was called on the same
+process (at once if it was already): a test holds a request on an instance
+for as long as it needs, without guessing a delay.
 """
 import asyncio
 import os
@@ -42,6 +47,7 @@ define("journal", default="", help="append every POST body to this file, fsynced
 PID = os.getpid()
 SEEN = {}
 HITS = {}
+HOLDS = {}  # key -> asyncio.Event set by /release
 JOURNAL = None  # file descriptor of --journal, opened in main
 
 
@@ -145,6 +151,34 @@ class RespondHandler(tornado.web.RequestHandler):
         await self.handle()
 
 
+def hold_event(key):
+    ev = HOLDS.get(key)
+    if ev is None:
+        ev = HOLDS[key] = asyncio.Event()
+    return ev
+
+
+class HoldHandler(tornado.web.RequestHandler):
+    async def hold(self):
+        key = self.get_argument("key", "")
+        HITS[key] = HITS.get(key, 0) + 1
+        await hold_event(key).wait()
+        self.set_header("Cache-Control", "no-store")
+        self.write("pid=%d held %s" % (PID, key))
+
+    async def get(self):
+        await self.hold()
+
+    async def post(self):
+        await self.hold()
+
+
+class ReleaseHandler(tornado.web.RequestHandler):
+    def get(self):
+        hold_event(self.get_argument("key", "")).set()
+        self.write("released")
+
+
 class HitsHandler(tornado.web.RequestHandler):
     def get(self):
         self.set_header("Cache-Control", "no-store")
@@ -160,6 +194,8 @@ def make_app():
         (r"/cached", CachedHandler),
         (r"/respond", RespondHandler),
         (r"/hits", HitsHandler),
+        (r"/hold", HoldHandler),
+        (r"/release", ReleaseHandler),
     ])
 
 
