@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/meshlb/meshlb/internal/admin/adminpb"
+	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -67,6 +68,12 @@ type Options struct {
 	Logger hclog.Logger
 	// Poll is how often Run looks for pool changes; 0 means DefaultPoll.
 	Poll time.Duration
+	// Recent is the ring of recent requests the proxies record into; nil
+	// when the agent keeps none (--recent 0).
+	Recent *recent.Ring
+	// TraceUI links trace ids to a trace backend's UI (see TraceURL); ""
+	// for no links.
+	TraceUI string
 }
 
 // Server serves the admin API and the status page. Create it with New,
@@ -101,6 +108,9 @@ type Server struct {
 	// records into it on its request path.
 	failures [maxFailures]atomic.Pointer[Failure]
 	failSeq  atomic.Uint64
+
+	recent  *recent.Ring // nil: --recent 0
+	traceUI string
 }
 
 // seen is what the last poll saw of an instance.
@@ -123,6 +133,8 @@ func New(o Options) *Server {
 		changed: make(chan struct{}),
 		prev:    map[string]map[string]seen{},
 		serving: map[string]healthpb.HealthCheckResponse_ServingStatus{},
+		recent:  o.Recent,
+		traceUI: o.TraceUI,
 	}
 	if s.poll <= 0 {
 		s.poll = DefaultPoll

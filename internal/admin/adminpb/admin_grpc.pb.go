@@ -26,10 +26,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_ListPools_FullMethodName  = "/meshlb.admin.v1.Admin/ListPools"
-	Admin_WatchPools_FullMethodName = "/meshlb.admin.v1.Admin/WatchPools"
-	Admin_Drain_FullMethodName      = "/meshlb.admin.v1.Admin/Drain"
-	Admin_Undrain_FullMethodName    = "/meshlb.admin.v1.Admin/Undrain"
+	Admin_ListPools_FullMethodName    = "/meshlb.admin.v1.Admin/ListPools"
+	Admin_WatchPools_FullMethodName   = "/meshlb.admin.v1.Admin/WatchPools"
+	Admin_Drain_FullMethodName        = "/meshlb.admin.v1.Admin/Drain"
+	Admin_Undrain_FullMethodName      = "/meshlb.admin.v1.Admin/Undrain"
+	Admin_ListRequests_FullMethodName = "/meshlb.admin.v1.Admin/ListRequests"
 )
 
 // AdminClient is the client API for Admin service.
@@ -49,6 +50,10 @@ type AdminClient interface {
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 	// Undrain undoes Drain.
 	Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error)
+	// ListRequests returns the agent's recent requests (the last --recent N,
+	// plus failed and slow ones kept longer), newest first. FailedPrecondition
+	// when the agent runs with --recent 0.
+	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
 }
 
 type adminClient struct {
@@ -108,6 +113,16 @@ func (c *adminClient) Undrain(ctx context.Context, in *UndrainRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRequestsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListRequests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -125,6 +140,10 @@ type AdminServer interface {
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	// Undrain undoes Drain.
 	Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error)
+	// ListRequests returns the agent's recent requests (the last --recent N,
+	// plus failed and slow ones kept longer), newest first. FailedPrecondition
+	// when the agent runs with --recent 0.
+	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -146,6 +165,9 @@ func (UnimplementedAdminServer) Drain(context.Context, *DrainRequest) (*DrainRes
 }
 func (UnimplementedAdminServer) Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Undrain not implemented")
+}
+func (UnimplementedAdminServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -233,6 +255,24 @@ func _Admin_Undrain_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListRequests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListRequests(ctx, req.(*ListRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -251,6 +291,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undrain",
 			Handler:    _Admin_Undrain_Handler,
+		},
+		{
+			MethodName: "ListRequests",
+			Handler:    _Admin_ListRequests_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
