@@ -15,7 +15,9 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsimple"
 
 	"github.com/meshlb/meshlb/discovery"
+	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -27,6 +29,8 @@ Usage:
   agent --listen ADDR --service NAME [--balance POLICY] [flags]
   agent --config FILE [flags]                 several listeners, services, routes
   agent status [--admin ADDR] [--json] [--watch]   the pools, from a running agent
+  agent requests [--admin ADDR] [--failed] [--slow DURATION] [--json]
+                                              recent requests, from a running agent
 
 Examples:
   agent --listen :8070 --service hello
@@ -74,6 +78,8 @@ type fileConfig struct {
 	Services       []fileService    `hcl:"service,block"`
 	Listeners      []fileListener   `hcl:"listener,block"`
 	UpstreamTLS    *fileUpstreamTLS `hcl:"upstream_tls,block"`
+	Recent         *int             `hcl:"recent,optional"`
+	TraceUI        *string          `hcl:"trace_ui,optional"`
 }
 
 // fileUpstreamTLS is TLS to instances tagged "https"; see upstreamTLS.
@@ -158,7 +164,13 @@ type config struct {
 
 	logLevel string
 	logJSON  bool
+
+	recent  int    // recent requests kept; 0 = none
+	traceUI string // trace backend UI for the status page's links; "" = none
 }
+
+// maxRecent bounds --recent: a record is a few hundred bytes.
+const maxRecent = 100000
 
 // upstreamTLS is TLS to the instances tagged "https". Every setting is
 // optional; each remembers where it came from (a flag, or the config
@@ -207,6 +219,8 @@ type flags struct {
 	trusted, adminAllow                                       cli.StringList
 	logLevel                                                  string
 	set                                                       map[string]bool
+	recent                                                    int
+	traceUI                                                   string
 }
 
 func parseArgs(args []string, stderr io.Writer) (*config, error) {
@@ -247,11 +261,13 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
+	fs.IntVar(&f.recent, "recent", recent.DefaultSize, "recent requests kept for `agent requests` and the status page (failed and slow ones kept longer); 0 = none")
+	fs.StringVar(&f.traceUI, "trace-ui", "", "trace backend UI `URL` the status page links trace ids to: Jaeger's base URL (/trace/ID is appended) or a URL with {trace_id}")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (subcommands: status)", fs.Arg(0))
+		return nil, fmt.Errorf("unexpected argument %q (subcommands: status, requests)", fs.Arg(0))
 	}
 	f.set = map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
@@ -267,6 +283,7 @@ func (f *flags) resolve() (*config, error) {
 		idleTimeout: 90 * time.Second, readHeaderTimeout: 10 * time.Second,
 		maxAttempts: 3, maxHeaderBytes: 64 << 10, maxConns: f.maxConns,
 		logLevel: f.logLevel, logJSON: f.logJSON,
+		recent: f.recent, traceUI: f.traceUI,
 	}
 	if err := lb.ValidatePolicy(f.balance); err != nil {
 		return nil, fmt.Errorf("invalid --balance: %w", err)
@@ -282,6 +299,12 @@ func (f *flags) resolve() (*config, error) {
 	}
 	if f.set["snapshot-file"] {
 		c.snapshotFile = f.snapshotFile
+	}
+	if f.set["recent"] {
+		c.recent = f.recent
+	}
+	if f.set["trace-ui"] {
+		c.traceUI = f.traceUI
 	}
 	if f.set["connect-timeout"] {
 		c.connectTimeout = f.connectTimeout
@@ -491,6 +514,12 @@ func (c *config) apply(path string, fc *fileConfig) error {
 	if fc.FastLane != nil {
 		c.fastLane = *fc.FastLane
 	}
+	if fc.Recent != nil {
+		c.recent = *fc.Recent
+	}
+	if fc.TraceUI != nil {
+		c.traceUI = *fc.TraceUI
+	}
 	for _, p := range fc.TrustedProxies {
 		pfx, err := parsePrefix(p)
 		if err != nil {
@@ -682,6 +711,14 @@ func (c *config) validate() error {
 	}
 	if len(c.listeners) == 0 {
 		return errors.New("no listener configured: give --listen ADDR --service NAME or a listener block")
+	}
+	if c.recent < 0 || c.recent > maxRecent {
+		return fmt.Errorf("invalid --recent %d: must be 0 (off) to %d", c.recent, maxRecent)
+	}
+	if c.traceUI != "" {
+		if err := admin.CheckTraceUI(c.traceUI); err != nil {
+			return fmt.Errorf("--trace-ui: %w", err)
+		}
 	}
 	return c.upstreamTLS.validate()
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/httpguard"
+	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
 	"github.com/meshlb/meshlb/tracing"
@@ -49,6 +50,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "requests" {
+		return runRequests(args[1:], stdout, stderr)
 	}
 	cfg, err := parseArgs(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -105,6 +109,8 @@ type agent struct {
 
 	saveMu   sync.Mutex
 	saveKick chan struct{}
+
+	recent *recent.Ring // nil with --recent 0
 }
 
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
@@ -133,6 +139,9 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 		a.ordered = append(a.ordered, s)
 	}
 	a.metrics = newMetrics(a.ordered)
+	if cfg.recent > 0 {
+		a.recent = recent.New(cfg.recent)
+	}
 	return a, nil
 }
 
@@ -425,6 +434,7 @@ func (a *agent) buildServers() error {
 				a.adminAPI.RecordFailure(service, instance, traceID, status, time.Now())
 			},
 			UpstreamTLS: a.upTLS,
+			Recorder:    a.recorder(),
 		}, routes)
 		if err != nil {
 			return fmt.Errorf("listener %q: %w", l.name, err)
@@ -516,7 +526,16 @@ func (a *agent) buildAdminAPI() {
 			return info
 		}})
 	}
-	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin")})
+	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
+		Recent: a.recent, TraceUI: a.cfg.traceUI})
+}
+
+// recorder is the proxies' Recorder: the ring of recent requests, or none.
+func (a *agent) recorder() proxy.Recorder {
+	if a.recent == nil {
+		return nil // not a nil *recent.Ring in a non-nil interface
+	}
+	return a.recent
 }
 
 // healthz answers 200 once every service has a pool (from Consul or from
