@@ -130,3 +130,41 @@ func TestRequestsNameTheServingPID(t *testing.T) {
 	page.WaitFor(t, ctx, "a request sent after the page opened",
 		`!!document.querySelector('#requests tbody tr[data-trace="`+newID+`"]') && window.meshlbNoReload === "still here"`)
 }
+
+// TestRecentBadInputIsRefused: bad --recent and --trace-ui values, and bad
+// `agent requests` filters, are refused with an error naming them, before
+// anything starts or any call is made.
+func TestRecentBadInputIsRefused(t *testing.T) {
+	serve := []string{"--listen", "127.0.0.1:0", "--service", "s", "--admin", "off"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"negative recent", append(serve, "--recent", "-1"), "invalid --recent -1"},
+		{"huge recent", append(serve, "--recent", "100000000"), "invalid --recent 100000000"},
+		{"relative trace ui", append(serve, "--trace-ui", "127.0.0.1:16686"), `"127.0.0.1:16686"`},
+		{"script trace ui", append(serve, "--trace-ui", "javascript:alert(1)"), `"javascript:alert(1)"`},
+		{"requests bad status", []string{"requests", "--status", "6xx"}, `invalid status "6xx"`},
+		{"requests bad trace id", []string{"requests", "--trace-id", "xyz"}, `invalid trace id "xyz"`},
+		{"requests bad slow", []string{"requests", "--slow", "-1s"}, "invalid --slow -1s"},
+		{"requests bad admin", []string{"requests", "--admin", "nohost"}, `invalid --admin "nohost"`},
+		{"requests argument", []string{"requests", "hello"}, `unexpected argument "hello"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			if code := run(tc.args, io.Discard, &out); code != exitBadInput {
+				t.Fatalf("exit %d, want %d; output:\n%s", code, exitBadInput, out.String())
+			}
+			if !strings.Contains(out.String(), tc.want) {
+				t.Errorf("error output %q does not name %q", out.String(), tc.want)
+			}
+		})
+	}
+	// No agent there: a failure that says where it looked.
+	var out strings.Builder
+	if code := run([]string{"requests", "--admin", "127.0.0.1:1", "--timeout", "2s"}, io.Discard, &out); code != exitFailure ||
+		!strings.Contains(out.String(), "127.0.0.1:1") {
+		t.Errorf("exit %d, output %q", code, out.String())
+	}
+}
