@@ -48,8 +48,21 @@ if [ "${MESHLB_NO_BUILD:-}" = "1" ]; then
   exit 1
 fi
 command -v go >/dev/null || { log "go is not on PATH; install Go 1.26 first"; exit 1; }
-log "building Jaeger all-in-one $version from the Go module proxy (several minutes on 2 cores the first time)"
+# One build at a time: a second run waits for the first, then finds the
+# cached binary.
 mkdir -p "$cache"
+exec 9>"$cache/jaeger-$version.lock"
+if ! flock -n 9; then
+  log "another install.sh is building Jaeger $version; waiting for it"
+  flock 9
+fi
+if [ -x "$cached_bin" ] && "$cached_bin" version >/dev/null 2>&1; then
+  mkdir -p "$repo_root/bin"
+  ln -sfn "$cached_bin" "$link"
+  echo "$link"
+  exit 0
+fi
+log "building Jaeger all-in-one $version from the Go module proxy (several minutes on 2 cores the first time)"
 work="$(mktemp -d "$cache/build-jaeger.XXXXXX")"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 
