@@ -43,7 +43,7 @@ func TestRequestsNameTheServingPID(t *testing.T) {
 
 	send := func(parent string) (pid int, traceResponse string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/hello?x=1", nil)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/?x=1", nil)
 		if parent != "" {
 			req.Header.Set("traceparent", parent)
 		}
@@ -92,7 +92,7 @@ func TestRequestsNameTheServingPID(t *testing.T) {
 		if !ok {
 			t.Fatalf("trace %s not in agent requests --json:\n%s", want.trace, out)
 		}
-		if l.Method != "GET" || l.Path != "/hello" || l.Status != 200 || l.Service != "hello" || len(l.Attempts) == 0 {
+		if l.Method != "GET" || l.Path != "/" || l.Status != 200 || l.Service != "hello" || len(l.Attempts) == 0 {
 			t.Errorf("request %+v", l)
 			continue
 		}
