@@ -71,7 +71,9 @@ func TestDemoFivePIDsAndCleanCtrlC(t *testing.T) {
 	}
 	binDir := strings.TrimSuffix(bins["agent"], "/agent")
 	taken := map[int]bool{}
-	start := 20000 + os.Getpid()%20000
+	// Below Linux's ephemeral range (32768-60999), where other tests'
+	// outgoing connections would take a port between check and bind.
+	start := 20000 + os.Getpid()%5000
 	port := findPorts(t, start, taken, 0, 1, 2, 3, 4, 5)              // the agent and 5 apps
 	consulPort := findPorts(t, start+100, taken, 0, 1000, 1001, 1002) // demo.sh puts serf/server at +1000..1002
 	adminPort := findPorts(t, start+200, taken, 0)
@@ -177,7 +179,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 	}
 	binDir := strings.TrimSuffix(bins["agent"], "/agent")
 	taken := map[int]bool{}
-	start := 30000 + os.Getpid()%20000
+	start := 25500 + os.Getpid()%5000 // below the ephemeral range, apart from the other demo test
 	port := findPorts(t, start, taken, 0, 1, 2, 3, 4, 5)
 	meshPort := findPorts(t, start+50, taken, 1, 2, 3, 4, 5)
 	consulPort := findPorts(t, start+100, taken, 0, 1000, 1001, 1002)
