@@ -32,8 +32,22 @@ if [ -x "$cached_bin" ] && "$cached_bin" version >/dev/null 2>&1; then
   exit 0
 fi
 
-# 3. build v1.16.1 from the Go module proxy.
+# 3. build v1.16.1 from the Go module proxy, one build at a time: a second
+# run (another clone, another test package) waits for the first and then
+# finds the cached binary.
 command -v go >/dev/null || { log "go is not on PATH; install Go 1.26 first"; exit 1; }
+mkdir -p "$cache"
+exec 9>"$cache/consul-$version.lock"
+if ! flock -n 9; then
+  log "another install.sh is building Consul $version; waiting for it"
+  flock 9
+fi
+if [ -x "$cached_bin" ] && "$cached_bin" version >/dev/null 2>&1; then
+  mkdir -p "$repo_root/bin"
+  ln -sfn "$cached_bin" "$link"
+  echo "$link"
+  exit 0
+fi
 log "building Consul $version from the Go module proxy (4-5 minutes on 2 cores the first time)"
 mkdir -p "$cache"
 work="$(mktemp -d "$cache/build.XXXXXX")"
