@@ -70,13 +70,13 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   echo
-  say "stopping: registrars drain and stop their apps, then the agent and Consul"
+  say "stopping: registrars drain and stop their apps, then the agent and Consul${jaeger_pid:+, then Jaeger}"
   # Registrars first (they deregister), then the agent, then Consul.
   for pid in "${reg_pids[@]:-}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${reg_pids[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
   [ -n "${agent_pid:-}" ] && kill -TERM "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
   [ -n "${consul_pid:-}" ] && kill -TERM "$consul_pid" 2>/dev/null && wait "$consul_pid" 2>/dev/null || true
-  [ -n "${jaeger_pid:-}" ] && kill -TERM "$jaeger_pid" 2>/dev/null && wait "$jaeger_pid" 2>/dev/null || true
+  [ -n "${jaeger_pid:-}" ] && kill -TERM "$jaeger_pid" 2>/dev/null && wait "$jaeger_watch" 2>/dev/null || true
   rm -rf "$state"
   say "stopped; logs were in $state (removed)"
 }
@@ -118,6 +118,7 @@ extensions:
         memory:
           max_traces: 10000
   jaeger_query:
+    enable_tracing: false
     storage:
       traces: demo_store
     http:
@@ -137,8 +138,19 @@ exporters:
     trace_storage: demo_store
 YAML
   say "starting Jaeger (OTLP/gRPC on 127.0.0.1:$OTLP_PORT, query API and UI on 127.0.0.1:$JAEGER_PORT)"
-  "$jaeger" --config "$state/jaeger.yaml" >"$state/jaeger.log" 2>&1 &
-  jaeger_pid=$!
+  # Jaeger runs in a session of its own, so that Ctrl-C (SIGINT to the
+  # terminal's process group) does not stop it before the agent and the
+  # registrars have flushed their last spans to it: cleanup stops it last.
+  # The watcher beside it stops it as well if this script dies uncleanly.
+  setsid bash -c '"$1" --config "$2" >"$3" 2>&1 &
+    j=$!; echo "$j" >"$4"
+    while kill -0 "$5" 2>/dev/null && kill -0 "$j" 2>/dev/null; do sleep 0.5; done
+    kill -TERM "$j" 2>/dev/null; wait "$j"' jaeger-watch \
+    "$jaeger" "$state/jaeger.yaml" "$state/jaeger.log" "$state/jaeger.pid" "$$" </dev/null >/dev/null 2>&1 &
+  jaeger_watch=$!
+  for _ in $(seq 1 50); do [ -s "$state/jaeger.pid" ] && break; sleep 0.1; done
+  jaeger_pid="$(cat "$state/jaeger.pid" 2>/dev/null || true)"
+  [ -n "$jaeger_pid" ] || die "Jaeger did not start"
   for _ in $(seq 1 150); do
     curl -fsS "http://127.0.0.1:$JAEGER_PORT/api/services" >/dev/null 2>&1 && ss -Hltn "sport = :$OTLP_PORT" | grep -q . && break
     kill -0 "$jaeger_pid" 2>/dev/null || { cat "$state/jaeger.log" >&2; die "Jaeger exited"; }

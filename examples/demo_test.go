@@ -210,7 +210,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 			t.Logf("demo output:\n%s", out.String())
 		}
 	})
-	testproc.WaitFor(t, 120*time.Second, "the demo to say it is ready", func() bool {
+	ready := testproc.WaitFor(t, 120*time.Second, "the demo to say it is ready", func() bool {
 		select {
 		case <-done:
 			t.Fatalf("demo exited early:\n%s", out.String())
@@ -218,6 +218,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 		}
 		return strings.Contains(out.String(), "meshlb demo is ready")
 	})
+	t.Logf("MEASURE demo TRACE=1 ready after: %v", ready)
 	for _, want := range []string{"agent status", "agent requests", fmt.Sprintf("http://127.0.0.1:%d/ ", adminPort),
 		fmt.Sprintf("127.0.0.1:%d/api/traces/", jaegerPort)} {
 		if !strings.Contains(out.String(), want) {
@@ -243,7 +244,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 	// Jaeger's query API: the trace, its spans and their processes.
 	var last jaegerSpan
 	var proc jaegerProcess
-	testproc.WaitFor(t, 30*time.Second, "Jaeger to hold the trace down to the serving process", func() bool {
+	exported := testproc.WaitFor(t, 30*time.Second, "Jaeger to hold the trace down to the serving process", func() bool {
 		tr, ok := fetchTrace(t, jaegerPort, traceID)
 		if !ok || len(tr.Spans) < 3 {
 			return false
@@ -257,6 +258,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 		proc = tr.Processes[last.ProcessID]
 		return proc.tag("process.pid") != ""
 	})
+	t.Logf("MEASURE request to its whole trace in Jaeger: %v", exported)
 	if got := proc.tag("process.pid"); got != strconv.Itoa(pid) {
 		t.Errorf("the trace's last span (%s, service %s) names process.pid %s; the app said %d", last.OperationName, proc.ServiceName, got, pid)
 	}
@@ -267,7 +269,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	testproc.WaitFor(t, 20*time.Second, "every demo port to be free, Jaeger's included", func() bool {
+	stopped := testproc.WaitFor(t, 20*time.Second, "every demo port to be free, Jaeger's included", func() bool {
 		for _, p := range ports {
 			if listening(p) {
 				return false
@@ -280,6 +282,7 @@ func TestDemoTraceShowsServingPID(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("demo still running 20s after Ctrl-C")
 	}
+	t.Logf("MEASURE demo TRACE=1 Ctrl-C to all ports free: %v", stopped)
 }
 
 type jaegerTrace struct {

@@ -74,7 +74,7 @@ cp -r "$moddir" "$work/src"
 chmod -R u+w "$work/src"
 cd "$work/src"
 go build -trimpath -o "$work/jaeger" ./cmd/jaeger
-"$work/jaeger" version >/dev/null
+"$work/jaeger" version >/dev/null 2>&1 || { log "the Jaeger just built does not run"; exit 1; }
 mkdir -p "$(dirname "$cached_bin")"
 mv "$work/jaeger" "$cached_bin"
 mkdir -p "$repo_root/bin"
