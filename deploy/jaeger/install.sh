@@ -7,7 +7,8 @@
 # Order: a `jaeger` already on PATH; else a cached build; else build the
 # Apache-2.0 all-in-one (github.com/jaegertracing/jaeger/cmd/jaeger, the
 # OpenTelemetry-collector based "v2" binary) at module version v1.75.0 from the
-# Go module proxy. The build is cached outside the clone, in
+# Go module proxy (v1.76.0 is served too, but is not an approved release in
+# this project's package index). The build is cached outside the clone, in
 # ${MESHLB_CACHE:-$HOME/.cache/meshlb}, and linked as bin/jaeger in the repo.
 # Idempotent: running it again prints the same path and builds nothing.
 #
