@@ -65,6 +65,8 @@ type Balancer struct {
 
 	pool atomic.Pointer[Pool]
 
+	serving servingState // which tier serves (tier.go)
+
 	mu      sync.Mutex // guards stats and version (writers only)
 	stats   map[string]*Stats
 	version uint64
@@ -167,9 +169,12 @@ func (b *Balancer) Pick(r *http.Request, tried []*Instance) (*Instance, error) {
 	if p == nil {
 		return nil, b.errNoPool
 	}
-	in := p.pick(r, tried)
+	in := p.pickTiers(r, tried, 0)
 	if in == nil {
 		return nil, b.errNoInstance
+	}
+	if len(tried) == 0 {
+		b.noteServing(p, in)
 	}
 	in.Stats.InFlight.Add(1)
 	in.Stats.Requests.Add(1)

@@ -36,6 +36,12 @@ type Instance struct {
 	// Stats is the long-lived per-instance state; set by the Balancer when
 	// the instance enters a pool.
 	Stats *Stats
+	// Datacenter is the Consul datacenter of the instance ("" when not
+	// known), Backup whether it is in a backup tier, and Tier the index of
+	// its tier in the pool (0 in an untiered pool); set by UpdateTiers.
+	Datacenter string
+	Backup     bool
+	Tier       int
 }
 
 // Stats is per-instance state that outlives pool snapshots. All fields are

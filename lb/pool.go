@@ -13,8 +13,9 @@ import (
 type Pool struct {
 	// Service is the service name.
 	Service string
-	// Instances are sorted by ID; their Stats are shared with other
-	// snapshots of the same balancer.
+	// Instances are sorted by ID (tier by tier in a tiered pool, see
+	// UpdateTiers); their Stats are shared with other snapshots of the same
+	// balancer.
 	Instances []*Instance
 	// Version increases by one with every Update of the balancer.
 	Version uint64
@@ -31,6 +32,10 @@ type Pool struct {
 	sched []int32
 	// ring is the consistent hash ring of hash policies, else nil.
 	ring *ring
+	// tiers are the pools of a tiered snapshot in serving order, nil when
+	// untiered; tierInfo describes them (see tier.go).
+	tiers    []*Pool
+	tierInfo []TierInfo
 }
 
 func newPool(service string, insts []*Instance, version uint64, pol policy) *Pool {

@@ -299,7 +299,7 @@ func (x *exchange) forward() {
 		held     *attempt // a draining 503, forwarded if no retry is possible
 	)
 	for n := 1; ; n++ {
-		inst, err := bal.Pick(r, tried)
+		inst, err := x.pick(bal, tried)
 		if err != nil {
 			switch {
 			case held != nil:
@@ -327,7 +327,7 @@ func (x *exchange) forward() {
 		if err != nil {
 			a.finish(x.failedResult(a, err), 0, err)
 			x.err = err
-			retry := n < x.p.cfg.MaxAttempts && x.retryable(a, err)
+			retry := x.triesLeft(inst, tried) && x.retryable(a, err)
 			if x.p.log.IsDebug() {
 				x.p.log.Debug("upstream attempt failed", "service", x.route.service,
 					"instance", inst.ID, "attempt", n, "retry", retry, "error", err)
@@ -342,7 +342,7 @@ func (x *exchange) forward() {
 		a.res = res
 		a.latency = time.Since(a.start)
 		if x.drainSignal(inst, res) && res.StatusCode == http.StatusServiceUnavailable &&
-			n < x.p.cfg.MaxAttempts && x.idempotent && x.replayable() && x.ctx.Err() == nil {
+			x.triesLeft(inst, tried) && x.idempotent && x.replayable() && x.ctx.Err() == nil {
 			// The instance said first-hand it is going away and did not
 			// serve: try another one, or pass its 503 on if none is left.
 			held = a

@@ -24,6 +24,8 @@ const (
 	attrInstanceHost = attribute.Key("meshlb.instance.host")
 	attrPolicy       = attribute.Key("meshlb.lb.policy")
 	attrAttempt      = attribute.Key("meshlb.attempt")
+	attrInstanceDC   = attribute.Key("meshlb.instance.datacenter")
+	attrInstanceTier = attribute.Key("meshlb.instance.tier")
 )
 
 func newTracer() trace.Tracer {
@@ -94,7 +96,7 @@ func (a *attempt) startClientSpan(ctx context.Context) context.Context {
 	if !a.span.IsRecording() {
 		return ctx
 	}
-	attrs := make([]attribute.KeyValue, 0, 10)
+	attrs := make([]attribute.KeyValue, 0, 12)
 	attrs = append(attrs,
 		methodAttr(x.r.Method),
 		semconv.ServerAddress(inst.Address),
@@ -116,6 +118,12 @@ func (a *attempt) startClientSpan(ctx context.Context) context.Context {
 	}
 	if a.n > 1 {
 		attrs = append(attrs, semconv.HTTPRequestResendCount(a.n-1))
+	}
+	if inst.Datacenter != "" {
+		attrs = append(attrs, attrInstanceDC.String(inst.Datacenter))
+	}
+	if inst.Backup {
+		attrs = append(attrs, attrInstanceTier.String("backup"))
 	}
 	a.span.SetAttributes(attrs...)
 	return ctx

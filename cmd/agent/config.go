@@ -42,6 +42,10 @@ Consul's Service.Weights), least_conn, random_two, p2c_ewma,
 hash:header:NAME, hash:cookie:NAME, hash:ip.
 Passive health: --max-fails consecutive failures eject an instance for
 --fail-timeout (doubling while it keeps failing), never all at once.
+Instances tagged "backup" (per service backup_tag) get requests only when no
+primary can take them, as nginx's backup servers; --failover-dc DC sends the
+traffic to another Consul datacenter (watched all the time) while no local
+instance passes (min_healthy in a failover block), and back.
 
 Instances tagged "https" (registrars with --mesh-tls-cert) are reached over
 TLS, verified against --upstream-tls-ca (default: the system roots); with
@@ -61,7 +65,13 @@ Flags:
 //
 //	consul { address = "127.0.0.1:8500"  stale = false }
 //	admin = "127.0.0.1:9070"
-//	service "hello" { balance = "round_robin"  max_fails = 3  fail_timeout = "10s" }
+//	service "hello" {
+//	  balance = "round_robin"  max_fails = 3  fail_timeout = "10s"  backup_tag = "backup"
+//	  failover {                       # or prepared_query = "NAME"
+//	    datacenters = ["dc2", "dc3"]
+//	    min_healthy = 1
+//	  }
+//	}
 //	listener "web" {
 //	  address = ":8070"
 //	  route { host = "api.example.com"  path_prefix = "/v1"  service = "hello" }
@@ -110,11 +120,20 @@ type fileProxy struct {
 }
 
 type fileService struct {
-	Name        string  `hcl:"name,label"`
-	Balance     *string `hcl:"balance,optional"`
-	Tag         *string `hcl:"tag,optional"`
-	MaxFails    *int    `hcl:"max_fails,optional"`
-	FailTimeout *string `hcl:"fail_timeout,optional"`
+	Name        string        `hcl:"name,label"`
+	Balance     *string       `hcl:"balance,optional"`
+	Tag         *string       `hcl:"tag,optional"`
+	MaxFails    *int          `hcl:"max_fails,optional"`
+	FailTimeout *string       `hcl:"fail_timeout,optional"`
+	BackupTag   *string       `hcl:"backup_tag,optional"`
+	Failover    *fileFailover `hcl:"failover,block"`
+}
+
+// fileFailover is a service's failover across Consul datacenters.
+type fileFailover struct {
+	Datacenters   []string `hcl:"datacenters,optional"`
+	MinHealthy    *int     `hcl:"min_healthy,optional"`
+	PreparedQuery *string  `hcl:"prepared_query,optional"`
 }
 
 type fileListener struct {
@@ -191,6 +210,11 @@ type serviceConfig struct {
 	name string
 	tag  string
 	lb   lb.Config
+	// failover ranks backups and failover datacenters (Service, Tag and
+	// Logger are filled in by the agent); hasFailover: set by a failover
+	// block, which --failover-dc does not override.
+	failover    discovery.FailoverConfig
+	hasFailover bool
 }
 
 type listenerConfig struct {
@@ -217,6 +241,7 @@ type flags struct {
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
 	stale, cached, accessLog, logJSON, fastLane               bool
 	trusted, adminAllow                                       cli.StringList
+	failoverDCs                                               cli.StringList
 	logLevel                                                  string
 	set                                                       map[string]bool
 	recent                                                    int
@@ -251,7 +276,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&f.maxFails, "max-fails", 3, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
 	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
-	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service, keep serving the last pool this long (a restarted Consul agent is empty until registrars re-register); 0 disables")
+	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service and may have lost its state (the watch failed or its index went backwards: a restarted Consul agent is empty until registrars re-register), keep serving the last pool this long; instances that went critical or were deregistered leave at once; 0 disables")
 	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
 	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
 	fs.IntVar(&f.maxConns, "max-conns", 10000, "client connections one listener keeps at once; over it new ones get 503 and are closed (nginx's worker_connections); 0 = no cap")
@@ -259,6 +284,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
 	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
+	fs.Var(&f.failoverDCs, "failover-dc", "Consul `DATACENTER` to fail over to when fewer than min_healthy (1) local instances pass (repeatable, in order; watched all the time); for every service without a failover block")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	fs.IntVar(&f.recent, "recent", recent.DefaultSize, "recent requests kept for `agent requests` and the status page (failed and slow ones kept longer); 0 = none")
@@ -422,6 +448,13 @@ func (f *flags) resolve() (*config, error) {
 	}
 	for i := range c.services {
 		s := &c.services[i]
+		if !s.hasFailover && len(f.failoverDCs) > 0 {
+			s.failover.Datacenters = append([]string(nil), f.failoverDCs...)
+			s.failover.Service = s.name
+			if err := s.failover.Validate(); err != nil {
+				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
+			}
+		}
 		if s.lb.MaxFails == 0 {
 			s.lb.MaxFails = f.maxFails
 		}
@@ -642,6 +675,32 @@ func (c *config) apply(path string, fc *fileConfig) error {
 				return wrap(err)
 			}
 			sc.lb.FailTimeout = d
+		}
+		sc.failover.Service = s.Name
+		if s.BackupTag != nil {
+			if *s.BackupTag == "" {
+				return wrap(fmt.Errorf("service %q: backup_tag is empty: leave it out for the default %q", s.Name, discovery.DefaultBackupTag))
+			}
+			sc.failover.BackupTag = *s.BackupTag
+		}
+		if fo := s.Failover; fo != nil {
+			sc.hasFailover = true
+			sc.failover.Datacenters = fo.Datacenters
+			if fo.MinHealthy != nil {
+				if *fo.MinHealthy < 1 {
+					return wrap(fmt.Errorf("service %q: invalid failover min_healthy %d: must be at least 1", s.Name, *fo.MinHealthy))
+				}
+				sc.failover.MinHealthy = *fo.MinHealthy
+			}
+			if fo.PreparedQuery != nil {
+				sc.failover.PreparedQuery = *fo.PreparedQuery
+			}
+			if len(fo.Datacenters) == 0 && sc.failover.PreparedQuery == "" {
+				return wrap(fmt.Errorf("service %q: the failover block needs datacenters = [...] or prepared_query", s.Name))
+			}
+		}
+		if err := sc.failover.Validate(); err != nil {
+			return wrap(err)
 		}
 		c.services = append(c.services, sc)
 	}

@@ -83,6 +83,7 @@ type serviceState struct {
 
 	mu         sync.Mutex  // serializes updates; never taken on the request path
 	emptyTimer *time.Timer // pending "pool became empty", see onUpdate
+	tiers      tierState   // backups and failover datacenters (failover.go)
 }
 
 type agent struct {
@@ -122,6 +123,7 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	a.upTLS, a.upCert = upTLS, upCert
 	copts := cfg.consul
 	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
+	copts.Watchers += failoverWatchers(cfg)
 	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
@@ -137,6 +139,9 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 		s := &serviceState{name: sc.name, balancer: b}
 		a.services[sc.name] = s
 		a.ordered = append(a.ordered, s)
+	}
+	if err := a.newFailovers(); err != nil {
+		return nil, err
 	}
 	a.metrics = newMetrics(a.ordered)
 	if cfg.recent > 0 {
@@ -217,6 +222,7 @@ func (a *agent) run() int {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = hub.Run(ctx) }()
 	}
+	a.runFailovers(ctx, &wg)
 	if a.cfg.snapshotFile != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.saveLoop(ctx) }()
@@ -309,9 +315,9 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 		s.emptyTimer.Stop()
 		s.emptyTimer = nil
 	}
-	if pool := s.balancer.Pool(); len(insts) == 0 && pool != nil && len(pool.Instances) > 0 && a.cfg.emptyGrace > 0 {
+	if len(insts) == 0 && s.tiers.local > 0 && a.cfg.emptyGrace > 0 && a.mayHaveLostState(s) {
 		a.log.Warn("consul reports no instances; keeping the last pool for the grace period in case Consul lost its state",
-			"service", s.name, "instances", len(pool.Instances), "grace", a.cfg.emptyGrace)
+			"service", s.name, "instances", s.tiers.local, "grace", a.cfg.emptyGrace)
 		s.emptyTimer = time.AfterFunc(a.cfg.emptyGrace, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -319,15 +325,12 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 				return
 			}
 			s.emptyTimer = nil
-			s.balancer.Update(nil)
 			a.log.Warn("pool emptied: consul still reports no instances after the grace period", "service", s.name)
-			a.kickSave()
+			a.setLocal(s, nil)
 		})
 		return
 	}
-	s.balancer.Update(insts)
-	a.log.Info("pool updated", "service", s.name, "instances", len(insts))
-	a.kickSave()
+	a.setLocal(s, insts)
 }
 
 // reloadCerts reads every listener's TLS files again (SIGHUP). New
@@ -607,7 +610,9 @@ func (a *agent) restoreSnapshot() {
 	}
 	for name, insts := range pools {
 		if s, ok := a.services[name]; ok && len(insts) > 0 {
-			s.balancer.Update(insts)
+			s.mu.Lock()
+			a.setLocal(s, insts)
+			s.mu.Unlock()
 			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.snapshotFile)
 		}
 	}
@@ -650,7 +655,11 @@ func (a *agent) saveSnapshot() {
 			continue
 		}
 		insts := make([]lb.Instance, 0, len(pool.Instances))
+		tiers := pool.Tiers()
 		for _, in := range pool.Instances {
+			if in.Tier < len(tiers) && tiers[in.Tier].Remote {
+				continue // another datacenter's: not for a restart's local pool
+			}
 			c := *in
 			c.Stats = nil
 			insts = append(insts, c)

@@ -110,10 +110,17 @@ var (
 	descWatchErr   = prometheus.NewDesc("meshlb_consul_watch_errors_total", "Failed Consul queries of the service's watch.", []string{"service"}, nil)
 	descStaleness  = prometheus.NewDesc("meshlb_consul_staleness_seconds", "Seconds since the service's watch last heard from Consul.", []string{"service"}, nil)
 	descWatchIndex = prometheus.NewDesc("meshlb_consul_index", "Last Consul index seen by the service's watch.", []string{"service"}, nil)
+	descServing    = prometheus.NewDesc("meshlb_serving_tier", "1 for the tier (primary or backup) and datacenter that take the service's new requests.", []string{"service", "tier", "datacenter"}, nil)
+	descServingIdx = prometheus.NewDesc("meshlb_serving_tier_index", "Position of the serving tier: 0 the local primaries, higher a backup or failover tier.", []string{"service"}, nil)
+	descServSince  = prometheus.NewDesc("meshlb_serving_tier_since_seconds", "Unix time at which the serving tier began to serve.", []string{"service"}, nil)
+	descSwitches   = prometheus.NewDesc("meshlb_tier_switches_total", "Switches of the serving tier (to backups, to another datacenter and back).", []string{"service"}, nil)
+	descTierSize   = prometheus.NewDesc("meshlb_tier_instances", "Instances in each tier of the service's pool.", []string{"service", "tier", "datacenter"}, nil)
+	descDCFailing  = prometheus.NewDesc("meshlb_failover_datacenter_up", "1 while the failover datacenter's Consul reads succeed (its instances count), 0 while they fail.", []string{"service", "datacenter"}, nil)
 )
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPoolSize, descInFlight, descInstReq, descInstFail, descEjected, descDraining, descWatchErr, descStaleness, descWatchIndex} {
+	for _, d := range []*prometheus.Desc{descPoolSize, descInFlight, descInstReq, descInstFail, descEjected, descDraining, descWatchErr, descStaleness, descWatchIndex,
+		descServing, descServingIdx, descServSince, descSwitches, descTierSize, descDCFailing} {
 		ch <- d
 	}
 }
@@ -130,6 +137,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		ch <- prometheus.MustNewConstMetric(descPoolSize, prometheus.GaugeValue, float64(n), s.name)
+		if pool != nil {
+			collectTiers(ch, s, pool)
+		}
 		if s.watcher != nil {
 			st := s.watcher.Status()
 			ch <- prometheus.MustNewConstMetric(descWatchErr, prometheus.CounterValue, float64(st.Errors), s.name)
@@ -159,4 +169,27 @@ func collectInstance(ch chan<- prometheus.Metric, service string, in *lb.Instanc
 		dr = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, dr, service, in.ID)
+}
+
+// collectTiers exports the serving tier and the tiers' sizes.
+func collectTiers(ch chan<- prometheus.Metric, s *serviceState, pool *lb.Pool) {
+	sv := s.balancer.Serving()
+	ch <- prometheus.MustNewConstMetric(descServing, prometheus.GaugeValue, 1, s.name, sv.Tier.Name(), sv.Tier.Datacenter)
+	ch <- prometheus.MustNewConstMetric(descServingIdx, prometheus.GaugeValue, float64(sv.Index), s.name)
+	if !sv.Since.IsZero() {
+		ch <- prometheus.MustNewConstMetric(descServSince, prometheus.GaugeValue, float64(sv.Since.UnixNano())/1e9, s.name)
+	}
+	ch <- prometheus.MustNewConstMetric(descSwitches, prometheus.CounterValue, float64(sv.Switches), s.name)
+	for _, t := range pool.Tiers() {
+		ch <- prometheus.MustNewConstMetric(descTierSize, prometheus.GaugeValue, float64(t.Size), s.name, t.Name(), t.Datacenter)
+	}
+	if f := s.tiers.failover; f != nil {
+		for _, dc := range f.Datacenters() {
+			up := 1.0
+			if dc.Failing {
+				up = 0
+			}
+			ch <- prometheus.MustNewConstMetric(descDCFailing, prometheus.GaugeValue, up, s.name, dc.Datacenter)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -195,6 +196,9 @@ func printPools(w io.Writer, resp *adminpb.ListPoolsResponse) error {
 			return err
 		}
 	}
+	if err := printServing(w, resp); err != nil {
+		return err
+	}
 	for _, p := range resp.GetPools() {
 		wi := p.GetWatch()
 		if wi.GetLastError() == "" {
@@ -206,6 +210,38 @@ func printPools(w io.Writer, resp *adminpb.ListPoolsResponse) error {
 		}
 		if _, err := fmt.Fprintf(w, "\n%s: discovery failing (%d errors, last success %s): %s\n",
 			p.GetService(), wi.GetErrors(), last, wi.GetLastError()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printServing writes, for every pool with backups or failover datacenters
+// (or that switched tiers), which tier serves, since when and why.
+func printServing(w io.Writer, resp *adminpb.ListPoolsResponse) error {
+	for _, p := range resp.GetPools() {
+		sv := p.GetServing()
+		if sv == nil || (len(p.GetTiers()) < 2 && sv.GetSwitches() == 0 && !sv.GetRemote() && sv.GetTier() != "backup") {
+			continue
+		}
+		var tiers []string
+		for _, t := range p.GetTiers() {
+			name := "primary"
+			if t.GetBackup() {
+				name = "backup"
+			}
+			tiers = append(tiers, fmt.Sprintf("%s %s (%d)", cmp.Or(t.GetDatacenter(), "local"), name, t.GetInstances()))
+		}
+		since := "-"
+		if sv.GetSince() != nil {
+			since = sv.GetSince().AsTime().Local().Format(time.DateTime)
+		}
+		line := fmt.Sprintf("\n%s: serving %s %s since %s, %d switches; tiers: %s\n", p.GetService(),
+			cmp.Or(sv.GetDatacenter(), "local"), sv.GetTier(), since, sv.GetSwitches(), strings.Join(tiers, ", "))
+		if sv.GetReason() != "" {
+			line += fmt.Sprintf("%s: last switch: %s\n", p.GetService(), sv.GetReason())
+		}
+		if _, err := io.WriteString(w, line); err != nil {
 			return err
 		}
 	}

@@ -7,7 +7,9 @@ GET / answers "Hello from Process Id = <pid>". Run one per port:
 
 It needs Tornado (Debian: apt-get install python3-tornado). For tests it also
 offers /slow?ms=N (answers after N ms), /echo (POST: echoes the body and
-counts it in /count), and /count (how many POSTs each body was seen).
+counts it in /count, and with --journal=FILE appends it to FILE before
+answering, so the record survives SIGKILL), and /count (how many POSTs each
+body was seen).
 """
 import asyncio
 import os
@@ -19,9 +21,11 @@ from tornado.options import define, options, parse_command_line
 
 define("port", default=8071, type=int, help="port to listen on")
 define("address", default="127.0.0.1", help="address to listen on")
+define("journal", default="", help="file each POST /echo body is appended to (one line, written before the answer: it survives SIGKILL)")
 
 PID = os.getpid()
 SEEN = {}
+JOURNAL = None  # fd of --journal, opened O_APPEND: one write(2) per POST
 
 
 class MainHandler(tornado.web.RequestHandler):
@@ -44,6 +48,8 @@ class EchoHandler(tornado.web.RequestHandler):
         ms = int(self.get_argument("ms", "0"))
         body = self.request.body.decode("utf-8", "replace")
         SEEN[body] = SEEN.get(body, 0) + 1
+        if JOURNAL is not None:
+            os.write(JOURNAL, (body.replace("\n", " ") + "\n").encode("utf-8"))
         if ms:
             await asyncio.sleep(ms / 1000.0)
         self.write("pid=%d body=%s" % (PID, body))
@@ -64,7 +70,10 @@ def make_app():
 
 
 def main():
+    global JOURNAL
     parse_command_line()
+    if options.journal:
+        JOURNAL = os.open(options.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     app = make_app()
     app.listen(options.port, address=options.address)
     loop = tornado.ioloop.IOLoop.current()

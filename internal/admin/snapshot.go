@@ -41,6 +41,9 @@ func instanceProto(in *lb.Instance, now time.Time) *adminpb.Instance {
 		State:   instanceState(in, now),
 		Weight:  int32(min(in.Weight, 1<<30)),
 		Tags:    in.Tags,
+
+		Datacenter: in.Datacenter,
+		Backup:     in.Backup,
 	}
 	if st := in.Stats; st != nil {
 		pi.InFlight = st.InFlight.Load()
@@ -68,6 +71,7 @@ func poolProto(svc *Service, now time.Time) *adminpb.Pool {
 		for i, in := range p.Instances {
 			pp.Instances[i] = instanceProto(in, now)
 		}
+		pp.Tiers, pp.Serving = tiersProto(svc.Balancer, p)
 	}
 	if svc.Status != nil {
 		w := svc.Status()
@@ -95,4 +99,20 @@ func (s *Server) listPools(svcs []*Service) *adminpb.ListPoolsResponse {
 		resp.Pools = append(resp.Pools, poolProto(svc, now))
 	}
 	return resp
+}
+
+// tiersProto describes the pool's tiers and the one serving.
+func tiersProto(b *lb.Balancer, p *lb.Pool) ([]*adminpb.Tier, *adminpb.Serving) {
+	infos := p.Tiers()
+	tiers := make([]*adminpb.Tier, len(infos))
+	for i, t := range infos {
+		tiers[i] = &adminpb.Tier{Datacenter: t.Datacenter, Backup: t.Backup, Remote: t.Remote, Instances: int32(min(t.Size, 1<<30))}
+	}
+	s := b.Serving()
+	ps := &adminpb.Serving{Tier: s.Tier.Name(), Datacenter: s.Tier.Datacenter, Remote: s.Tier.Remote,
+		Index: int32(s.Index), Reason: s.Reason, Switches: s.Switches}
+	if !s.Since.IsZero() {
+		ps.Since = timestamppb.New(s.Since)
+	}
+	return tiers, ps
 }

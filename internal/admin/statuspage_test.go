@@ -45,6 +45,16 @@ func TestStatusPageLive(t *testing.T) {
 	if got := page.eval(t, ctx, `document.getElementById("conn").textContent`); got != "live" {
 		t.Errorf("connection indicator = %v, want live", got)
 	}
+
+	// A backup tier: with web-a draining, the backup serves, and the page
+	// says so.
+	web.UpdateTiers([]lb.Tier{
+		{Datacenter: "dc1", Instances: []lb.Instance{inst("web", "web-a", 8071)}},
+		{Datacenter: "dc1", Backup: true, Instances: []lb.Instance{inst("web", "web-c", 8073)}},
+	})
+	page.waitFor(t, ctx, "the serving backup tier",
+		`!!document.querySelector('[data-service="web"] [data-serving="dc1 backup"]') &&
+		 document.querySelector('tr[data-instance="web-c"]').textContent.includes("backup")`)
 }
 
 // The browser itself is internal/browsertest; these adapters keep the

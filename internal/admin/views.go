@@ -20,6 +20,28 @@ type PoolView struct {
 	Updated   *time.Time     `json:"updated,omitempty"`
 	Instances []InstanceView `json:"instances"`
 	Watch     *WatchView     `json:"watch,omitempty"`
+	Serving   *ServingView   `json:"serving,omitempty"`
+	Tiers     []TierView     `json:"tiers,omitempty"`
+}
+
+// ServingView is the tier new requests go to ("primary" or "backup"), in
+// which datacenter, since when and why.
+type ServingView struct {
+	Tier       string     `json:"tier"`
+	Datacenter string     `json:"datacenter,omitempty"`
+	Remote     bool       `json:"remote"`
+	Index      int32      `json:"index"`
+	Since      *time.Time `json:"since,omitempty"`
+	Reason     string     `json:"reason,omitempty"`
+	Switches   uint64     `json:"switches"`
+}
+
+// TierView is one tier of a pool.
+type TierView struct {
+	Datacenter string `json:"datacenter,omitempty"`
+	Backup     bool   `json:"backup"`
+	Remote     bool   `json:"remote"`
+	Instances  int32  `json:"instances"`
 }
 
 // WatchView is the state of a pool's discovery watch.
@@ -46,6 +68,8 @@ type InstanceView struct {
 	Tags                []string   `json:"tags,omitempty"`
 	ConsecutiveFailures int32      `json:"consecutive_failures"`
 	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
+	Datacenter          string     `json:"datacenter,omitempty"`
+	Backup              bool       `json:"backup,omitempty"`
 }
 
 // EventView is a pool change. Kind is "joined", "left", "ejected",
@@ -106,6 +130,17 @@ func ViewPool(p *adminpb.Pool) PoolView {
 			v.Watch.LastSuccess = &t
 		}
 	}
+	if sv := p.GetServing(); sv != nil {
+		v.Serving = &ServingView{Tier: sv.GetTier(), Datacenter: sv.GetDatacenter(), Remote: sv.GetRemote(),
+			Index: sv.GetIndex(), Reason: sv.GetReason(), Switches: sv.GetSwitches()}
+		if sv.GetSince() != nil {
+			t := sv.GetSince().AsTime()
+			v.Serving.Since = &t
+		}
+	}
+	for _, t := range p.GetTiers() {
+		v.Tiers = append(v.Tiers, TierView{Datacenter: t.GetDatacenter(), Backup: t.GetBackup(), Remote: t.GetRemote(), Instances: t.GetInstances()})
+	}
 	return v
 }
 
@@ -123,6 +158,8 @@ func ViewInstance(in *adminpb.Instance) InstanceView {
 		Weight:              in.GetWeight(),
 		Tags:                in.GetTags(),
 		ConsecutiveFailures: in.GetConsecutiveFailures(),
+		Datacenter:          in.GetDatacenter(),
+		Backup:              in.GetBackup(),
 	}
 	if d := in.GetEwmaLatency(); d != nil {
 		v.EWMAMillis = float64(d.AsDuration().Microseconds()) / 1000

@@ -145,7 +145,7 @@ func (x PoolEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PoolEvent_Kind.Descriptor instead.
 func (PoolEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{6, 0}
+	return file_admin_proto_rawDescGZIP(), []int{8, 0}
 }
 
 type ListPoolsRequest struct {
@@ -264,7 +264,13 @@ type Pool struct {
 	// Instances, sorted by ID.
 	Instances []*Instance `protobuf:"bytes,6,rep,name=instances,proto3" json:"instances,omitempty"`
 	// Watch describes the discovery watch feeding this pool, if known.
-	Watch         *WatchInfo `protobuf:"bytes,7,opt,name=watch,proto3" json:"watch,omitempty"`
+	Watch *WatchInfo `protobuf:"bytes,7,opt,name=watch,proto3" json:"watch,omitempty"`
+	// Serving says which tier (and datacenter) new requests go to, since
+	// when and why.
+	Serving *Serving `protobuf:"bytes,8,opt,name=serving,proto3" json:"serving,omitempty"`
+	// Tiers are the pool's tiers in serving order: the local primaries, the
+	// local backups (Consul tag "backup"), then each failover datacenter's.
+	Tiers         []*Tier `protobuf:"bytes,9,rep,name=tiers,proto3" json:"tiers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -348,6 +354,189 @@ func (x *Pool) GetWatch() *WatchInfo {
 	return nil
 }
 
+func (x *Pool) GetServing() *Serving {
+	if x != nil {
+		return x.Serving
+	}
+	return nil
+}
+
+func (x *Pool) GetTiers() []*Tier {
+	if x != nil {
+		return x.Tiers
+	}
+	return nil
+}
+
+// Tier is one rank of a pool: requests go to the first tier that has an
+// instance that can take them.
+type Tier struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Datacenter is the Consul datacenter (empty: the local one, not known).
+	Datacenter string `protobuf:"bytes,1,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// Backup is true for instances tagged as backups.
+	Backup bool `protobuf:"varint,2,opt,name=backup,proto3" json:"backup,omitempty"`
+	// Remote is true for a failover datacenter.
+	Remote        bool  `protobuf:"varint,3,opt,name=remote,proto3" json:"remote,omitempty"`
+	Instances     int32 `protobuf:"varint,4,opt,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tier) Reset() {
+	*x = Tier{}
+	mi := &file_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tier) ProtoMessage() {}
+
+func (x *Tier) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tier.ProtoReflect.Descriptor instead.
+func (*Tier) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Tier) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *Tier) GetBackup() bool {
+	if x != nil {
+		return x.Backup
+	}
+	return false
+}
+
+func (x *Tier) GetRemote() bool {
+	if x != nil {
+		return x.Remote
+	}
+	return false
+}
+
+func (x *Tier) GetInstances() int32 {
+	if x != nil {
+		return x.Instances
+	}
+	return 0
+}
+
+// Serving is the tier that takes new requests.
+type Serving struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tier is "primary" or "backup".
+	Tier       string `protobuf:"bytes,1,opt,name=tier,proto3" json:"tier,omitempty"`
+	Datacenter string `protobuf:"bytes,2,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	Remote     bool   `protobuf:"varint,3,opt,name=remote,proto3" json:"remote,omitempty"`
+	// Index is the tier's position in Pool.tiers.
+	Index int32                  `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	// Reason says why the last switch happened (empty before any).
+	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Switches      uint64 `protobuf:"varint,7,opt,name=switches,proto3" json:"switches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Serving) Reset() {
+	*x = Serving{}
+	mi := &file_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Serving) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Serving) ProtoMessage() {}
+
+func (x *Serving) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Serving.ProtoReflect.Descriptor instead.
+func (*Serving) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Serving) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
+}
+
+func (x *Serving) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *Serving) GetRemote() bool {
+	if x != nil {
+		return x.Remote
+	}
+	return false
+}
+
+func (x *Serving) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Serving) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Serving) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Serving) GetSwitches() uint64 {
+	if x != nil {
+		return x.Switches
+	}
+	return 0
+}
+
 // WatchInfo is the state of the discovery (Consul) watch of a service.
 type WatchInfo struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -364,7 +553,7 @@ type WatchInfo struct {
 
 func (x *WatchInfo) Reset() {
 	*x = WatchInfo{}
-	mi := &file_admin_proto_msgTypes[3]
+	mi := &file_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -376,7 +565,7 @@ func (x *WatchInfo) String() string {
 func (*WatchInfo) ProtoMessage() {}
 
 func (x *WatchInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[3]
+	mi := &file_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -389,7 +578,7 @@ func (x *WatchInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInfo.ProtoReflect.Descriptor instead.
 func (*WatchInfo) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{3}
+	return file_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WatchInfo) GetLastSuccess() *timestamppb.Timestamp {
@@ -444,13 +633,17 @@ type Instance struct {
 	// Ejected_until is set while the instance is ejected.
 	EjectedUntil        *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=ejected_until,json=ejectedUntil,proto3" json:"ejected_until,omitempty"`
 	ConsecutiveFailures int32                  `protobuf:"varint,13,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Datacenter is the instance's Consul datacenter (empty when not known).
+	Datacenter string `protobuf:"bytes,14,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// Backup is true for a backup instance (nginx's backup).
+	Backup        bool `protobuf:"varint,15,opt,name=backup,proto3" json:"backup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_admin_proto_msgTypes[4]
+	mi := &file_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +655,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[4]
+	mi := &file_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +668,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{4}
+	return file_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Instance) GetId() string {
@@ -569,6 +762,20 @@ func (x *Instance) GetConsecutiveFailures() int32 {
 	return 0
 }
 
+func (x *Instance) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *Instance) GetBackup() bool {
+	if x != nil {
+		return x.Backup
+	}
+	return false
+}
+
 type WatchPoolsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Services limits the events to these service names; empty means all.
@@ -583,7 +790,7 @@ type WatchPoolsRequest struct {
 
 func (x *WatchPoolsRequest) Reset() {
 	*x = WatchPoolsRequest{}
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +802,7 @@ func (x *WatchPoolsRequest) String() string {
 func (*WatchPoolsRequest) ProtoMessage() {}
 
 func (x *WatchPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +815,7 @@ func (x *WatchPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPoolsRequest.ProtoReflect.Descriptor instead.
 func (*WatchPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{5}
+	return file_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchPoolsRequest) GetServices() []string {
@@ -648,7 +855,7 @@ type PoolEvent struct {
 
 func (x *PoolEvent) Reset() {
 	*x = PoolEvent{}
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +867,7 @@ func (x *PoolEvent) String() string {
 func (*PoolEvent) ProtoMessage() {}
 
 func (x *PoolEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +880,7 @@ func (x *PoolEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolEvent.ProtoReflect.Descriptor instead.
 func (*PoolEvent) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{6}
+	return file_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PoolEvent) GetSeq() uint64 {
@@ -721,7 +928,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +940,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +953,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{7}
+	return file_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DrainRequest) GetService() string {
@@ -775,7 +982,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +994,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1007,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{8}
+	return file_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DrainResponse) GetInstance() *Instance {
@@ -827,7 +1034,7 @@ type UndrainRequest struct {
 
 func (x *UndrainRequest) Reset() {
 	*x = UndrainRequest{}
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1046,7 @@ func (x *UndrainRequest) String() string {
 func (*UndrainRequest) ProtoMessage() {}
 
 func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1059,7 @@ func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainRequest.ProtoReflect.Descriptor instead.
 func (*UndrainRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{9}
+	return file_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UndrainRequest) GetService() string {
@@ -880,7 +1087,7 @@ type UndrainResponse struct {
 
 func (x *UndrainResponse) Reset() {
 	*x = UndrainResponse{}
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1099,7 @@ func (x *UndrainResponse) String() string {
 func (*UndrainResponse) ProtoMessage() {}
 
 func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1112,7 @@ func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndrainResponse.ProtoReflect.Descriptor instead.
 func (*UndrainResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{10}
+	return file_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UndrainResponse) GetInstance() *Instance {
@@ -944,7 +1151,7 @@ type ListRequestsRequest struct {
 
 func (x *ListRequestsRequest) Reset() {
 	*x = ListRequestsRequest{}
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1163,7 @@ func (x *ListRequestsRequest) String() string {
 func (*ListRequestsRequest) ProtoMessage() {}
 
 func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1176,7 @@ func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{11}
+	return file_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListRequestsRequest) GetFailed() bool {
@@ -1029,7 +1236,7 @@ type ListRequestsResponse struct {
 
 func (x *ListRequestsResponse) Reset() {
 	*x = ListRequestsResponse{}
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1248,7 @@ func (x *ListRequestsResponse) String() string {
 func (*ListRequestsResponse) ProtoMessage() {}
 
 func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1261,7 @@ func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{12}
+	return file_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListRequestsResponse) GetRequests() []*RequestRecord {
@@ -1121,7 +1328,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1340,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1353,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{13}
+	return file_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RequestRecord) GetSeq() uint64 {
@@ -1284,7 +1491,7 @@ type RequestAttempt struct {
 
 func (x *RequestAttempt) Reset() {
 	*x = RequestAttempt{}
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1503,7 @@ func (x *RequestAttempt) String() string {
 func (*RequestAttempt) ProtoMessage() {}
 
 func (x *RequestAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1516,7 @@ func (x *RequestAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAttempt.ProtoReflect.Descriptor instead.
 func (*RequestAttempt) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{14}
+	return file_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RequestAttempt) GetNumber() uint32 {
@@ -1377,7 +1584,7 @@ const file_admin_proto_rawDesc = "" +
 	"\bservices\x18\x01 \x03(\tR\bservices\"f\n" +
 	"\x11ListPoolsResponse\x12+\n" +
 	"\x05pools\x18\x01 \x03(\v2\x15.meshlb.admin.v1.PoolR\x05pools\x12$\n" +
-	"\x0elast_event_seq\x18\x02 \x01(\x04R\flastEventSeq\"\x8e\x02\n" +
+	"\x0elast_event_seq\x18\x02 \x01(\x04R\flastEventSeq\"\xef\x02\n" +
 	"\x04Pool\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x19\n" +
@@ -1385,13 +1592,32 @@ const file_admin_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\x04R\aversion\x124\n" +
 	"\aupdated\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aupdated\x127\n" +
 	"\tinstances\x18\x06 \x03(\v2\x19.meshlb.admin.v1.InstanceR\tinstances\x120\n" +
-	"\x05watch\x18\a \x01(\v2\x1a.meshlb.admin.v1.WatchInfoR\x05watch\"\x97\x01\n" +
+	"\x05watch\x18\a \x01(\v2\x1a.meshlb.admin.v1.WatchInfoR\x05watch\x122\n" +
+	"\aserving\x18\b \x01(\v2\x18.meshlb.admin.v1.ServingR\aserving\x12+\n" +
+	"\x05tiers\x18\t \x03(\v2\x15.meshlb.admin.v1.TierR\x05tiers\"t\n" +
+	"\x04Tier\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x01 \x01(\tR\n" +
+	"datacenter\x12\x16\n" +
+	"\x06backup\x18\x02 \x01(\bR\x06backup\x12\x16\n" +
+	"\x06remote\x18\x03 \x01(\bR\x06remote\x12\x1c\n" +
+	"\tinstances\x18\x04 \x01(\x05R\tinstances\"\xd1\x01\n" +
+	"\aServing\x12\x12\n" +
+	"\x04tier\x18\x01 \x01(\tR\x04tier\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x02 \x01(\tR\n" +
+	"datacenter\x12\x16\n" +
+	"\x06remote\x18\x03 \x01(\bR\x06remote\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x05R\x05index\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bswitches\x18\a \x01(\x04R\bswitches\"\x97\x01\n" +
 	"\tWatchInfo\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\x02 \x01(\tR\tlastError\x12\x16\n" +
 	"\x06errors\x18\x03 \x01(\x04R\x06errors\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xc3\x03\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\xfb\x03\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x10\n" +
@@ -1406,7 +1632,11 @@ const file_admin_proto_rawDesc = "" +
 	" \x01(\x05R\x06weight\x12\x12\n" +
 	"\x04tags\x18\v \x03(\tR\x04tags\x12?\n" +
 	"\rejected_until\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\fejectedUntil\x121\n" +
-	"\x14consecutive_failures\x18\r \x01(\x05R\x13consecutiveFailures\"d\n" +
+	"\x14consecutive_failures\x18\r \x01(\x05R\x13consecutiveFailures\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x0e \x01(\tR\n" +
+	"datacenter\x12\x16\n" +
+	"\x06backup\x18\x0f \x01(\bR\x06backup\"d\n" +
 	"\x11WatchPoolsRequest\x12\x1a\n" +
 	"\bservices\x18\x01 \x03(\tR\bservices\x12\x16\n" +
 	"\x06replay\x18\x02 \x01(\bR\x06replay\x12\x1b\n" +
@@ -1507,63 +1737,68 @@ func file_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_admin_proto_goTypes = []any{
 	(InstanceState)(0),            // 0: meshlb.admin.v1.InstanceState
 	(PoolEvent_Kind)(0),           // 1: meshlb.admin.v1.PoolEvent.Kind
 	(*ListPoolsRequest)(nil),      // 2: meshlb.admin.v1.ListPoolsRequest
 	(*ListPoolsResponse)(nil),     // 3: meshlb.admin.v1.ListPoolsResponse
 	(*Pool)(nil),                  // 4: meshlb.admin.v1.Pool
-	(*WatchInfo)(nil),             // 5: meshlb.admin.v1.WatchInfo
-	(*Instance)(nil),              // 6: meshlb.admin.v1.Instance
-	(*WatchPoolsRequest)(nil),     // 7: meshlb.admin.v1.WatchPoolsRequest
-	(*PoolEvent)(nil),             // 8: meshlb.admin.v1.PoolEvent
-	(*DrainRequest)(nil),          // 9: meshlb.admin.v1.DrainRequest
-	(*DrainResponse)(nil),         // 10: meshlb.admin.v1.DrainResponse
-	(*UndrainRequest)(nil),        // 11: meshlb.admin.v1.UndrainRequest
-	(*UndrainResponse)(nil),       // 12: meshlb.admin.v1.UndrainResponse
-	(*ListRequestsRequest)(nil),   // 13: meshlb.admin.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil),  // 14: meshlb.admin.v1.ListRequestsResponse
-	(*RequestRecord)(nil),         // 15: meshlb.admin.v1.RequestRecord
-	(*RequestAttempt)(nil),        // 16: meshlb.admin.v1.RequestAttempt
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*Tier)(nil),                  // 5: meshlb.admin.v1.Tier
+	(*Serving)(nil),               // 6: meshlb.admin.v1.Serving
+	(*WatchInfo)(nil),             // 7: meshlb.admin.v1.WatchInfo
+	(*Instance)(nil),              // 8: meshlb.admin.v1.Instance
+	(*WatchPoolsRequest)(nil),     // 9: meshlb.admin.v1.WatchPoolsRequest
+	(*PoolEvent)(nil),             // 10: meshlb.admin.v1.PoolEvent
+	(*DrainRequest)(nil),          // 11: meshlb.admin.v1.DrainRequest
+	(*DrainResponse)(nil),         // 12: meshlb.admin.v1.DrainResponse
+	(*UndrainRequest)(nil),        // 13: meshlb.admin.v1.UndrainRequest
+	(*UndrainResponse)(nil),       // 14: meshlb.admin.v1.UndrainResponse
+	(*ListRequestsRequest)(nil),   // 15: meshlb.admin.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),  // 16: meshlb.admin.v1.ListRequestsResponse
+	(*RequestRecord)(nil),         // 17: meshlb.admin.v1.RequestRecord
+	(*RequestAttempt)(nil),        // 18: meshlb.admin.v1.RequestAttempt
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
 }
 var file_admin_proto_depIdxs = []int32{
 	4,  // 0: meshlb.admin.v1.ListPoolsResponse.pools:type_name -> meshlb.admin.v1.Pool
-	17, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
-	6,  // 2: meshlb.admin.v1.Pool.instances:type_name -> meshlb.admin.v1.Instance
-	5,  // 3: meshlb.admin.v1.Pool.watch:type_name -> meshlb.admin.v1.WatchInfo
-	17, // 4: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
-	0,  // 5: meshlb.admin.v1.Instance.state:type_name -> meshlb.admin.v1.InstanceState
-	18, // 6: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
-	17, // 7: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
-	17, // 8: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
-	1,  // 9: meshlb.admin.v1.PoolEvent.kind:type_name -> meshlb.admin.v1.PoolEvent.Kind
-	6,  // 10: meshlb.admin.v1.PoolEvent.instance:type_name -> meshlb.admin.v1.Instance
-	6,  // 11: meshlb.admin.v1.DrainResponse.instance:type_name -> meshlb.admin.v1.Instance
-	6,  // 12: meshlb.admin.v1.UndrainResponse.instance:type_name -> meshlb.admin.v1.Instance
-	18, // 13: meshlb.admin.v1.ListRequestsRequest.min_latency:type_name -> google.protobuf.Duration
-	15, // 14: meshlb.admin.v1.ListRequestsResponse.requests:type_name -> meshlb.admin.v1.RequestRecord
-	17, // 15: meshlb.admin.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	18, // 16: meshlb.admin.v1.RequestRecord.latency:type_name -> google.protobuf.Duration
-	16, // 17: meshlb.admin.v1.RequestRecord.attempts:type_name -> meshlb.admin.v1.RequestAttempt
-	18, // 18: meshlb.admin.v1.RequestAttempt.latency:type_name -> google.protobuf.Duration
-	2,  // 19: meshlb.admin.v1.Admin.ListPools:input_type -> meshlb.admin.v1.ListPoolsRequest
-	7,  // 20: meshlb.admin.v1.Admin.WatchPools:input_type -> meshlb.admin.v1.WatchPoolsRequest
-	9,  // 21: meshlb.admin.v1.Admin.Drain:input_type -> meshlb.admin.v1.DrainRequest
-	11, // 22: meshlb.admin.v1.Admin.Undrain:input_type -> meshlb.admin.v1.UndrainRequest
-	13, // 23: meshlb.admin.v1.Admin.ListRequests:input_type -> meshlb.admin.v1.ListRequestsRequest
-	3,  // 24: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
-	8,  // 25: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
-	10, // 26: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
-	12, // 27: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
-	14, // 28: meshlb.admin.v1.Admin.ListRequests:output_type -> meshlb.admin.v1.ListRequestsResponse
-	24, // [24:29] is the sub-list for method output_type
-	19, // [19:24] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
+	8,  // 2: meshlb.admin.v1.Pool.instances:type_name -> meshlb.admin.v1.Instance
+	7,  // 3: meshlb.admin.v1.Pool.watch:type_name -> meshlb.admin.v1.WatchInfo
+	6,  // 4: meshlb.admin.v1.Pool.serving:type_name -> meshlb.admin.v1.Serving
+	5,  // 5: meshlb.admin.v1.Pool.tiers:type_name -> meshlb.admin.v1.Tier
+	19, // 6: meshlb.admin.v1.Serving.since:type_name -> google.protobuf.Timestamp
+	19, // 7: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
+	0,  // 8: meshlb.admin.v1.Instance.state:type_name -> meshlb.admin.v1.InstanceState
+	20, // 9: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
+	19, // 10: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
+	19, // 11: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 12: meshlb.admin.v1.PoolEvent.kind:type_name -> meshlb.admin.v1.PoolEvent.Kind
+	8,  // 13: meshlb.admin.v1.PoolEvent.instance:type_name -> meshlb.admin.v1.Instance
+	8,  // 14: meshlb.admin.v1.DrainResponse.instance:type_name -> meshlb.admin.v1.Instance
+	8,  // 15: meshlb.admin.v1.UndrainResponse.instance:type_name -> meshlb.admin.v1.Instance
+	20, // 16: meshlb.admin.v1.ListRequestsRequest.min_latency:type_name -> google.protobuf.Duration
+	17, // 17: meshlb.admin.v1.ListRequestsResponse.requests:type_name -> meshlb.admin.v1.RequestRecord
+	19, // 18: meshlb.admin.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	20, // 19: meshlb.admin.v1.RequestRecord.latency:type_name -> google.protobuf.Duration
+	18, // 20: meshlb.admin.v1.RequestRecord.attempts:type_name -> meshlb.admin.v1.RequestAttempt
+	20, // 21: meshlb.admin.v1.RequestAttempt.latency:type_name -> google.protobuf.Duration
+	2,  // 22: meshlb.admin.v1.Admin.ListPools:input_type -> meshlb.admin.v1.ListPoolsRequest
+	9,  // 23: meshlb.admin.v1.Admin.WatchPools:input_type -> meshlb.admin.v1.WatchPoolsRequest
+	11, // 24: meshlb.admin.v1.Admin.Drain:input_type -> meshlb.admin.v1.DrainRequest
+	13, // 25: meshlb.admin.v1.Admin.Undrain:input_type -> meshlb.admin.v1.UndrainRequest
+	15, // 26: meshlb.admin.v1.Admin.ListRequests:input_type -> meshlb.admin.v1.ListRequestsRequest
+	3,  // 27: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
+	10, // 28: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
+	12, // 29: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
+	14, // 30: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
+	16, // 31: meshlb.admin.v1.Admin.ListRequests:output_type -> meshlb.admin.v1.ListRequestsResponse
+	27, // [27:32] is the sub-list for method output_type
+	22, // [22:27] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -1577,7 +1812,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

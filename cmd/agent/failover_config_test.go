@@ -1,0 +1,102 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlb/meshlb/internal/admin/adminpb"
+	"github.com/meshlb/meshlb/lb"
+)
+
+func TestFailoverConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(src string) string {
+		p := filepath.Join(dir, "agent.hcl")
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	listener := "listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"hello\" }\n}\n"
+
+	cfg, err := parseArgs([]string{"--config", write(`service "hello" {
+  backup_tag = "standby"
+  failover {
+    datacenters = ["dc2", "dc3"]
+    min_healthy = 2
+  }
+}
+` + listener), "--failover-dc", "dc9"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fo := cfg.service("hello").failover
+	if !slices.Equal(fo.Datacenters, []string{"dc2", "dc3"}) || fo.MinHealthy != 2 || fo.BackupTag != "standby" {
+		t.Errorf("failover = %+v; want dc2, dc3 (the block wins over --failover-dc), min_healthy 2, backup_tag standby", fo)
+	}
+
+	cfg, err = parseArgs([]string{"--listen", "127.0.0.1:0", "--service", "hello", "--failover-dc", "dc2", "--failover-dc", "dc3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fo := cfg.service("hello").failover; !slices.Equal(fo.Datacenters, []string{"dc2", "dc3"}) {
+		t.Errorf("--failover-dc gave %v, want [dc2 dc3] in order", fo.Datacenters)
+	}
+
+	for _, tc := range []struct {
+		args      []string
+		hcl, want string
+	}{
+		{hcl: "service \"hello\" {\n failover {\n min_healthy = 0\n datacenters = [\"dc2\"]\n }\n}", want: "invalid failover min_healthy 0"},
+		{hcl: "service \"hello\" {\n  failover {}\n}", want: "needs datacenters"},
+		{hcl: `service "hello" { backup_tag = "" }`, want: "backup_tag is empty"},
+		{hcl: "service \"hello\" {\n  failover { datacenters = [\"dc2\", \"dc2\"] }\n}", want: `"dc2" listed twice`},
+		{args: []string{"--failover-dc", "d c"}, want: `invalid --failover-dc: invalid failover datacenter "d c"`},
+	} {
+		args := tc.args
+		if tc.hcl != "" {
+			args = append(args, "--config", write(tc.hcl+"\n"+listener))
+		} else {
+			args = append(args, "--listen", "127.0.0.1:0", "--service", "hello")
+		}
+		if _, err := parseArgs(args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v %s: error %v, want %q", tc.args, tc.hcl, err, tc.want)
+		}
+	}
+}
+
+func TestStatusSaysWhichTierServes(t *testing.T) {
+	b, err := lb.NewBalancer("web", lb.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.UpdateTiers([]lb.Tier{
+		{Datacenter: "dc1", Instances: []lb.Instance{{ID: "a", Address: "10.0.0.1", Port: 80}}},
+		{Datacenter: "dc2", Remote: true, Instances: []lb.Instance{{ID: "a", Address: "10.0.0.2", Port: 80}}},
+	})
+	b.Pool().Instances[0].Stats.EjectedUntil.Store(time.Now().Add(time.Hour).UnixNano())
+	resp := &adminpb.ListPoolsResponse{}
+	p := &adminpb.Pool{Service: "web", HasPool: true}
+	sv := b.Serving()
+	p.Serving = &adminpb.Serving{Tier: sv.Tier.Name(), Datacenter: sv.Tier.Datacenter, Remote: sv.Tier.Remote,
+		Index: int32(sv.Index), Reason: sv.Reason, Switches: sv.Switches}
+	for _, ti := range b.Pool().Tiers() {
+		p.Tiers = append(p.Tiers, &adminpb.Tier{Datacenter: ti.Datacenter, Backup: ti.Backup, Remote: ti.Remote, Instances: int32(ti.Size)})
+	}
+	resp.Pools = append(resp.Pools, p)
+	var out strings.Builder
+	if err := printServing(&out, resp); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"web: serving dc2 primary since", "1 switches", "tiers: dc1 primary (1), dc2 primary (1)",
+		"last switch: dc1 primary: 1 instances: 0 ready, 1 ejected by passive health"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
