@@ -74,6 +74,10 @@ type AttemptRecord struct {
 	Outcome string
 	Status  int           // the instance's status, 0 if none
 	Latency time.Duration // to the response head, or to the failure
+	// Datacenter is the instance's Consul datacenter ("" if not known);
+	// Backup marks an instance of a backup tier.
+	Datacenter string
+	Backup     bool
 }
 
 // Attempt outcomes besides error types.
@@ -168,7 +172,8 @@ func parseTraceparent(v string) (trace.TraceID, bool) {
 // index there. It runs on the goroutine that starts attempts.
 func (x *exchange) recordAttempt(a *attempt) int {
 	inst := a.inst
-	ar := AttemptRecord{N: a.n, InstanceID: inst.ID, Address: inst.HostPort, Host: inst.Meta["host"], Outcome: OutcomePending}
+	ar := AttemptRecord{N: a.n, InstanceID: inst.ID, Address: inst.HostPort, Host: inst.Meta["host"], Outcome: OutcomePending,
+		Datacenter: inst.Datacenter, Backup: inst.Backup}
 	if pid, err := strconv.Atoi(inst.Meta["pid"]); err == nil {
 		ar.PID = pid
 	}

@@ -35,6 +35,7 @@ func TestRecordRetryAndTraceparent(t *testing.T) {
 	up := nameUpstream(t, "b")
 	dead := instanceAt("a", closedAddr(t))
 	dead.Meta = map[string]string{"pid": "17", "host": "host-a"}
+	dead.Datacenter, dead.Backup = "dc2", true
 	bal := newBalancer(t, "web", dead, up.instance())
 	f := newFrontend(t, Config{Recorder: rec}, Route{Balancer: bal})
 	// Round robin starts anywhere: send until one request needed two tries.
@@ -64,7 +65,8 @@ func TestRecordRetryAndTraceparent(t *testing.T) {
 		t.Errorf("record %+v", r)
 	}
 	a1, a2 := r.Attempts[0], r.Attempts[1]
-	if a1.N != 1 || a1.InstanceID != "a" || a1.Outcome != "dial_error" || a1.PID != 17 || a1.Host != "host-a" || a1.Status != 0 {
+	if a1.N != 1 || a1.InstanceID != "a" || a1.Outcome != "dial_error" || a1.PID != 17 || a1.Host != "host-a" || a1.Status != 0 ||
+		a1.Datacenter != "dc2" || !a1.Backup {
 		t.Errorf("first attempt %+v, want a dial error on a", a1)
 	}
 	if a2.N != 2 || a2.InstanceID != "b" || a2.Outcome != OutcomeServed || a2.PID != 4242 || a2.Host != "host-b" ||

@@ -85,6 +85,7 @@ func RequestProto(r *proxy.Record) *adminpb.RequestRecord {
 		out.Attempts[i] = &adminpb.RequestAttempt{
 			Number: uint32(a.N), InstanceId: a.InstanceID, Address: a.Address, Host: a.Host, Pid: int64(a.PID),
 			Outcome: a.Outcome, Status: int32(a.Status), Latency: durationpb.New(a.Latency),
+			Datacenter: a.Datacenter, Backup: a.Backup,
 		}
 	}
 	return out
@@ -123,6 +124,8 @@ type AttemptView struct {
 	Outcome       string  `json:"outcome"`
 	Status        int32   `json:"status,omitempty"`
 	LatencyMillis float64 `json:"latency_ms"`
+	Datacenter    string  `json:"datacenter,omitempty"`
+	Backup        bool    `json:"backup,omitempty"`
 }
 
 // ViewRequest converts a RequestRecord; traceUI is --trace-ui ("" for no
@@ -139,6 +142,7 @@ func ViewRequest(r *adminpb.RequestRecord, traceUI string) RequestView {
 		v.Attempts = append(v.Attempts, AttemptView{
 			Number: a.GetNumber(), InstanceID: a.GetInstanceId(), Address: a.GetAddress(), Host: a.GetHost(), PID: a.GetPid(),
 			Outcome: a.GetOutcome(), Status: a.GetStatus(), LatencyMillis: millis(a.GetLatency()),
+			Datacenter: a.GetDatacenter(), Backup: a.GetBackup(),
 		})
 	}
 	return v

@@ -31,7 +31,7 @@ func recordTwo(t *testing.T, ring *recent.Ring) {
 		Latency: 300 * time.Millisecond, Error: "connection_reset", Retries: 1,
 		Attempts: []proxy.AttemptRecord{
 			{N: 1, InstanceID: "web-a", PID: 4242, Outcome: "dial_error"},
-			{N: 2, InstanceID: "web-b", PID: 4343, Outcome: "connection_reset"}}}
+			{N: 2, InstanceID: "web-b", PID: 4343, Outcome: "connection_reset", Datacenter: "dc2", Backup: true}}}
 	var err error
 	if ok.TraceID, err = recent.ParseTraceID(traceA); err != nil {
 		t.Fatal(err)
@@ -138,8 +138,8 @@ func TestRequestsJSON(t *testing.T) {
 	attempts, _ := r["attempts"].([]any)
 	if r["trace_id"] != traceB || r["trace_url"] != "http://127.0.0.1:16686/trace/"+traceB || len(attempts) != 2 {
 		t.Errorf("request %v", r)
-	} else if pid, ok := attempts[1].(map[string]any)["pid"].(float64); !ok || pid != 4343 {
-		t.Errorf("attempt pid %#v, want the number 4343", attempts[1].(map[string]any)["pid"])
+	} else if a := attempts[1].(map[string]any); a["pid"] != 4343.0 || a["datacenter"] != "dc2" || a["backup"] != true {
+		t.Errorf("attempt %v, want the number 4343 as pid, datacenter dc2, backup", a)
 	}
 	for _, q := range []string{"status=600", "min_latency=fast", "trace_id=0", "service=nope", "limit=-1", "failed=maybe"} {
 		if res, body := get(t, client, "http://"+srv.addr+"/api/requests?"+q); res.StatusCode < 400 {

@@ -1484,7 +1484,11 @@ type RequestAttempt struct {
 	// Status is the instance's HTTP status, 0 if it gave none.
 	Status int32 `protobuf:"varint,7,opt,name=status,proto3" json:"status,omitempty"`
 	// Latency is to the response head, or to the failure.
-	Latency       *durationpb.Duration `protobuf:"bytes,8,opt,name=latency,proto3" json:"latency,omitempty"`
+	Latency *durationpb.Duration `protobuf:"bytes,8,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Datacenter is the instance's Consul datacenter (empty if not known);
+	// backup marks an instance of a backup tier.
+	Datacenter    string `protobuf:"bytes,9,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	Backup        bool   `protobuf:"varint,10,opt,name=backup,proto3" json:"backup,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1573,6 +1577,20 @@ func (x *RequestAttempt) GetLatency() *durationpb.Duration {
 		return x.Latency
 	}
 	return nil
+}
+
+func (x *RequestAttempt) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *RequestAttempt) GetBackup() bool {
+	if x != nil {
+		return x.Backup
+	}
+	return false
 }
 
 var File_admin_proto protoreflect.FileDescriptor
@@ -1700,7 +1718,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x06hedges\x18\r \x01(\rR\x06hedges\x12!\n" +
 	"\fcache_status\x18\x0e \x01(\tR\vcacheStatus\x12\x19\n" +
 	"\btrace_id\x18\x0f \x01(\tR\atraceId\x12\x14\n" +
-	"\x05error\x18\x10 \x01(\tR\x05error\"\xf0\x01\n" +
+	"\x05error\x18\x10 \x01(\tR\x05error\"\xa8\x02\n" +
 	"\x0eRequestAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -1710,7 +1728,12 @@ const file_admin_proto_rawDesc = "" +
 	"\x03pid\x18\x05 \x01(\x03R\x03pid\x12\x18\n" +
 	"\aoutcome\x18\x06 \x01(\tR\aoutcome\x12\x16\n" +
 	"\x06status\x18\a \x01(\x05R\x06status\x123\n" +
-	"\alatency\x18\b \x01(\v2\x19.google.protobuf.DurationR\alatency*\x84\x01\n" +
+	"\alatency\x18\b \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\t \x01(\tR\n" +
+	"datacenter\x12\x16\n" +
+	"\x06backup\x18\n" +
+	" \x01(\bR\x06backup*\x84\x01\n" +
 	"\rInstanceState\x12\x1e\n" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INSTANCE_STATE_SERVING\x10\x01\x12\x1a\n" +
