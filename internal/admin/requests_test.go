@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -171,5 +172,41 @@ func TestTraceURL(t *testing.T) {
 	}
 	if err := CheckTraceUI("http://127.0.0.1:16686/api/traces/{trace_id}"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestStatusPageRequests opens the status page in headless Chromium: the
+// table shows the newest requests with the serving PID and the trace id
+// linked to --trace-ui, and "failed only" shows a failed request older
+// than the newest rows (the ring keeps failed ones longer).
+func TestStatusPageRequests(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	ring := recent.New(200)
+	recordTwo(t, ring) // traceB is a failed request
+	for range 250 {
+		ring.Record(&proxy.Record{Time: time.Now(), Method: "GET", Path: "/fast", Service: "web", Status: 200,
+			Latency: time.Millisecond, Attempts: []proxy.AttemptRecord{{N: 1, InstanceID: "web-a", PID: 4242, Outcome: proxy.OutcomeServed}}})
+	}
+	web := newBalancer(t, "web", inst("web", "web-a", 8071))
+	srv := startServer(t, ctx, Options{Services: []Service{{Balancer: web}}, Recent: ring,
+		TraceUI: "http://jaeger.example:16686/"}, nil)
+
+	br := startChromium(t, ctx)
+	page := br.open(t, ctx, "http://"+srv.addr+"/")
+	page.waitFor(t, ctx, "the newest requests", `document.querySelectorAll('#requests tbody tr[data-seq]').length === 100`)
+	if got := page.eval(t, ctx, `document.querySelector('#requests tbody tr[data-seq]').textContent`); !strings.Contains(got.(string), "pid 4242") {
+		t.Errorf("newest row %q does not name the PID", got)
+	}
+	failedRow := `document.querySelector('#requests tbody tr[data-trace="` + traceB + `"]')`
+	if got := page.eval(t, ctx, `!!`+failedRow); got != false {
+		t.Fatalf("the old failed request is among the newest 100 rows")
+	}
+	page.eval(t, ctx, `document.getElementById("only-failed").click(); true`)
+	page.waitFor(t, ctx, "the failed request kept longer", `!!`+failedRow+` && `+failedRow+`.textContent.includes("pid 4343")`)
+	if href := page.eval(t, ctx, failedRow+`.querySelector('a').href`); href != "http://jaeger.example:16686/trace/"+traceB {
+		t.Errorf("trace link %v", href)
+	}
+	if n := page.eval(t, ctx, `document.querySelectorAll('#requests tbody tr[data-seq]').length`); n != 1.0 {
+		t.Errorf("%v rows with failed only, want 1", n)
 	}
 }
