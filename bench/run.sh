@@ -13,7 +13,8 @@
 #   QUICK=1 make bench         # smoke run: 2 rounds of 2 s, fewer discovery trials (~3 min)
 #   ROUNDS=7 DURATION=5s CONNS=64 THREADS=1 bash bench/run.sh
 #   SKIP_DISCOVERY=1 / ONLY_DISCOVERY=1 / CONTENDERS="direct nginx haproxy" / SETS=fast
-#   AGENT_PROCS=2              # the agent on every core (default 1, like nginx's 1 worker)
+#   AGENT_PROCS=1              # GOMAXPROCS for the agents (default: unset, the agent's own default)
+#   IDLE_CONNS=9000            # idle keep-alive connections held on each proxy for the memory table (0: skip)
 #   PACED_ROUNDS=3 PACE=0.6    # latency rounds at the same offered load (0.6 x nginx's max rps)
 #   PROFILE=1 bash bench/run.sh   # CPU profile of the request path (bench/profile) under wrk
 #
@@ -34,11 +35,14 @@ CONNS="${CONNS:-64}"
 THREADS="${THREADS:-1}"
 TRIALS="${TRIALS:-30}"
 UPDATES="${UPDATES:-10}"
-CONTENDERS="${CONTENDERS:-direct nginx nginx-classic haproxy meshlb}"
+CONTENDERS="${CONTENDERS:-direct nginx nginx-classic haproxy meshlb meshlb-1loop}"
 SETS="${SETS:-fast tornado}"
-# The agent gets as many cores as nginx (worker_processes 1) and HAProxy
-# (nbthread 1) get: GOMAXPROCS=1. AGENT_PROCS=2 lets it use both cores.
-AGENT_PROCS="${AGENT_PROCS:-1}"
+# The agent runs with its defaults (an event loop per core) as "meshlb" and
+# pinned to one event loop (--event-loops 1, like nginx's 1 worker and
+# HAProxy's 1 thread) as "meshlb-1loop". AGENT_PROCS sets GOMAXPROCS for
+# both (unset: the Go default, every core).
+AGENT_PROCS="${AGENT_PROCS:-}"
+IDLE_CONNS="${IDLE_CONNS:-9000}"
 # Latency at the same load: PACED_ROUNDS rounds per contender at about
 # PACE x nginx's maximum rps (0 rounds: skip).
 PACED_ROUNDS="${PACED_ROUNDS:-3}"
@@ -210,6 +214,7 @@ read -r nx_fast nx_fast_classic nx_tornado nx_tornado_classic hp_fast hp_tornado
 # OTLP configured towards a port where nothing listens, so spans are made and
 # dropped: the figure is the tracing work on the request path, not a collector's.
 read -r agu_fast agu_tornado ags_fast ags_tornado agu_fast_admin agu_tornado_admin ags_fast_admin ags_tornado_admin otlp_void <<<"$(free_ports 9)"
+read -r ag1_fast ag1_tornado ag1_fast_admin ag1_tornado_admin <<<"$(free_ports 4)"
 
 upstream() {
   local name="$1" keepalive="$2"; shift 2
@@ -225,7 +230,9 @@ chmod 1777 "$work/proxy/tmp"
   echo "worker_processes 1;"
   echo "pid $work/proxy/nginx.pid;"
   echo "error_log $work/proxy/logs/error.log warn;"
-  echo "events { worker_connections 4096; }"
+  # Room for the idle-connection table (IDLE_CONNS clients, their upstreams).
+  echo "worker_rlimit_nofile 20000;"
+  echo "events { worker_connections 19000; }"
   echo "http {"
   echo "  access_log off;"
   echo "  client_body_temp_path $work/proxy/tmp/body; proxy_temp_path $work/proxy/tmp/proxy;"
@@ -248,7 +255,7 @@ chmod 1777 "$work/proxy/tmp"
 {
   echo "global"
   echo "  nbthread 1"
-  echo "  maxconn 4096"
+  echo "  maxconn 9600"
   echo "defaults"
   echo "  mode http"
   echo "  timeout connect 1s"
@@ -282,6 +289,8 @@ url() {
     fast:meshlb-unsampled) port="$agu_fast" ;;
     tornado:meshlb-unsampled) port="$agu_tornado" ;;
     fast:meshlb-sampled) port="$ags_fast" ;;
+    fast:meshlb-1loop) port="$ag1_fast" ;;
+    tornado:meshlb-1loop) port="$ag1_tornado" ;;
     tornado:meshlb-sampled) port="$ags_tornado" ;;
     *) die "unknown contender $2 for $1" ;;
   esac
@@ -308,11 +317,23 @@ for p in "${tornado_ports[@]}"; do register bench-tornado "$p"; done
 start proxy-nginx "$nginx_bin" -c "$work/proxy/nginx.conf" -p "$work/proxy" -g 'daemon off;'
 start haproxy "$haproxy_bin" -f "$work/haproxy.cfg" -db
 agent_pids=()
+agent_env=(env)
+[ -z "$AGENT_PROCS" ] || agent_env+=(GOMAXPROCS="$AGENT_PROCS")
+declare -A pid_of # CONTENDER:SET -> the process whose memory and CPU count
 case " $CONTENDERS " in *" meshlb "*)
   for set in $SETS; do
     eval "port=\$ag_$set admin=\$ag_${set}_admin"
-    start "agent-$set" env GOMAXPROCS="$AGENT_PROCS" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level warn
+    start "agent-$set" "${agent_env[@]}" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level warn
     agent_pids+=("$set:$last_pid")
+    pid_of["meshlb:$set"]=$last_pid
+  done
+esac
+case " $CONTENDERS " in *" meshlb-1loop "*)
+  for set in $SETS; do
+    eval "port=\$ag1_$set admin=\$ag1_${set}_admin"
+    start "agent-1loop-$set" "${agent_env[@]}" "$agent" --event-loops 1 --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level warn
+    agent_pids+=("$set, one loop:$last_pid")
+    pid_of["meshlb-1loop:$set"]=$last_pid
   done
 esac
 for variant in unsampled sampled; do
@@ -321,7 +342,7 @@ for variant in unsampled sampled; do
   for set in $SETS; do
     short=u; [ "$variant" = sampled ] && short=s
     eval "port=\$ag${short}_$set admin=\$ag${short}_${set}_admin"
-    start "agent-$variant-$set" env GOMAXPROCS="$AGENT_PROCS" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+    start "agent-$variant-$set" "${agent_env[@]}" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
       OTEL_TRACES_SAMPLER="$sampler" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level error
   done
 done
@@ -330,7 +351,7 @@ for set in $SETS; do
   for c in $CONTENDERS; do wait_http "$(url "$set" "$c")"; done
 done
 # The agents answer once their pool is complete: five distinct Tornado PIDs through it.
-for c in meshlb nginx haproxy; do
+for c in meshlb meshlb-1loop nginx haproxy; do
   case " $CONTENDERS " in *" $c "*) ;; *) continue ;; esac
   case " $SETS " in *" tornado "*) ;; *) continue ;; esac
   for ((i = 0; i < 100; i++)); do
@@ -402,18 +423,85 @@ for set in $SETS; do
 done
 echo "- load average after the rounds: $(cut -d' ' -f1-3 /proc/loadavg) (this run's own wrk, proxies and backends count in it)" >"$work/loadavg"
 agent_rss="$(for a in "${agent_pids[@]}"; do
-  echo "${a%%:*} $(awk '/VmHWM/ {print $2}' "/proc/${a#*:}/status")"
+  echo "$(awk '/VmHWM/ {print $2}' "/proc/${a##*:}/status") ${a%:*}"
 done)"
+
+# ---- CPU per request, idle connections, allocations ---------------------------
+nginx_worker="$(pgrep -P "$(cat "$work/proxy/nginx.pid")" | head -1)"
+haproxy_pid="$(pgrep -f "haproxy -f $work/haproxy.cfg" | head -1)"
+pid_for() { # CONTENDER SET
+  case "$1" in
+    nginx) echo "$nginx_worker" ;;
+    haproxy) echo "$haproxy_pid" ;;
+    meshlb|meshlb-1loop) echo "${pid_of[$1:$2]:-}" ;;
+  esac
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+extra="$work/extra.md"
+: >"$extra"
+cpu_rows=()
+for c in nginx haproxy meshlb meshlb-1loop; do
+  case " $CONTENDERS " in *" $c "*) ;; *) continue ;; esac
+  for set in $SETS; do
+    pid="$(pid_for "$c" "$set")"
+    [ -n "$pid" ] || continue
+    t0="$(ticks "$pid")"
+    o="$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "$(url "$set" "$c")" 2>&1)" || die "wrk failed against $c ($set): $o"
+    t1="$(ticks "$pid")"
+    reqs="$(awk '/requests in/ {print $1}' <<<"$o")"
+    cpu_rows+=("$(awk -v s="$set" -v c="$c" -v t="$((t1 - t0))" -v hz="$hz" -v n="$reqs" 'BEGIN {printf "| %s | %s | %d | %.1f | %.1f |", s, c, n, t / hz, t / hz * 1e6 / n}')")
+    log "cpu per request: $c ($set): ${cpu_rows[-1]}"
+  done
+done
+if [ ${#cpu_rows[@]} -gt 0 ]; then
+  {
+    echo "CPU per request (the proxy process's user + system time over one \`wrk -t$THREADS -c$CONNS -d$DURATION\` run, nginx: its worker):"
+    echo
+    echo "| backends | contender | requests | CPU s | CPU µs per request |"
+    echo "|---|---|---:|---:|---:|"
+    printf '%s\n' "${cpu_rows[@]}"
+    echo
+  } >>"$extra"
+fi
+if [ "$IDLE_CONNS" -gt 0 ]; then
+  go build -o "$work/idleconns" ./bench/idleconns || die "cannot build bench/idleconns"
+  idle_rows=()
+  for c in nginx haproxy meshlb meshlb-1loop; do
+    case " $CONTENDERS " in *" $c "*) ;; *) continue ;; esac
+    set="${SETS%% *}"
+    pid="$(pid_for "$c" "$set")"
+    [ -n "$pid" ] || continue
+    o="$("$work/idleconns" -url "$(url "$set" "$c")" -pid "$pid" -n "$IDLE_CONNS")" || die "idleconns failed against $c: $o"
+    idle_rows+=("$(awk -F'\t' -v c="$c" '{printf "| %s | %d | %d | %d | %.2f | %.1f |", c, $1, $2, $3, $4, $4 * 1e6 / 1048576}' <<<"$o")")
+    log "idle connections: ${idle_rows[-1]}"
+  done
+  {
+    echo "Memory per idle keep-alive client connection (RSS of the proxy process before and after $IDLE_CONNS clients each made one GET and stayed connected, idle; nginx: its worker):"
+    echo
+    echo "| contender | connections | RSS before KiB | RSS after KiB | KiB per connection | GiB at 1,000,000 |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${idle_rows[@]}"
+    echo
+  } >>"$extra"
+fi
+allocs="$(cd proxy && go test -run XXX -bench 'BenchmarkProxy/loop$' -benchmem -benchtime 20000x . 2>/dev/null | awk '/BenchmarkProxy\/loop/ {print $(NF-1)}')"
+if [ -n "$allocs" ]; then
+  echo "Allocations per proxied GET (\`go test -bench 'BenchmarkProxy/loop\$' -benchmem ./proxy/\`: the event loop, the exchange, h1Client, tracing and access log off): $allocs allocs/op" >>"$extra"
+  echo >>"$extra"
+fi
 
 {
   echo "# meshlb benchmark, $stamp"
   echo
   machine
   cat "$work/loadavg"
-  echo "- backends: 5 fast ones (one nginx, 1 worker, 5 \`return 200 \"ok\"\` servers) and 5 Tornado processes (\`examples/tornado/app.py\`); nginx 1 worker, HAProxy nbthread 1, the agent with GOMAXPROCS=$AGENT_PROCS (AGENT_PROCS); all on one machine, so every proxy competes with wrk and the backends for the same cores"
-  [ -z "$agent_rss" ] || while read -r n kb; do echo "- agent peak RSS during the $n rounds: $((kb / 1024)) MiB"; done <<<"$agent_rss"
+  echo "- backends: 5 fast ones (one nginx, 1 worker, 5 \`return 200 \"ok\"\` servers) and 5 Tornado processes (\`examples/tornado/app.py\`); nginx 1 worker, HAProxy nbthread 1, the agent with its defaults (\`meshlb\`: an event loop per core) and with \`--event-loops 1\` (\`meshlb-1loop\`), GOMAXPROCS ${AGENT_PROCS:-unset}; all on one machine, so every proxy competes with wrk and the backends for the same cores"
+  [ -z "$agent_rss" ] || while read -r kb n; do echo "- agent peak RSS during the $n rounds: $((kb / 1024)) MiB"; done <<<"$agent_rss"
   echo
   "$python" bench/table.py "$tsv" "$paced_tsv"
+  echo
+  cat "$extra"
   if [ "${SKIP_DISCOVERY:-0}" != 1 ]; then
     echo
     run_discovery

@@ -113,15 +113,15 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 
-	b.Run("lane", func(b *testing.B) {
-		// FastServer, as the agent serves cleartext listeners, and a raw
+	b.Run("loop", func(b *testing.B) {
+		// LoopServer, as the agent serves cleartext listeners, and a raw
 		// keep-alive client that allocates nothing: allocs/op are the
 		// agent's whole request path.
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)
 		}
-		fs := NewFastServer(NewServer("", p, ServerConfig{}, nil))
+		fs := NewLoopServer(NewServer("", p, ServerConfig{}, nil), LoopOptions{})
 		go fs.Serve(ln)
 		defer fs.Shutdown(context.Background())
 		c, err := net.Dial("tcp", ln.Addr().String())

@@ -582,8 +582,8 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 	if clen < 0 {
 		return nil, 0, false
 	}
-	if len(status) == 3 {
-		status += " " + http.StatusText(code)
+	if closeConn {
+		delete(h, "Connection") // as net/http's reader does
 	}
 	return &http.Response{
 		Status:        status,

@@ -33,16 +33,16 @@ func main() {
 	backends := flag.String("backends", "", "comma-separated `HOST:PORT` list of backends (required)")
 	out := flag.String("cpuprofile", "cpu.pprof", "where to write the CPU profile")
 	wrk := flag.String("wrk", "wrk -t1 -c64 -d10s --latency", "load `COMMAND`; the proxy's URL is appended")
-	lane := flag.Bool("lane", true, "serve through proxy.FastServer, as the agent does on cleartext listeners (false: net/http's server alone)")
+	loops := flag.Int("event-loops", 1, "event loops of the proxy.LoopServer in front, as the agent serves cleartext listeners (0: net/http's server alone)")
 	guard := flag.Bool("guard", true, "put internal/httpguard on the listener, as the agent does")
 	flag.Parse()
-	if err := run(*backends, *out, *wrk, *lane, *guard); err != nil {
+	if err := run(*backends, *out, *wrk, *loops, *guard); err != nil {
 		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(backends, out, wrk string, lane, guard bool) error {
+func run(backends, out, wrk string, loops int, guard bool) error {
 	if backends == "" {
 		return errors.New("-backends is required: e.g. -backends 127.0.0.1:8071,127.0.0.1:8072")
 	}
@@ -82,8 +82,8 @@ func run(backends, out, wrk string, lane, guard bool) error {
 		ln = httpguard.Listen(ln, httpguard.Options{})
 		srv.ConnState = httpguard.ConnState
 	}
-	if lane {
-		fs := proxy.NewFastServer(srv)
+	if loops > 0 {
+		fs := proxy.NewLoopServer(srv, proxy.LoopOptions{Loops: loops})
 		go fs.Serve(ln)
 		defer fs.Shutdown(context.Background())
 	} else {

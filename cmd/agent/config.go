@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -81,13 +82,14 @@ type fileConfig struct {
 	Admin          *string          `hcl:"admin,optional"`
 	SnapshotFile   *string          `hcl:"snapshot_file,optional"`
 	AccessLog      *bool            `hcl:"access_log,optional"`
-	FastLane       *bool            `hcl:"fast_lane,optional"`
+	FastLane       *bool            `hcl:"fast_lane,optional"` // deprecated: event_loops
 	TrustedProxies []string         `hcl:"trusted_proxies,optional"`
 	Consul         *fileConsul      `hcl:"consul,block"`
 	Proxy          *fileProxy       `hcl:"proxy,block"`
 	Services       []fileService    `hcl:"service,block"`
 	Listeners      []fileListener   `hcl:"listener,block"`
 	UpstreamTLS    *fileUpstreamTLS `hcl:"upstream_tls,block"`
+	EventLoops     *int             `hcl:"event_loops,optional"`
 	Recent         *int             `hcl:"recent,optional"`
 	TraceUI        *string          `hcl:"trace_ui,optional"`
 }
@@ -161,7 +163,7 @@ type config struct {
 	adminAllow     []netip.Prefix
 	snapshotFile   string
 	accessLog      bool
-	fastLane       bool // plain HTTP/1.1 GET/HEAD through proxy.FastServer
+	eventLoops     int // proxy.LoopServer loops per cleartext listener; 0 = net/http for all
 	trustedProxies []netip.Prefix
 	consul         discovery.ClientOptions
 	stale, cached  bool
@@ -240,6 +242,7 @@ type flags struct {
 	maxBodySize                                               string
 	failTimeout, connectTimeout, emptyGrace                   time.Duration
 	stale, cached, accessLog, logJSON, fastLane               bool
+	eventLoops                                                int
 	trusted, adminAllow                                       cli.StringList
 	failoverDCs                                               cli.StringList
 	logLevel                                                  string
@@ -283,7 +286,8 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&f.maxStreams, "max-concurrent-streams", 250, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
-	fs.BoolVar(&f.fastLane, "fast-lane", true, "serve plain HTTP/1.1 GET and HEAD requests on cleartext listeners with the agent's own lean HTTP/1.1 server (everything else goes to Go's net/http); false: net/http for all")
+	fs.BoolVar(&f.fastLane, "fast-lane", true, "deprecated: use --event-loops (false is --event-loops 0)")
+	fs.IntVar(&f.eventLoops, "event-loops", runtime.GOMAXPROCS(0), "event loops serving HTTP/1.1 on each cleartext listener (default one per core: GOMAXPROCS); 0 = Go's net/http for everything")
 	fs.Var(&f.failoverDCs, "failover-dc", "Consul `DATACENTER` to fail over to when fewer than min_healthy (1) local instances pass (repeatable, in order; watched all the time); for every service without a failover block")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
@@ -302,7 +306,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 
 func (f *flags) resolve() (*config, error) {
 	c := &config{
-		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog, fastLane: f.fastLane,
+		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog, eventLoops: f.eventLoops,
 		consul: discovery.ClientOptions{Address: f.consulAddr, TokenFile: f.consulTokenFile},
 		stale:  f.stale, cached: f.cached, emptyGrace: f.emptyGrace,
 		connectTimeout: f.connectTimeout, responseHeaderTimeout: 60 * time.Second,
@@ -369,8 +373,17 @@ func (f *flags) resolve() (*config, error) {
 	if f.set["access-log"] {
 		c.accessLog = f.accessLog
 	}
-	if f.set["fast-lane"] {
-		c.fastLane = f.fastLane
+	if f.set["fast-lane"] && !f.set["event-loops"] {
+		c.eventLoops = 0
+		if f.fastLane {
+			c.eventLoops = runtime.GOMAXPROCS(0)
+		}
+	}
+	if f.set["event-loops"] {
+		if f.eventLoops < 0 || f.eventLoops > 1024 {
+			return nil, fmt.Errorf("invalid --event-loops %d: must be 0 (net/http for everything) to 1024", f.eventLoops)
+		}
+		c.eventLoops = f.eventLoops
 	}
 	if f.set["consul-addr"] {
 		c.consul.Address = f.consulAddr
@@ -545,7 +558,16 @@ func (c *config) apply(path string, fc *fileConfig) error {
 		c.accessLog = *fc.AccessLog
 	}
 	if fc.FastLane != nil {
-		c.fastLane = *fc.FastLane
+		c.eventLoops = 0 // deprecated alias of event_loops
+		if *fc.FastLane {
+			c.eventLoops = runtime.GOMAXPROCS(0)
+		}
+	}
+	if fc.EventLoops != nil {
+		if *fc.EventLoops < 0 || *fc.EventLoops > 1024 {
+			return fmt.Errorf("invalid event_loops %d: must be 0 (net/http for everything) to 1024", *fc.EventLoops)
+		}
+		c.eventLoops = *fc.EventLoops
 	}
 	if fc.Recent != nil {
 		c.recent = *fc.Recent

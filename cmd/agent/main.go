@@ -96,7 +96,7 @@ type agent struct {
 
 	listeners []net.Listener
 	servers   []*http.Server
-	lanes     []*proxy.FastServer    // one per server: its plain HTTP/1.1 fast lane (nil under TLS)
+	loops     []*proxy.LoopServer    // one per server: its HTTP/1.1 event loops (nil under TLS or --event-loops 0)
 	certs     []*certreload.Reloader // per listener, nil without TLS
 	upTLS     *tls.Config            // to instances tagged https; nil: system roots, no client certificate
 	upCert    *certreload.Reloader   // the client certificate in upTLS, if any
@@ -242,11 +242,12 @@ func (a *agent) run() int {
 			Logger:         a.log,
 		})
 		serve := srv.Serve
-		if lane := a.lanes[i]; lane != nil {
-			// Plain HTTP/1.1 GETs take the fast lane; the rest (bodies,
-			// upgrades, h2c) go on to srv.
-			serve = lane.Serve
-		} else {
+		switch {
+		case a.loops[i] != nil:
+			// HTTP/1.1 on the event loops; what they hand off (bodies,
+			// upgrades, h2c) goes on to srv, guarded again.
+			serve = a.loops[i].Serve
+		case srv.TLSConfig != nil:
 			ln = tls.NewListener(ln, srv.TLSConfig)
 		}
 		go func() {
@@ -470,11 +471,20 @@ func (a *agent) buildServers() error {
 		}
 		a.certs = append(a.certs, cr)
 		a.servers = append(a.servers, srv)
-		var lane *proxy.FastServer // TLS listeners have none
-		if srv.TLSConfig == nil && a.cfg.fastLane {
-			lane = proxy.NewFastServer(srv)
+		var loop *proxy.LoopServer // TLS listeners have none
+		if srv.TLSConfig == nil && a.cfg.eventLoops > 0 {
+			loop = proxy.NewLoopServer(srv, proxy.LoopOptions{
+				Loops: a.cfg.eventLoops,
+				// Connections handed to net/http are checked as before;
+				// the cap is kept on the TCP listener.
+				WrapHandoff: func(ln net.Listener) net.Listener {
+					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.maxHeaderBytes, Logger: a.log})
+				},
+				Detach: httpguard.Detach,
+				Logger: a.log.Named("loop").With("listener", l.name),
+			})
 		}
-		a.lanes = append(a.lanes, lane)
+		a.loops = append(a.loops, loop)
 	}
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
@@ -570,8 +580,8 @@ func (a *agent) shutdown(cancel context.CancelFunc, wg *sync.WaitGroup) {
 	var swg sync.WaitGroup
 	for i, srv := range a.servers {
 		swg.Add(1)
-		if lane := a.lanes[i]; lane != nil {
-			go func() { defer swg.Done(); _ = lane.Shutdown(ctx) }()
+		if loop := a.loops[i]; loop != nil {
+			go func() { defer swg.Done(); _ = loop.Shutdown(ctx) }()
 			continue
 		}
 		go func() { defer swg.Done(); _ = srv.Shutdown(ctx) }()

@@ -222,3 +222,21 @@ func linger(c net.Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(lingerTime))
 	_, _ = io.CopyN(io.Discard, c, lingerBytes)
 }
+
+// Detach is for a server that takes the descriptor of a connection from
+// Listen elsewhere (an event loop: proxy.LoopServer) and drops nc, which it
+// will then never Read or Close: it returns the function that gives the
+// connection's place under MaxConns back, to call once when the
+// connection ends. Later calls of nc.Close do not count again. For a
+// connection not from Listen it returns nil.
+func Detach(nc net.Conn) (release func()) {
+	c := unwrap(nc)
+	if c == nil || !c.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	l := c.l
+	if l.maxConns <= 0 {
+		return func() {}
+	}
+	return func() { l.live.Add(-1) }
+}
