@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build test deps deps-consul deps-python deps-tools deps-jaeger demo bench soak fmt vet fuzz clean generate
+.PHONY: all build test deps deps-consul deps-python deps-tools deps-h2spec deps-jaeger demo bench soak fmt vet fuzz clean generate
 
 all: build
 
@@ -21,7 +21,7 @@ FORCE:
 # (Debian's python3-tornado, else pip), the tools the tests drive, and
 # Jaeger all-in-one (built from the Go module proxy, cached like Consul) for
 # the test of `make demo TRACE=1`.
-deps: deps-consul deps-python deps-tools deps-jaeger
+deps: deps-consul deps-python deps-tools deps-h2spec deps-jaeger
 
 deps-consul:
 	@bash deploy/consul/install.sh >/dev/null
@@ -31,6 +31,9 @@ deps-python:
 
 deps-tools:
 	@bash scripts/ensure-tools.sh
+
+deps-h2spec:
+	@bash scripts/ensure-h2spec.sh >/dev/null
 
 deps-jaeger:
 	@bash deploy/jaeger/install.sh >/dev/null

@@ -32,5 +32,10 @@ listener "web" {
   }
   route {
     service = "hello"
+    # An RFC 9111 shared cache for this route (see README, Cache).
+    cache {
+      max_size        = "256MiB"
+      max_object_size = "8MiB"
+    }
   }
 }

@@ -42,6 +42,16 @@ func NewClient(opts ClientOptions) (*api.Client, error) {
 		cfg.TokenFile = ""
 	}
 	ConfigureTransport(cfg, opts.Watchers)
+	// Health reads decode the lean way (leanread.go): the transport
+	// must be ours. consul/api would make the same client from these.
+	if cfg.HttpClient == nil {
+		hc, err := api.NewHttpClient(cfg.Transport, cfg.TLSConfig)
+		if err != nil {
+			return nil, fmt.Errorf("consul client for %q: %w", cfg.Address, err)
+		}
+		cfg.HttpClient = hc
+	}
+	wrapLean(cfg.HttpClient)
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %q: %w", cfg.Address, err)

@@ -213,10 +213,11 @@ type pollEvent struct {
 
 // readDone is the end of one service read.
 type readDone struct {
-	w       *Watcher
-	entries []*api.ServiceEntry
-	failed  bool
-	retry   time.Duration
+	w *Watcher
+	// nodes are the nodes of the answer's instances.
+	nodes  []string
+	failed bool
+	retry  time.Duration
 }
 
 // Run follows every added service until ctx is done and returns ctx.Err().
@@ -382,7 +383,7 @@ func (h *Hub) Run(ctx context.Context) error {
 				continue
 			}
 			if !r.failed {
-				tracker.read(r.w.cfg.Service, r.entries)
+				tracker.read(r.w.cfg.Service, r.nodes)
 			}
 			switch {
 			case again[r.w]:
@@ -411,15 +412,16 @@ func (h *Hub) read(ctx context.Context, w *Watcher) readDone {
 	qctx, cancel := context.WithTimeout(ctx, requestSlack)
 	defer cancel()
 	q := &api.QueryOptions{Datacenter: h.cfg.Datacenter, AllowStale: w.cfg.Stale, UseCache: w.cfg.Cached}
-	entries, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q.WithContext(qctx))
+	ans, meta, release, err := w.fetch(qctx, q)
+	defer release()
 	if ctx.Err() != nil {
 		return readDone{w: w, failed: true}
 	}
-	_, retry, failed := w.handle(0, entries, meta, err)
+	_, retry, failed := w.handle(0, ans, meta, err)
 	w.mu.Lock()
 	w.readFailing = failed
 	w.mu.Unlock()
-	return readDone{w: w, entries: entries, failed: failed, retry: retry}
+	return readDone{w: w, nodes: answerNodes(ans), failed: failed, retry: retry}
 }
 
 // poll runs one of the hub's long polls until ctx is done, with the index
@@ -528,6 +530,7 @@ func (h *Hub) query(ctx context.Context, kind pollKind, index uint64) (pollEvent
 func (w *Watcher) hubFailed(err error, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.forgetNext = true // see Watcher.forgetIndexes
 	w.status.LastError, w.status.LastErrorAt = err, now
 	w.status.Errors++
 	if w.status.DownSince.IsZero() {

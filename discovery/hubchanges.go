@@ -120,9 +120,10 @@ func (t *changeTracker) catalogAnswer(services map[string][]string, baseline boo
 	return dirty, !baseline
 }
 
-// read records the nodes of a service's instances from its last read, so
-// that a node check change reaches the services on that node.
-func (t *changeTracker) read(service string, entries []*api.ServiceEntry) {
+// read records the nodes of a service's instances from its last read
+// (answerNodes), so that a node check change reaches the services on that
+// node.
+func (t *changeTracker) read(service string, readNodes []string) {
 	for _, n := range t.svcNodes[service] {
 		delete(t.nodeSvcs[n], service)
 		if len(t.nodeSvcs[n]) == 0 {
@@ -130,11 +131,10 @@ func (t *changeTracker) read(service string, entries []*api.ServiceEntry) {
 		}
 	}
 	var nodes []string
-	for _, e := range entries {
-		if e == nil || e.Node == nil || e.Node.Node == "" {
+	for _, n := range readNodes {
+		if n == "" {
 			continue
 		}
-		n := e.Node.Node
 		if t.nodeSvcs[n] == nil {
 			t.nodeSvcs[n] = map[string]bool{}
 		}
@@ -148,6 +148,25 @@ func (t *changeTracker) read(service string, entries []*api.ServiceEntry) {
 		return
 	}
 	t.svcNodes[service] = nodes
+}
+
+// answerNodes returns the distinct node names of an answer's entries, in
+// order; nil for a nil answer.
+func answerNodes(a *healthAnswer) []string {
+	if a == nil {
+		return nil
+	}
+	var nodes []string
+	var last []byte
+	for i := range a.entries {
+		e := &a.entries[i]
+		if !e.hasNode || len(e.node) == 0 || string(e.node) == string(last) {
+			continue
+		}
+		last = e.node
+		nodes = append(nodes, string(e.node))
+	}
+	return nodes
 }
 
 // digests hashes each key's records, in sorted order.

@@ -79,8 +79,8 @@ func TestChangeTrackerState(t *testing.T) {
 			if got, nodes := tr.stateAnswer(base, true); len(got) != 0 || nodes {
 				t.Fatalf("baseline answer returned %v, %v; want nothing", got, nodes)
 			}
-			tr.read("web", []*api.ServiceEntry{nodeEntry("n1", "web", "web-1"), nodeEntry("n2", "web", "web-2")})
-			tr.read("api", []*api.ServiceEntry{nodeEntry("n2", "api", "api-1")})
+			tr.read("web", answerNodes(fromAPI([]*api.ServiceEntry{nodeEntry("n1", "web", "web-1"), nodeEntry("n2", "web", "web-2")})))
+			tr.read("api", answerNodes(fromAPI([]*api.ServiceEntry{nodeEntry("n2", "api", "api-1")})))
 			if got, nodes := tr.stateAnswer(tt.next, false); !slices.Equal(got, tt.want) || nodes != tt.wantNodes {
 				t.Errorf("stateAnswer = %v, nodes %v; want %v, %v", got, nodes, tt.want, tt.wantNodes)
 			}
@@ -96,8 +96,8 @@ func TestChangeTrackerNodeMapFollowsReads(t *testing.T) {
 	tr := newChangeTracker([]string{"web"})
 	checks := api.HealthChecks{nodeCheck("n1", api.HealthPassing, 1), nodeCheck("n2", api.HealthPassing, 1)}
 	tr.stateAnswer(checks, true)
-	tr.read("web", []*api.ServiceEntry{nodeEntry("n1", "web", "a")})
-	tr.read("web", []*api.ServiceEntry{nodeEntry("n2", "web", "b")}) // moved to n2
+	tr.read("web", answerNodes(fromAPI([]*api.ServiceEntry{nodeEntry("n1", "web", "a")})))
+	tr.read("web", answerNodes(fromAPI([]*api.ServiceEntry{nodeEntry("n2", "web", "b")}))) // moved to n2
 	n1down := api.HealthChecks{nodeCheck("n1", api.HealthCritical, 2), nodeCheck("n2", api.HealthPassing, 1)}
 	if got, _ := tr.stateAnswer(n1down, false); len(got) != 0 {
 		t.Errorf("node n1 changed after web left it: %v, want nothing", got)

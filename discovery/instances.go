@@ -33,112 +33,8 @@ import (
 //
 // Tags and Meta are copied; the result shares no memory with entries.
 func Instances(entries []*api.ServiceEntry, warn func(id, reason string)) []lb.Instance {
-	reported := make(map[string]bool)
-	report := func(id, reason string) {
-		if warn == nil || reported[id] {
-			return
-		}
-		reported[id] = true
-		warn(id, reason)
-	}
-
-	type candidate struct {
-		inst lb.Instance
-		node string
-	}
-	cands := make([]candidate, 0, len(entries))
-	for _, e := range entries {
-		if e == nil || e.Service == nil {
-			continue
-		}
-		warning, ok := usable(e.Checks)
-		if !ok {
-			continue
-		}
-		s := e.Service
-		id := s.ID
-		if id == "" {
-			id = s.Service // Consul defaults the ID to the name
-		}
-		if id == "" {
-			report(id, "no service ID and no service name")
-			continue
-		}
-		node := ""
-		addr := s.Address
-		if e.Node != nil {
-			node = e.Node.Node
-			if addr == "" {
-				addr = e.Node.Address
-			}
-		}
-		if reason := checkEndpoint(addr, s.Port); reason != "" {
-			report(id, reason)
-			continue
-		}
-		weight := s.Weights.Passing
-		if warning {
-			weight = s.Weights.Warning
-		}
-		if weight <= 0 {
-			weight = 1
-		}
-		inst := lb.Instance{
-			ID:       id,
-			Service:  s.Service,
-			Address:  addr,
-			Port:     s.Port,
-			HostPort: net.JoinHostPort(addr, strconv.Itoa(s.Port)),
-			Weight:   weight,
-			Tags:     cloneTags(s.Tags),
-			Meta:     cloneMeta(s.Meta),
-		}
-		cands = append(cands, candidate{inst: inst, node: node})
-	}
-
-	// Qualify service IDs registered on several nodes.
-	count := make(map[string]int, len(cands))
-	for _, c := range cands {
-		count[c.inst.ID]++
-	}
-	out := make([]lb.Instance, 0, len(cands))
-	seen := make(map[string]bool, len(cands))
-	for _, c := range cands {
-		if count[c.inst.ID] > 1 {
-			report(c.inst.ID, "service ID registered on several nodes: using ID@node")
-			c.inst.ID += "@" + c.node
-		}
-		if seen[c.inst.ID] {
-			// Same ID on the same node twice: Consul never answers that,
-			// but a pool must not hold two instances with one ID.
-			continue
-		}
-		seen[c.inst.ID] = true
-		out = append(out, c.inst)
-	}
-	slices.SortFunc(out, func(x, y lb.Instance) int { return strings.Compare(x.ID, y.ID) })
+	out, _ := newInstanceBuilder().build(fromAPI(entries), warn)
 	return out
-}
-
-// usable reports whether an entry with these checks may get traffic, and
-// whether it is in the warning state.
-func usable(checks api.HealthChecks) (warning, ok bool) {
-	for _, c := range checks {
-		if c == nil {
-			continue
-		}
-		if c.CheckID == api.NodeMaint || strings.HasPrefix(c.CheckID, api.ServiceMaintPrefix) {
-			return false, false
-		}
-		switch c.Status {
-		case api.HealthPassing:
-		case api.HealthWarning:
-			warning = true
-		default: // critical, maintenance, or a state this code does not know
-			return false, false
-		}
-	}
-	return warning, true
 }
 
 // checkEndpoint returns why addr:port cannot be dialled, or "".
@@ -191,19 +87,6 @@ func sameInstances(a, b []lb.Instance) bool {
 			x.Port == y.Port && x.HostPort == y.HostPort && x.Weight == y.Weight &&
 			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
 	})
-}
-
-// cloneInstances returns a deep copy of pool (Tags and Meta included), so
-// that what is handed to a consumer shares nothing with the watcher.
-func cloneInstances(pool []lb.Instance) []lb.Instance {
-	out := make([]lb.Instance, len(pool))
-	for i, in := range pool {
-		in.Tags = cloneTags(in.Tags)
-		in.Meta = cloneMeta(in.Meta)
-		in.Stats = nil
-		out[i] = in
-	}
-	return out
 }
 
 func cloneTags(t []string) []string {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -126,17 +128,35 @@ type Watcher struct {
 	loop loopState
 	// fed: made by Hub.Add, which reads for it; Run refuses to start.
 	fed bool
+	// slot holds the answers of the watcher's own loop (leanread.go).
+	slot *leanSlot
 
 	mu     sync.Mutex
 	status WatchStatus
 	// readFailing: the hub's last read of a fed watcher failed.
 	readFailing bool
+
+	failedIDs atomic.Pointer[map[string]bool] // see Failed
+	// forgetNext: Consul failed since the last answer; the next one may
+	// come from a restarted agent whose ModifyIndexes start over, so the
+	// builder must not reuse instances by index (instbuild.go).
+	forgetNext bool
+}
+
+// forgetIndexes makes the next conversion rebuild every instance once
+// (compared by value, so no spurious update). Safe from any goroutine.
+func (w *Watcher) forgetIndexes() {
+	w.mu.Lock()
+	w.forgetNext = true
+	w.mu.Unlock()
 }
 
 // NewWatcher returns a watcher of cfg.Service; Run starts it. onUpdate is
-// called from Run's goroutine with a slice (and Tags, Meta) that the
-// watcher never touches again; it should not block for long, since the
-// next query waits for it.
+// called from Run's goroutine with a slice that the watcher never touches
+// again; the instances' Tags and Meta are shared with the watcher's later
+// pools (an unchanged instance is not decoded again) and must not be
+// modified. onUpdate should not block for long, since the next query
+// waits for it.
 func NewWatcher(client *api.Client, cfg WatchConfig, onUpdate func([]lb.Instance)) (*Watcher, error) {
 	if client == nil {
 		return nil, errors.New("watcher needs a consul client, got nil")
@@ -214,13 +234,21 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return err
 		}
 		waitedOn := index
-		entries, meta, err := w.query(ctx, index)
+		ans, meta, release, err := w.query(ctx, index)
 		if ctx.Err() != nil {
+			release()
 			return ctx.Err()
 		}
-		next, retry, failed := w.handle(waitedOn, entries, meta, err)
+		next, retry, failed := w.handle(waitedOn, ans, meta, err)
+		size := answerSize(ans)
+		release()
 		index = next
 		if failed {
+			retry = max(retry, 0)
+		} else {
+			retry = paceFor(size)
+		}
+		if retry > 0 {
 			if err := sleepCtx(ctx, retry); err != nil {
 				return err
 			}
@@ -232,7 +260,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 // goroutine feeding the watcher (Run, or the hub for one read at a time)
 // touches it.
 type loopState struct {
-	last      []lb.Instance
+	// builder holds the instances of the last answer, for reuse.
+	builder   *instanceBuilder
 	published bool
 	failures  int
 	downSince time.Time
@@ -244,7 +273,7 @@ type loopState struct {
 // OnUpdate when the pool changed. waitedOn is the index the query waited on
 // (0: it did not block). It returns the index to wait on next; on failure,
 // failed is true, next is 0 and retry is how long to back off.
-func (w *Watcher) handle(waitedOn uint64, entries []*api.ServiceEntry, meta *api.QueryMeta, err error) (next uint64, retry time.Duration, failed bool) {
+func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta, err error) (next uint64, retry time.Duration, failed bool) {
 	st := &w.loop
 	if err == nil && meta == nil {
 		err = errors.New("consul answered without query metadata")
@@ -271,6 +300,7 @@ func (w *Watcher) handle(waitedOn uint64, entries []*api.ServiceEntry, meta *api
 			w.logFailure(acl, st.failures, now.Sub(st.downSince), retry, err)
 		}
 		st.lastACL = acl
+		w.forgetIndexes()
 		// Start over with a non-blocking read once Consul answers again:
 		// the agent that answers may have restarted or be another one,
 		// and its index has nothing to do with ours. Measured with a
@@ -303,6 +333,7 @@ func (w *Watcher) handle(waitedOn uint64, entries []*api.ServiceEntry, meta *api
 		// Debug: with Stale, answers from servers that lag each other
 		// go backwards now and then.
 		w.log.Debug("consul index went backwards: reading the full state again", "was", waitedOn, "now", got)
+		w.forgetIndexes()
 	}
 	w.mu.Lock()
 	w.status.Index, w.status.LastSuccess = got, time.Now()
@@ -313,22 +344,23 @@ func (w *Watcher) handle(waitedOn uint64, entries []*api.ServiceEntry, meta *api
 		return next, 0, false // equal index: the wait timed out, no news
 	}
 
-	insts := w.convert(entries)
-	if st.published && sameInstances(insts, st.last) {
+	insts, changed := w.convert(ans)
+	if st.published && !changed {
 		return next, 0, false
 	}
-	st.last, st.published = insts, true
+	st.published = true
 	w.mu.Lock()
 	w.status.Instances = len(insts)
 	w.mu.Unlock()
 	w.log.Debug("pool changed", "instances", len(insts), "index", got)
-	w.onUpdate(cloneInstances(insts))
+	w.onUpdate(slices.Clone(insts))
 	return next, 0, false
 }
 
 // query runs one blocking query, bounded by the wait time plus Consul's
-// jitter and some slack, and cancelled with ctx.
-func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+// jitter and some slack, and cancelled with ctx. release must be called
+// once the answer is handled.
+func (w *Watcher) query(ctx context.Context, index uint64) (*healthAnswer, *api.QueryMeta, func(), error) {
 	qctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+w.cfg.WaitTime/16+requestSlack)
 	defer cancel()
 	q := &api.QueryOptions{
@@ -338,23 +370,35 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry,
 		WaitIndex:  index,
 		WaitTime:   w.cfg.WaitTime,
 	}
-	// passingOnly=false: warning instances stay, with their warning
-	// weight; Instances drops the critical ones.
-	return w.src.Service(w.cfg.Service, w.cfg.Tag, false, q.WithContext(qctx))
+	return w.fetch(qctx, q)
 }
 
-// convert runs Instances and logs each unusable instance once: again only
-// if its reason changes, or after it was fine or gone for a poll.
-func (w *Watcher) convert(entries []*api.ServiceEntry) []lb.Instance {
+// convert builds the pool of an answer, reusing the unchanged instances of
+// the last one, and logs each unusable instance once: again only if its
+// reason changes, or after it was fine or gone for a poll. changed is
+// false when the pool is the same as the last one.
+func (w *Watcher) convert(ans *healthAnswer) (insts []lb.Instance, changed bool) {
+	if w.loop.builder == nil {
+		w.loop.builder = newInstanceBuilder()
+	}
+	w.mu.Lock()
+	forget := w.forgetNext
+	w.forgetNext = false
+	w.mu.Unlock()
+	if forget {
+		w.loop.builder.forget()
+	}
 	bad := make(map[string]string)
-	insts := Instances(entries, func(id, reason string) {
+	insts, changed = w.loop.builder.build(ans, func(id, reason string) {
 		bad[id] = reason
 		if w.warned[id] != reason {
 			w.log.Warn("skipping an instance that cannot be dialled", "instance", id, "reason", reason)
 		}
 	})
 	w.warned = bad
-	return insts
+	failed := failedInAnswer(ans)
+	w.failedIDs.Store(&failed)
+	return insts, changed
 }
 
 func (w *Watcher) logFailure(acl bool, failures int, down, retry time.Duration, err error) {

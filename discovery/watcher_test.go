@@ -231,9 +231,10 @@ func TestWatchLoop(t *testing.T) {
 		if st.Index != 10 || st.Instances != 1 || st.LastSuccess.IsZero() || st.LastError != nil || st.Backend != "streaming" {
 			t.Fatalf("Status() = %+v", st)
 		}
-		// The consumer owns what it got: scribbling on it must not
-		// confuse the watcher's change detection.
-		p[0].Weight, p[0].Meta["pid"], p[0].Tags[0] = 99, "x", "x"
+		// The consumer owns the slice it got (Tags and Meta are shared
+		// and read-only): scribbling on it must not confuse the
+		// watcher's change detection.
+		p[0].Weight, p[0].Port, p[0].Tags = 99, 1, []string{"x"}
 		h.reply(fakeReply{entries: entries(a), index: 10}) // wait timed out
 	})
 	t.Run("same index: no update", func(t *testing.T) {

@@ -127,12 +127,13 @@ func (b *Balancer) Pool() *Pool { return b.pool.Load() }
 func (b *Balancer) Update(insts []Instance) {
 	vals := make([]Instance, len(insts))
 	copy(vals, insts)
-	slices.SortStableFunc(vals, func(x, y Instance) int { return cmp.Compare(x.ID, y.ID) })
+	if !sortedByID(vals) {
+		slices.SortStableFunc(vals, func(x, y Instance) int { return cmp.Compare(x.ID, y.ID) })
+	}
 	vals = slices.CompactFunc(vals, func(x, y Instance) bool { return x.ID == y.ID })
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	stats := make(map[string]*Stats, len(vals))
 	list := make([]*Instance, len(vals))
 	for i := range vals {
 		in := &vals[i]
@@ -143,17 +144,12 @@ func (b *Balancer) Update(insts []Instance) {
 		if in.HostPort == "" && in.Address != "" {
 			in.HostPort = net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
 		}
-		st := b.stats[in.ID]
-		if st == nil {
-			st = new(Stats)
-		}
-		in.Stats = st
-		stats[in.ID] = st
-		list[i] = in
+		in.Stats = nil
 	}
-	b.stats = stats
+	// Unchanged instances keep their *Instance; Stats follow the ID.
+	b.reuseInstances(vals, list)
 	b.version++
-	b.pool.Store(newPool(b.service, list, b.version, b.policy))
+	b.pool.Store(newPool(b.service, list, b.version, b.policy, b.pool.Load()))
 }
 
 // Pick picks an instance for r, skipping instances in tried (compared by

@@ -150,7 +150,9 @@ func TestPickSkipsTriedAndDraining(t *testing.T) {
 func TestTriedFromOlderSnapshot(t *testing.T) {
 	b := newBalancer(t, "round_robin", instances(2))
 	old := b.Pool().Instances[0]
-	b.Update(instances(2))
+	next := instances(2)
+	next[0].Tags = []string{"changed"} // an unchanged instance would be reused
+	b.Update(next)
 	if b.Pool().Instances[0] == old {
 		t.Fatal("Update reused the instance; the test needs a fresh snapshot")
 	}

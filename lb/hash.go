@@ -32,30 +32,43 @@ type ring struct {
 }
 
 func buildRing(insts []*Instance) *ring {
-	var total int64
-	for _, in := range insts {
-		total += int64(in.Weight)
-	}
-	points := func(w int) int64 {
-		if total*ringPointsPerWeight <= ringMaxPoints {
-			return int64(w) * ringPointsPerWeight
-		}
-		return max(1, int64(float64(w)*ringMaxPoints/float64(total)))
-	}
+	points := ringPointsFunc(insts)
 	var n int64
 	for _, in := range insts {
 		n += points(in.Weight)
 	}
 	pts := make([]uint64, 0, n)
 	for i, in := range insts {
-		base := hashString(in.ID)
-		for v := range points(in.Weight) {
-			pos := mix64(base + uint64(v+1)*0x9e3779b97f4a7c15)
-			pts = append(pts, pos&^ringOwnerMask|uint64(i)&ringOwnerMask)
-		}
+		pts = appendPoints(pts, in, i, points(in.Weight))
 	}
 	slices.Sort(pts)
 	return &ring{points: pts}
+}
+
+// ringPointsFunc returns how many points an instance of weight w gets on
+// the ring of insts.
+func ringPointsFunc(insts []*Instance) func(w int) int64 {
+	var total int64
+	for _, in := range insts {
+		total += int64(in.Weight)
+	}
+	return func(w int) int64 {
+		if total*ringPointsPerWeight <= ringMaxPoints {
+			return int64(w) * ringPointsPerWeight
+		}
+		return max(1, int64(float64(w)*ringMaxPoints/float64(total)))
+	}
+}
+
+// appendPoints appends the n points of in, owner index i: their positions
+// depend on the ID only.
+func appendPoints(pts []uint64, in *Instance, i int, n int64) []uint64 {
+	base := hashString(in.ID)
+	for v := range n {
+		pos := mix64(base + uint64(v+1)*0x9e3779b97f4a7c15)
+		pts = append(pts, pos&^ringOwnerMask|uint64(i)&ringOwnerMask)
+	}
+	return pts
 }
 
 // pickHash returns the owner of the first point at or after the key's hash;

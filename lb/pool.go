@@ -38,18 +38,21 @@ type Pool struct {
 	tierInfo []TierInfo
 }
 
-func newPool(service string, insts []*Instance, version uint64, pol policy) *Pool {
+// newPool builds a snapshot; prev, when not nil, is the snapshot it
+// replaces, whose schedule and ring are reused where the instances allow
+// (build.go).
+func newPool(service string, insts []*Instance, version uint64, pol policy, prev *Pool) *Pool {
 	p := &Pool{
 		Service:   service,
 		Instances: insts,
 		Version:   version,
 		Updated:   time.Now(),
 		policy:    pol,
-		sched:     buildSchedule(insts),
+		sched:     scheduleFrom(prev, insts),
 	}
 	p.next.Store(rand.Uint64())
 	if pol.hashed() {
-		p.ring = buildRing(insts)
+		p.ring = ringFrom(prev, insts)
 	}
 	return p
 }

@@ -171,7 +171,7 @@ func (b *Balancer) UpdateTiers(tiers []Tier) {
 			list = append(list, in)
 		}
 		infos[ti].Size = len(list)
-		pools[ti] = newPool(b.service, list, b.version, b.policy)
+		pools[ti] = newPool(b.service, list, b.version, b.policy, nil)
 		all = append(all, list...)
 	}
 	b.stats = stats

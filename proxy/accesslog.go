@@ -23,6 +23,9 @@ func (x *exchange) logAccess() {
 	if x.inst != nil {
 		args = append(args, "instance", x.inst.ID)
 	}
+	if cs := x.CacheStatus(); cs != "" {
+		args = append(args, "cache", cs)
+	}
 	if x.grpcStatus != "" {
 		args = append(args, "grpc_status", x.grpcStatus)
 	}

@@ -30,6 +30,9 @@ func (x *exchange) fail(status int, msg string) {
 // failPick answers a request no instance could be picked for.
 func (x *exchange) failPick(err error) {
 	x.err = err
+	if x.cache != nil && x.cacheStale() {
+		return
+	}
 	svc := x.route.service
 	switch {
 	case errors.Is(err, lb.ErrNoPool):
@@ -49,12 +52,20 @@ func (x *exchange) failUpstream() {
 		x.status = statusClientClosed
 		return
 	}
+	if x.cache != nil && x.cacheStale() {
+		return
+	}
 	if x.grpc {
 		if x.deadlineExceeded() {
 			x.failGRPC(grpcDeadlineExceeded, http.StatusGatewayTimeout, "deadline exceeded before service "+x.route.service+" answered")
 			return
 		}
 		x.failGRPC(grpcUnavailable, http.StatusBadGateway, "upstream of service "+x.route.service+" failed: "+errorType(x.err))
+		return
+	}
+	if errors.Is(x.err, errInstanceLeft) {
+		x.fail(http.StatusBadGateway, "instance "+x.inst.ID+" of service "+x.route.service+
+			" left the pool while the request was in flight; not sent again: not idempotent")
 		return
 	}
 	if isTimeout(x.err) {

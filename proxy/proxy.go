@@ -100,6 +100,8 @@ type Proxy struct {
 	h2c       *http.Transport // HTTP/2 cleartext, for routes and instances that ask for it
 	grpc      *http.Transport // HTTP/2 cleartext for gRPC calls: no response header timeout
 	tracer    trace.Tracer    // nil when tracing is off
+	hedges    hedges          // per service: per-try timeout, latency, retry budget
+	inflight  inflight        // attempts waiting on a response head, by instance
 }
 
 // New validates cfg and routes and returns a Proxy. When cfg.Tracing is set
@@ -123,6 +125,7 @@ func New(cfg Config, routes []Route) (*Proxy, error) {
 	if cfg.Tracing {
 		p.tracer = newTracer()
 	}
+	p.hedges.attach(rt)
 	p.routes.Store(rt)
 	return p, nil
 }
@@ -177,6 +180,7 @@ func (p *Proxy) SetRoutes(routes []Route) error {
 	if err != nil {
 		return err
 	}
+	p.hedges.attach(rt)
 	p.routes.Store(rt)
 	return nil
 }
@@ -216,6 +220,8 @@ type exchange struct {
 
 	grpcStatus string // a gRPC call's grpc-status, when known
 
+	cache *cacheState // nil unless the route caches
+
 	rec *Record // the request's Record, nil without Config.Recorder
 
 	first attempt // the first attempt's storage
@@ -234,8 +240,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if x.route == nil {
 		x.fail(http.StatusNotFound, "no route")
-	} else {
+	} else if c := x.route.cache; c == nil || !x.cacheBefore(c) {
 		x.forward()
+	}
+	if x.cache != nil {
+		x.cacheEnd()
 	}
 	if x.span != nil {
 		x.endServerSpan()
@@ -298,7 +307,7 @@ func (x *exchange) forward() {
 		tried    = triedBuf[:0]
 		held     *attempt // a draining 503, forwarded if no retry is possible
 	)
-	for n := 1; ; n++ {
+	for n := 1; ; n = x.attempts + 1 { // hedges count as attempts too
 		inst, err := x.pick(bal, tried)
 		if err != nil {
 			switch {
@@ -318,16 +327,12 @@ func (x *exchange) forward() {
 		x.attempts = n
 		x.inst = inst
 		a := x.newAttempt(inst, n)
-		var res *http.Response
-		if x.fastPath(inst) {
-			res, err = x.p.h1.roundTrip(&a.req, inst.HostPort, &a.h1)
-		} else {
-			res, err = x.transportFor(inst).RoundTrip(&a.req)
-		}
+		a, res, err := x.send(a, &tried) // hedge.go: per-try timeout and hedges
+		inst = a.inst
 		if err != nil {
 			a.finish(x.failedResult(a, err), 0, err)
 			x.err = err
-			retry := x.triesLeft(inst, tried) && x.retryable(a, err)
+			retry := x.triesLeft(inst, tried) && x.retryable(a, err) && x.retryAllowed(err)
 			if x.p.log.IsDebug() {
 				x.p.log.Debug("upstream attempt failed", "service", x.route.service,
 					"instance", inst.ID, "attempt", n, "retry", retry, "error", err)
@@ -418,6 +423,9 @@ func (x *exchange) respond(a *attempt) {
 	x.err = nil // earlier attempts' errors were overcome
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		x.serveUpgrade(a)
+		return
+	}
+	if x.cache != nil && x.cacheResponse(a) {
 		return
 	}
 	result := lb.Result{Status: res.StatusCode, Latency: a.latency, RetryAfter: retryAfter(res)}

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"encoding/hex"
+	"errors"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -60,6 +62,7 @@ type Record struct {
 	Error string
 
 	attempts [DefaultMaxAttempts]AttemptRecord // Attempts' first storage
+	mu       sync.Mutex                        // guards Attempts and Hedges while hedges run
 }
 
 // AttemptRecord is one try of a request on one instance.
@@ -89,6 +92,8 @@ const (
 	OutcomeDraining = "draining"
 	// OutcomePending: the attempt had not ended when the request did.
 	OutcomePending = "pending"
+	// OutcomeLost: a hedge race was won by another attempt.
+	OutcomeLost = "lost"
 )
 
 // Failed reports whether the request failed: answered 5xx (nginx's and the
@@ -177,17 +182,31 @@ func (x *exchange) recordAttempt(a *attempt) int {
 	if pid, err := strconv.Atoi(inst.Meta["pid"]); err == nil {
 		ar.PID = pid
 	}
+	x.rec.mu.Lock()
+	defer x.rec.mu.Unlock()
 	x.rec.Attempts = append(x.rec.Attempts, ar)
 	return len(x.rec.Attempts) - 1
+}
+
+// recordHedge counts an attempt started while another still ran.
+func (x *exchange) recordHedge() {
+	x.rec.mu.Lock()
+	x.rec.Hedges++
+	x.rec.mu.Unlock()
 }
 
 // recordFinish notes how attempt a ended: status is the instance's status
 // (0 if none), err its failure.
 func (a *attempt) recordFinish(status int, err error) {
+	a.x.rec.mu.Lock()
+	defer a.x.rec.mu.Unlock()
 	ar := &a.x.rec.Attempts[a.recIdx]
 	ar.Status = status
 	ar.Latency = a.latency
 	switch {
+	case a.lost && (err == nil || errors.Is(err, errHedgeLost) || errors.Is(err, errTryTimeout)):
+		ar.Outcome = OutcomeLost
+		ar.Latency = time.Since(a.start)
 	case err != nil:
 		if ar.Outcome = errorType(err); ar.Outcome == "_OTHER" {
 			ar.Outcome = "error"
@@ -208,9 +227,11 @@ func (x *exchange) endRecord() {
 	rec.Status = x.status
 	rec.GRPCStatus = x.grpcStatus
 	rec.Latency = time.Since(x.start)
+	rec.mu.Lock()
 	if n := len(rec.Attempts) - 1 - rec.Hedges; n > 0 {
 		rec.Retries = n
 	}
+	rec.mu.Unlock()
 	if x.err != nil {
 		rec.Error = errorType(x.err)
 	}

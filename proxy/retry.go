@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -124,14 +125,17 @@ type attempt struct {
 
 	recIdx   int  // index in the exchange's Record.Attempts, when recording
 	draining bool // answered 503 draining: the request went on elsewhere
+	lost     bool // lost a hedge race
 
-	req    http.Request
-	url    url.URL
-	ctrace httptrace.ClientTrace
-	wrote  atomic.Bool // request headers written (only traced when it matters)
-	buf    bufferedBody
-	stream streamBody
-	h1     h1Body // the response body when h1Client carried the attempt
+	req      http.Request
+	url      url.URL
+	ctrace   httptrace.ClientTrace
+	wrote    atomic.Bool // request headers written (only traced when it matters)
+	buf      bufferedBody
+	stream   streamBody
+	h1       h1Body // the response body when h1Client carried the attempt
+	cancel   context.CancelCauseFunc
+	inflight *inflightSet // while waiting on the response head (hedge.go)
 }
 
 // newAttempt builds the upstream request for attempt n on inst.
@@ -156,11 +160,10 @@ func (x *exchange) newAttempt(inst *lb.Instance, n int) *attempt {
 		a.ctrace.WroteHeaders = a.markWrote
 		ctx = httptrace.WithClientTrace(ctx, &a.ctrace)
 	}
-	if ctx == r.Context() {
-		a.req = *r
-	} else {
-		a.req = *r.WithContext(ctx)
-	}
+	// Its own context, so that a hedge that answers first or a pool
+	// update can cancel it (hedge.go).
+	ctx, a.cancel = context.WithCancelCause(ctx)
+	a.req = *r.WithContext(ctx)
 	a.url = *r.URL
 	a.url.Scheme = upstreamScheme(inst) // "https" for instances tagged TagHTTPS
 	a.url.Host = inst.HostPort
@@ -218,6 +221,7 @@ func (a *attempt) finish(res lb.Result, status int, err error) {
 		return
 	}
 	a.done = true
+	a.cancel(nil)
 	if a.x.rec != nil {
 		a.recordFinish(status, err)
 	}

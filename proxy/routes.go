@@ -7,8 +7,10 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy/httpcache"
 )
 
 // Route sends the requests it matches to a balancer's service.
@@ -27,6 +29,15 @@ type Route struct {
 	// Protocol is how the route's requests reach the instances:
 	// ProtocolAuto ("") or ProtocolH2C.
 	Protocol string
+	// Cache, if set, is the shared HTTP cache (RFC 9111) the route's GET
+	// and HEAD requests are answered from when they may be. Routes may
+	// share one.
+	Cache *httpcache.Cache
+	// TryTimeout is the per-try timeout of the route's idempotent requests
+	// (see hedge.go): TryTimeoutAdaptive (0, from the service's observed
+	// latency), a fixed duration, or TryTimeoutOff (any negative value).
+	// Routes to one service should agree: the last one set wins.
+	TryTimeout time.Duration
 }
 
 // Route protocols: how requests are sent to the instances.
@@ -49,6 +60,10 @@ type compiledRoute struct {
 	service  string
 	policy   string
 	h2c      bool // Protocol h2c
+	cache    *httpcache.Cache
+
+	tryTimeout time.Duration // Route.TryTimeout
+	hedge      *serviceHedge // the service's, shared by its routes
 }
 
 // routeTable is an immutable, compiled route set. Matching goes like an
@@ -127,14 +142,17 @@ func compileRoute(r Route) (*compiledRoute, error) {
 	if r.Protocol != ProtocolAuto && r.Protocol != ProtocolH2C {
 		return nil, fmt.Errorf("invalid protocol %q: want %q (auto: gRPC over h2c, the rest over HTTP/1.1) or %q", r.Protocol, ProtocolAuto, ProtocolH2C)
 	}
-	return &compiledRoute{
+	cr := &compiledRoute{
 		h2c:      r.Protocol == ProtocolH2C,
 		host:     host,
 		prefix:   prefix,
 		balancer: r.Balancer,
 		service:  r.Balancer.Service(),
 		policy:   r.Balancer.Policy(),
-	}, nil
+		cache:    r.Cache,
+	}
+	cr.tryTimeout = r.TryTimeout
+	return cr, nil
 }
 
 func normalizeRouteHost(h string) (string, error) {

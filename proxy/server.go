@@ -35,7 +35,8 @@ type ServerConfig struct {
 	// the limit are refused.
 	MaxConcurrentStreams int
 	// MaxReadFrameSize is the largest HTTP/2 frame accepted from a client,
-	// 16 KiB to 16 MiB (default 1 MiB).
+	// 16 KiB to 16 MiB (default 16 KiB, the protocol's initial value, as
+	// HAProxy and nginx advertise: a client may not send larger HEADERS).
 	MaxReadFrameSize int
 	// MaxReceiveBufferPerStream is the HTTP/2 flow-control window of one
 	// stream: the request body a client may send ahead of the proxy (and
@@ -59,7 +60,7 @@ type ServerConfig struct {
 // HTTP/2 defaults and bounds applied by NewServer and checked by Validate.
 const (
 	DefaultMaxConcurrentStreams = 250
-	DefaultMaxReadFrameSize     = 1 << 20
+	DefaultMaxReadFrameSize     = 16 << 10
 	DefaultMaxReceiveBuffer     = 1 << 20
 
 	minFrameSize      = 16 << 10
@@ -138,7 +139,7 @@ func NewServer(addr string, h http.Handler, sc ServerConfig, logger hclog.Logger
 	protos.SetHTTP2(true)
 	protos.SetUnencryptedHTTP2(true)
 	h2log := logger.Named("http2")
-	return &http.Server{
+	srv := &http.Server{
 		Protocols: &protos,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          orDefault(sc.MaxConcurrentStreams, 1, 1<<20, DefaultMaxConcurrentStreams),
@@ -163,4 +164,9 @@ func NewServer(addr string, h http.Handler, sc ServerConfig, logger hclog.Logger
 		MaxHeaderBytes:    sc.MaxHeaderBytes,
 		ErrorLog:          logger.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
+	// HTTP/2 behind a frame check (h2check.go), so that it passes h2spec.
+	if err := configureH2Check(srv); err != nil {
+		logger.Error("cannot put the HTTP/2 frame check in front of the server; serving HTTP/2 without it", "error", err)
+	}
+	return srv
 }

@@ -65,7 +65,7 @@ func TestNewServerDefaults(t *testing.T) {
 	if p := srv.Protocols; p == nil || !p.HTTP1() || !p.HTTP2() || !p.UnencryptedHTTP2() {
 		t.Errorf("protocols %v, want HTTP1, HTTP2, UnencryptedHTTP2", p)
 	}
-	if h2 := srv.HTTP2; h2 == nil || h2.MaxConcurrentStreams != 250 || h2.MaxReadFrameSize != 1<<20 ||
+	if h2 := srv.HTTP2; h2 == nil || h2.MaxConcurrentStreams != 250 || h2.MaxReadFrameSize != 16<<10 ||
 		h2.MaxReceiveBufferPerStream != 1<<20 || h2.MaxReceiveBufferPerConnection != 1<<20 || h2.SendPingTimeout != 0 {
 		t.Errorf("HTTP/2 defaults: %+v", h2)
 	}
@@ -84,7 +84,7 @@ func TestNewServerDefaults(t *testing.T) {
 		t.Errorf("explicit HTTP/2 values not kept: %+v", h2)
 	}
 	srv = NewServer(":0", http.NotFoundHandler(), ServerConfig{MaxReadFrameSize: 100, MaxConcurrentStreams: -1}, nil)
-	if h2 := srv.HTTP2; h2.MaxReadFrameSize != 1<<20 || h2.MaxConcurrentStreams != 250 {
+	if h2 := srv.HTTP2; h2.MaxReadFrameSize != 16<<10 || h2.MaxConcurrentStreams != 250 {
 		t.Errorf("out-of-range HTTP/2 values did not take the defaults: %+v", h2)
 	}
 }

@@ -31,6 +31,7 @@ type agentProc struct {
 	warnings int      // log lines at WARN or ERROR
 	lastWarn []string // a few of them, to show in the report
 	tail     []string // last log lines, for errors
+	updates  int      // "pool updated" lines so far
 }
 
 // poolEvent is one "pool updated" log line.
@@ -114,6 +115,7 @@ func (a *agentProc) readLog(r io.Reader) {
 		if m := rePoolUpdated.FindStringSubmatch(line); m != nil {
 			n, _ := strconv.Atoi(m[4])
 			a.pools[m[2]] = poolEvent{instances: n, at: now}
+			a.updates++
 			kept := a.waiters[:0]
 			for _, w := range a.waiters {
 				if w.service == m[2] && w.instances == n && !now.Before(w.after) {

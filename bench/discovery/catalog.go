@@ -17,6 +17,11 @@ const txnBatch = 64
 type synthInstance struct {
 	node, service, id string
 	port              int
+	// addr, meta and weight are optional: an empty addr means the node's
+	// (unreachable) address, weight 0 Consul's default of 1.
+	addr   string
+	meta   map[string]string
+	weight int
 }
 
 // nodeAddr gives synthetic node i an address in 10.0.0.0/8.
@@ -33,7 +38,7 @@ func registerSynthetic(c *api.Client, nodes []string, insts []synthInstance) err
 	}
 	for _, in := range insts {
 		ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: in.node,
-			Service: api.AgentService{ID: in.id, Service: in.service, Port: in.port}}})
+			Service: in.agentService()}})
 	}
 	return runTxn(c, ops)
 }
@@ -70,4 +75,12 @@ func runTxn(c *api.Client, ops api.TxnOps) error {
 		ops = ops[n:]
 	}
 	return nil
+}
+
+func (in synthInstance) agentService() api.AgentService {
+	s := api.AgentService{ID: in.id, Service: in.service, Port: in.port, Address: in.addr, Meta: in.meta}
+	if in.weight > 0 {
+		s.Weights = api.AgentWeights{Passing: in.weight, Warning: 1}
+	}
+	return s
 }

@@ -46,6 +46,9 @@ type options struct {
 	trials, updates                int
 	instances, services, perSvc    int
 	timeout                        time.Duration
+	// churn runs only the churn scenarios (churn.go).
+	churn     bool
+	churnOpts churnOptions
 }
 
 func main() {
@@ -60,14 +63,34 @@ func main() {
 	flag.IntVar(&o.services, "services", 1000, "services in the second scale scenario")
 	flag.IntVar(&o.perSvc, "per-service", 10, "instances per service in the second scale scenario")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	flag.BoolVar(&o.churn, "churn", false, "run only the churn scenarios: agent CPU per pool update, rps under churn vs calm, join/leave under churn, RSS at -rss-shape")
+	shapes := flag.String("churn-shapes", "1x10000,1000x10,100x1000", "`SxN,…`: services × instances per service for -churn")
+	rssShapeFlag := flag.String("rss-shape", "1000x100", "`SxN`: services × instances for -churn's memory figure")
+	flag.Float64Var(&o.churnOpts.rate, "churn-rate", 20, "catalog changes per second for -churn")
+	flag.DurationVar(&o.churnOpts.window, "churn-window", 6*time.Second, "length of the CPU window of -churn")
+	flag.DurationVar(&o.churnOpts.wrkDuration, "wrk-duration", 5*time.Second, "wrk run length for -churn (calm and churn each)")
+	flag.IntVar(&o.churnOpts.wrkConns, "wrk-conns", 32, "wrk connections for -churn")
+	flag.IntVar(&o.churnOpts.trials, "join-trials", 10, "join/leave trials per shape for -churn")
 	flag.Parse()
+	var err error
+	if o.churnOpts.shapes, err = parseShapes(*shapes); err == nil {
+		var rs []shape
+		rs, err = parseShapes(*rssShapeFlag)
+		if err == nil {
+			o.churnOpts.rssShape = rs[0]
+		}
+	}
+	if err != nil || o.churnOpts.rate <= 0 || o.churnOpts.window < time.Second || o.churnOpts.wrkDuration < time.Second || o.churnOpts.trials < 1 || o.churnOpts.wrkConns < 1 {
+		fmt.Fprintf(os.Stderr, "discovery: invalid churn flags: %v (want shapes like 1x10000, -churn-rate > 0, -churn-window and -wrk-duration >= 1s, -join-trials and -wrk-conns >= 1)\n", err)
+		os.Exit(2)
+	}
 	if o.trials < 1 || o.updates < 1 || o.instances < 1 || o.services < 1 || o.perSvc < 1 {
 		fmt.Fprintln(os.Stderr, "discovery: -trials, -updates, -instances, -services and -per-service must be >= 1")
 		os.Exit(2)
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancelT := context.WithTimeout(ctx, o.timeout)
-	err := run(ctx, o, os.Stdout)
+	err = run(ctx, o, os.Stdout)
 	cancelT()
 	cancel()
 	if err != nil {
@@ -107,6 +130,15 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	defer srv.Stop()
 	c := srv.Client()
 	progress("consul dev agent on %s", srv.HTTPAddr)
+	if o.churn {
+		env := []string{"CONSUL_HTTP_ADDR=" + srv.HTTPAddr}
+		rows, rss := runChurn(ctx, o, o.churnOpts, srv, agentBin, env, work)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		printChurn(out, o.churnOpts, rows, rss)
+		return nil
+	}
 
 	env := []string{"CONSUL_HTTP_ADDR=" + srv.HTTPAddr}
 	trials, small, err := addRemoveTrials(ctx, o, c, agentBin, env, srv.HTTPPort)

@@ -27,6 +27,7 @@ import (
 	"github.com/meshlb/meshlb/internal/httpguard"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/proxy/httpcache"
 )
 
 func main() {
@@ -35,14 +36,16 @@ func main() {
 	wrk := flag.String("wrk", "wrk -t1 -c64 -d10s --latency", "load `COMMAND`; the proxy's URL is appended")
 	loops := flag.Int("event-loops", 1, "event loops of the proxy.LoopServer in front, as the agent serves cleartext listeners (0: net/http's server alone)")
 	guard := flag.Bool("guard", true, "put internal/httpguard on the listener, as the agent does")
+	cacheMiB := flag.Int("cache-mib", 0, "put an HTTP cache of this many MiB on the route (0: none), as --cache does")
+	path := flag.String("path", "/", "the `PATH` wrk asks for, e.g. /cached?max_age=600 with -cache-mib")
 	flag.Parse()
-	if err := run(*backends, *out, *wrk, *loops, *guard); err != nil {
+	if err := run(*backends, *out, *wrk, *loops, *guard, *cacheMiB, *path); err != nil {
 		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(backends, out, wrk string, loops int, guard bool) error {
+func run(backends, out, wrk string, loops int, guard bool, cacheMiB int, path string) error {
 	if backends == "" {
 		return errors.New("-backends is required: e.g. -backends 127.0.0.1:8071,127.0.0.1:8072")
 	}
@@ -73,6 +76,15 @@ func run(backends, out, wrk string, loops int, guard bool) error {
 	if err != nil {
 		return err
 	}
+	if cacheMiB > 0 {
+		c, err := httpcache.New(httpcache.Config{MaxSize: int64(cacheMiB) << 20})
+		if err != nil {
+			return err
+		}
+		if err := p.SetRoutes([]proxy.Route{{Balancer: b, Cache: c}}); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -90,7 +102,7 @@ func run(backends, out, wrk string, loops int, guard bool) error {
 		go srv.Serve(ln)
 		defer srv.Shutdown(context.Background())
 	}
-	url := "http://" + ln.Addr().String() + "/"
+	url := "http://" + ln.Addr().String() + path
 
 	// Warm the upstream connections before profiling.
 	warm := strings.Fields(wrk)

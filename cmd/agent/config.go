@@ -20,6 +20,7 @@ import (
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
+	"github.com/meshlb/meshlb/proxy"
 )
 
 const usageHead = `agent: the meshlb edge. Clients call one host:port; the agent follows the
@@ -30,6 +31,7 @@ Usage:
   agent --listen ADDR --service NAME [--balance POLICY] [flags]
   agent --config FILE [flags]                 several listeners, services, routes
   agent status [--admin ADDR] [--json] [--watch]   the pools, from a running agent
+  agent cache purge [--prefix] [--admin ADDR] URL  drop stored responses
   agent requests [--admin ADDR] [--failed] [--slow DURATION] [--json]
                                               recent requests, from a running agent
 
@@ -37,6 +39,7 @@ Examples:
   agent --listen :8070 --service hello
   agent --listen :8070 --service hello --balance least_conn
   agent --config /etc/meshlb/agent.hcl
+  agent --listen :8070 --service hello --cache 256m
 
 Balancing policies (nginx names): round_robin (default, smooth weighted by
 Consul's Service.Weights), least_conn, random_two, p2c_ewma,
@@ -106,7 +109,9 @@ type fileConsul struct {
 	Address   *string `hcl:"address,optional"`
 	TokenFile *string `hcl:"token_file,optional"`
 	Stale     *bool   `hcl:"stale,optional"`
-	Cached    *bool   `hcl:"cached,optional"`
+	Cached    *bool   `hcl:"cached,optional"` // deprecated: consul_cached
+	// ConsulCached uses the Consul agent's cache for health queries.
+	ConsulCached *bool `hcl:"consul_cached,optional"`
 }
 
 type fileProxy struct {
@@ -129,6 +134,7 @@ type fileService struct {
 	FailTimeout *string       `hcl:"fail_timeout,optional"`
 	BackupTag   *string       `hcl:"backup_tag,optional"`
 	Failover    *fileFailover `hcl:"failover,block"`
+	TryTimeout  *string       `hcl:"try_timeout,optional"`
 }
 
 // fileFailover is a service's failover across Consul datacenters.
@@ -143,6 +149,7 @@ type fileListener struct {
 	Address string      `hcl:"address"`
 	TLS     *fileTLS    `hcl:"tls,block"`
 	Routes  []fileRoute `hcl:"route,block"`
+	Cache   *fileCache  `hcl:"cache,block"`
 }
 
 type fileTLS struct {
@@ -151,10 +158,11 @@ type fileTLS struct {
 }
 
 type fileRoute struct {
-	Host       *string `hcl:"host,optional"`
-	PathPrefix *string `hcl:"path_prefix,optional"`
-	Protocol   *string `hcl:"protocol,optional"`
-	Service    string  `hcl:"service"`
+	Host       *string    `hcl:"host,optional"`
+	PathPrefix *string    `hcl:"path_prefix,optional"`
+	Protocol   *string    `hcl:"protocol,optional"`
+	Service    string     `hcl:"service"`
+	Cache      *fileCache `hcl:"cache,block"`
 }
 
 // config is the agent's resolved, validated configuration.
@@ -185,6 +193,8 @@ type config struct {
 
 	logLevel string
 	logJSON  bool
+
+	deprecated []string // warnings to log at start: deprecated names used
 
 	recent  int    // recent requests kept; 0 = none
 	traceUI string // trace backend UI for the status page's links; "" = none
@@ -217,6 +227,9 @@ type serviceConfig struct {
 	// block, which --failover-dc does not override.
 	failover    discovery.FailoverConfig
 	hasFailover bool
+
+	tryTimeout    time.Duration // proxy.Route.TryTimeout
+	tryTimeoutSet bool          // try_timeout in the file: the flag does not override it
 }
 
 type listenerConfig struct {
@@ -224,11 +237,13 @@ type listenerConfig struct {
 	address           string
 	certFile, keyFile string // TLS termination when set
 	routes            []routeConfig
+	cache             *cacheConfig // shared by the routes without their own; nil: none
 }
 
 type routeConfig struct {
 	host, pathPrefix, service string
 	protocol                  string // "" (auto: gRPC over h2c, the rest HTTP/1.1) or "h2c"
+	cache                     *cacheConfig
 }
 
 // flags holds the raw command line before it is merged with the file.
@@ -246,7 +261,9 @@ type flags struct {
 	trusted, adminAllow                                       cli.StringList
 	failoverDCs                                               cli.StringList
 	logLevel                                                  string
+	cache                                                     string
 	set                                                       map[string]bool
+	tryTimeout                                                string
 	recent                                                    int
 	traceUI                                                   string
 }
@@ -275,7 +292,8 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&f.consulAddr, "consul-addr", "", "Consul HTTP `ADDR` (overrides CONSUL_HTTP_ADDR; default 127.0.0.1:8500)")
 	fs.StringVar(&f.consulTokenFile, "consul-token-file", "", "`FILE` holding the Consul ACL token (overrides CONSUL_HTTP_TOKEN[_FILE])")
 	fs.BoolVar(&f.stale, "stale", false, "allow stale reads from any Consul server (lower load, may lag the leader)")
-	fs.BoolVar(&f.cached, "cached", false, "use the Consul agent's cache / streaming backend for health queries")
+	fs.BoolVar(&f.cached, "consul-cached", false, "use the Consul agent's cache / streaming backend for health queries")
+	fs.BoolVar(&f.cached, "cached", false, "deprecated alias of --consul-cached")
 	fs.IntVar(&f.maxFails, "max-fails", 3, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
 	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
@@ -291,13 +309,15 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&f.failoverDCs, "failover-dc", "Consul `DATACENTER` to fail over to when fewer than min_healthy (1) local instances pass (repeatable, in order; watched all the time); for every service without a failover block")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
+	fs.StringVar(&f.cache, "cache", "", "cache `SIZE` for --listen, e.g. 256m or 1GiB: an RFC 9111 shared HTTP cache of GET/HEAD responses (nginx's proxy_cache); off by default")
+	fs.StringVar(&f.tryTimeout, "try-timeout", "auto", "per-try timeout of idempotent requests: with no response head by then, the request also goes to another instance and the first answer wins (hedging, bounded by a retry budget of 20% of requests + 10/s); `DURATION` (e.g. 300ms), \"auto\" (3x the service's recent p99, 50ms-10s; 1s until latency is known) or \"off\"; a service's try_timeout in the config file wins")
 	fs.IntVar(&f.recent, "recent", recent.DefaultSize, "recent requests kept for `agent requests` and the status page (failed and slow ones kept longer); 0 = none")
 	fs.StringVar(&f.traceUI, "trace-ui", "", "trace backend UI `URL` the status page links trace ids to: Jaeger's base URL (/trace/ID is appended) or a URL with {trace_id}")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (subcommands: status, requests)", fs.Arg(0))
+		return nil, fmt.Errorf("unexpected argument %q (subcommands: status, requests, cache)", fs.Arg(0))
 	}
 	f.set = map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
@@ -342,8 +362,11 @@ func (f *flags) resolve() (*config, error) {
 	if f.set["stale"] {
 		c.stale = f.stale
 	}
-	if f.set["cached"] {
+	if f.set["cached"] || f.set["consul-cached"] {
 		c.cached = f.cached
+	}
+	if f.set["cached"] {
+		c.deprecated = append(c.deprecated, "--cached is deprecated: use --consul-cached")
 	}
 	if f.set["max-header-bytes"] {
 		if f.maxHeaderBytes < 1024 || f.maxHeaderBytes > 1<<20 {
@@ -456,8 +479,22 @@ func (f *flags) resolve() (*config, error) {
 		} else if f.set["balance"] {
 			c.service(f.service).lb.Policy = f.balance
 		}
-		c.listeners = append(c.listeners, listenerConfig{name: "cli", address: f.listen,
-			certFile: f.tlsCert, keyFile: f.tlsKey, routes: []routeConfig{{service: f.service}}})
+		lc := listenerConfig{name: "cli", address: f.listen,
+			certFile: f.tlsCert, keyFile: f.tlsKey, routes: []routeConfig{{service: f.service}}}
+		if f.cache != "" {
+			cc, err := parseCacheFlag(f.cache)
+			if err != nil {
+				return nil, err
+			}
+			lc.cache = cc
+		}
+		c.listeners = append(c.listeners, lc)
+	} else if f.cache != "" {
+		return nil, errors.New("--cache applies to --listen; in a config file use a cache block in the listener or route")
+	}
+	tryTimeout, err := parseTryTimeout(f.tryTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --try-timeout %q: %w", f.tryTimeout, err)
 	}
 	for i := range c.services {
 		s := &c.services[i]
@@ -467,6 +504,9 @@ func (f *flags) resolve() (*config, error) {
 			if err := s.failover.Validate(); err != nil {
 				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
 			}
+		}
+		if !s.tryTimeoutSet {
+			s.tryTimeout = tryTimeout
 		}
 		if s.lb.MaxFails == 0 {
 			s.lb.MaxFails = f.maxFails
@@ -501,10 +541,12 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// parseSize reads a byte size as nginx writes it: 1048576, 512k, 1m, 2g.
+// parseSize reads a byte size as nginx writes it (1048576, 512k, 1m, 2g)
+// or with binary units (512KiB, 256MiB, 1GiB); case does not matter.
 func parseSize(s string) (int64, error) {
 	mult := int64(1)
 	t := strings.ToLower(strings.TrimSpace(s))
+	t = strings.TrimSuffix(t, "ib")
 	switch {
 	case strings.HasSuffix(t, "k"):
 		mult, t = 1<<10, t[:len(t)-1]
@@ -515,7 +557,7 @@ func parseSize(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
 	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, errors.New("want a size such as 1048576, 512k, 1m or 2g (0 for no limit)")
+		return 0, errors.New("want a size such as 1048576, 512k, 1m, 2g or 256MiB (0 for no limit)")
 	}
 	return n * mult, nil
 }
@@ -614,6 +656,10 @@ func (c *config) apply(path string, fc *fileConfig) error {
 		}
 		if fc.Consul.Cached != nil {
 			c.cached = *fc.Consul.Cached
+			c.deprecated = append(c.deprecated, "consul { cached } is deprecated: use consul_cached")
+		}
+		if fc.Consul.ConsulCached != nil {
+			c.cached = *fc.Consul.ConsulCached
 		}
 	}
 	if p := fc.Proxy; p != nil {
@@ -698,6 +744,13 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			}
 			sc.lb.FailTimeout = d
 		}
+		if s.TryTimeout != nil {
+			d, err := parseTryTimeout(*s.TryTimeout)
+			if err != nil {
+				return wrap(fmt.Errorf("service %q: invalid try_timeout %q: %w", s.Name, *s.TryTimeout, err))
+			}
+			sc.tryTimeout, sc.tryTimeoutSet = d, true
+		}
 		sc.failover.Service = s.Name
 		if s.BackupTag != nil {
 			if *s.BackupTag == "" {
@@ -764,7 +817,21 @@ func (c *config) apply(path string, fc *fileConfig) error {
 				}
 				c.services = append(c.services, serviceConfig{name: r.Service})
 			}
+			if r.Cache != nil {
+				cc, err := r.Cache.parse(fmt.Sprintf("listener %q route %q", l.Name, r.Service))
+				if err != nil {
+					return wrap(err)
+				}
+				rc.cache = cc
+			}
 			lc.routes = append(lc.routes, rc)
+		}
+		if l.Cache != nil {
+			cc, err := l.Cache.parse(fmt.Sprintf("listener %q", l.Name))
+			if err != nil {
+				return wrap(err)
+			}
+			lc.cache = cc
 		}
 		c.listeners = append(c.listeners, lc)
 	}
@@ -859,4 +926,20 @@ func validateListenAddr(addr string) error {
 		}
 	}
 	return nil
+}
+
+// parseTryTimeout reads a per-try timeout setting: "auto" (or "") for the
+// adaptive timeout, "off", or a positive duration.
+func parseTryTimeout(s string) (time.Duration, error) {
+	switch s {
+	case "", "auto":
+		return proxy.TryTimeoutAdaptive, nil
+	case "off":
+		return proxy.TryTimeoutOff, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, errors.New(`want a positive duration such as 300ms, "auto" (adaptive) or "off"`)
+	}
+	return d, nil
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/proxy/httpcache"
 	"github.com/meshlb/meshlb/tracing"
 )
 
@@ -53,6 +54,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "requests" {
 		return runRequests(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "cache" {
+		return runCache(args[1:], stdout, stderr)
 	}
 	cfg, err := parseArgs(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -111,6 +115,9 @@ type agent struct {
 	saveMu   sync.Mutex
 	saveKick chan struct{}
 
+	caches      []namedCache         // every HTTP cache, for metrics and the admin API
+	routeCaches [][]*httpcache.Cache // by listener, by route; nil: none
+
 	recent *recent.Ring // nil with --recent 0
 }
 
@@ -143,9 +150,16 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	if err := a.newFailovers(); err != nil {
 		return nil, err
 	}
+	if a.routeCaches, err = a.buildCaches(); err != nil {
+		return nil, err
+	}
 	a.metrics = newMetrics(a.ordered)
 	if cfg.recent > 0 {
 		a.recent = recent.New(cfg.recent)
+	}
+	a.metrics.reg.MustRegister(&cacheCollector{caches: a.caches})
+	for _, d := range cfg.deprecated {
+		logger.Warn(d)
 	}
 	return a, nil
 }
@@ -174,6 +188,7 @@ func (a *agent) run() int {
 		a.closeListeners()
 		return exitBadInput
 	}
+	a.metrics.reg.MustRegister(&budgetCollector{proxies: a.proxies})
 
 	var wg sync.WaitGroup
 	// Up to HubThreshold services get a long poll each; above, one hub
@@ -331,7 +346,9 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 		})
 		return
 	}
+	old := s.balancer.Pool()
 	a.setLocal(s, insts)
+	a.instancesLeft(s, old, insts)
 }
 
 // reloadCerts reads every listener's TLS files again (SIGHUP). New
@@ -420,10 +437,11 @@ func (a *agent) closeListeners() {
 }
 
 func (a *agent) buildServers() error {
-	for _, l := range a.cfg.listeners {
+	for li, l := range a.cfg.listeners {
 		routes := make([]proxy.Route, 0, len(l.routes))
-		for _, r := range l.routes {
-			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer})
+		for ri, r := range l.routes {
+			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer,
+				Cache: a.routeCaches[li][ri], TryTimeout: a.cfg.service(r.service).tryTimeout})
 		}
 		p, err := proxy.New(proxy.Config{
 			ConnectTimeout:        a.cfg.connectTimeout,
@@ -540,7 +558,7 @@ func (a *agent) buildAdminAPI() {
 		}})
 	}
 	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
-		Recent: a.recent, TraceUI: a.cfg.traceUI})
+		Recent: a.recent, TraceUI: a.cfg.traceUI, Caches: a.adminCaches()})
 }
 
 // recorder is the proxies' Recorder: the ring of recent requests, or none.

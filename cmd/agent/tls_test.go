@@ -15,6 +15,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -120,8 +121,12 @@ func TestTLSTerminationReloadsOnSIGHUP(t *testing.T) {
 	if err := os.WriteFile(certFile, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	failedBefore := strings.Count(c.agent.Out.String(), "TLS reload failed")
 	_ = c.agent.Signal(syscall.SIGHUP)
-	time.Sleep(300 * time.Millisecond) // the agent handles the signal
+	// The agent says it refused the pair: the signal was handled.
+	testproc.WaitFor(t, 5*time.Second, "the agent to log the failed reload", func() bool {
+		return strings.Count(c.agent.Out.String(), "TLS reload failed") > failedBefore
+	})
 	if got := fresh(); got != "second" {
 		t.Errorf("after a failed reload, certificate %q; want second kept", got)
 	}

@@ -291,7 +291,7 @@ func (r *registrar) refreshPID() {
 func (r *registrar) shutdown(sigs <-chan os.Signal, stopLoops func()) int {
 	start := time.Now()
 	mctx, mcancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if err := r.reg.MarkCritical(mctx, "draining: registrar received a stop signal"); err != nil {
+	if err := r.reg.MarkCritical(mctx, discovery.DrainNote+": registrar received a stop signal"); err != nil {
 		r.log.Warn("could not mark the instance critical; edges learn of it at deregistration", "error", err)
 	}
 	mcancel()

@@ -52,17 +52,27 @@ type instance struct {
 	status string
 }
 
+// lookup returns the service's instances; a failed query fails the test.
 func lookup(t *testing.T, c *api.Client, service string) []instance {
 	t.Helper()
+	in, err := query(c, service)
+	if err != nil {
+		t.Fatalf("consul health of service %q: %v", service, err)
+	}
+	return in
+}
+
+// query asks Consul for the service's instances and their aggregated status.
+func query(c *api.Client, service string) ([]instance, error) {
 	entries, _, err := c.Health().Service(service, "", false, nil)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	out := make([]instance, 0, len(entries))
 	for _, e := range entries {
 		out = append(out, instance{entry: e, status: e.Checks.AggregatedStatus()})
 	}
-	return out
+	return out, nil
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
@@ -70,10 +80,29 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	return testproc.WaitFor(t, timeout, what, cond)
 }
 
+// passing is a condition for waitFor: Consul answers and lists the one
+// instance of service as passing. A failed query is no answer: the wait
+// goes on, and a timeout names the last error.
 func passing(t *testing.T, c *api.Client, service string) func() bool {
+	return status(t, c, service, true)
+}
+
+// notPassing is passing's opposite: Consul answers, and the instance is
+// listed and not passing, or gone. A failed query does not count as "not
+// passing": that would hold with Consul down, whatever the registrar did.
+func notPassing(t *testing.T, c *api.Client, service string) func() bool {
+	return status(t, c, service, false)
+}
+
+func status(t *testing.T, c *api.Client, service string, want bool) func() bool {
 	return func() bool {
-		in := lookup(t, c, service)
-		return len(in) == 1 && in[0].status == api.HealthPassing
+		in, err := query(c, service)
+		if err != nil {
+			t.Logf("consul health of service %q: %v", service, err)
+			return false
+		}
+		ok := len(in) == 1 && in[0].status == api.HealthPassing
+		return ok == want
 	}
 }
 
@@ -172,7 +201,7 @@ func TestAppKilledStopsPassing(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		took := waitFor(t, 5*time.Second, "instance not passing", func() bool { return !passing(t, c, "w")() })
+		took := waitFor(t, 5*time.Second, "instance not passing", notPassing(t, c, "w"))
 		t.Logf("MEASURE wrap SIGKILL of app to not passing: %v", took)
 		if code := reg.Wait(t, 10*time.Second); code != 128+int(syscall.SIGKILL) {
 			t.Errorf("registrar exit status %d, want the app's %d", code, 128+int(syscall.SIGKILL))
@@ -189,7 +218,7 @@ func TestAppKilledStopsPassing(t *testing.T) {
 		start(t, srv.Env(), registrarBin, "--service", "a", "--port", strconv.Itoa(port))
 		waitFor(t, 15*time.Second, "instance passing", passing(t, c, "a"))
 		_ = app.Cmd.Process.Kill()
-		took := waitFor(t, 5*time.Second, "instance not passing", func() bool { return !passing(t, c, "a")() })
+		took := waitFor(t, 5*time.Second, "instance not passing", notPassing(t, c, "a"))
 		t.Logf("MEASURE attach SIGKILL of app to not passing: %v", took)
 	})
 }
@@ -202,7 +231,7 @@ func TestRegistrarKilledGoesCriticalWithinTTL(t *testing.T) {
 	reg := start(t, srv.Env(), registrarBin, "--service", "k", "--port", strconv.Itoa(port), "--ttl", "2s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "k"))
 	_ = reg.Cmd.Process.Kill()
-	took := waitFor(t, 2*time.Second+2*time.Second, "instance critical after TTL", func() bool { return !passing(t, c, "k")() })
+	took := waitFor(t, 2*time.Second+2*time.Second, "instance critical after TTL", notPassing(t, c, "k"))
 	t.Logf("MEASURE registrar SIGKILL to not passing (TTL 2s): %v", took)
 }
 

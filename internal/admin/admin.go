@@ -68,6 +68,8 @@ type Options struct {
 	Logger hclog.Logger
 	// Poll is how often Run looks for pool changes; 0 means DefaultPoll.
 	Poll time.Duration
+	// Caches are the agent's HTTP caches, for PurgeCache and the page.
+	Caches []Cache
 	// Recent is the ring of recent requests the proxies record into; nil
 	// when the agent keeps none (--recent 0).
 	Recent *recent.Ring
@@ -109,6 +111,8 @@ type Server struct {
 	failures [maxFailures]atomic.Pointer[Failure]
 	failSeq  atomic.Uint64
 
+	caches []Cache
+
 	recent  *recent.Ring // nil: --recent 0
 	traceUI string
 }
@@ -135,6 +139,7 @@ func New(o Options) *Server {
 		serving: map[string]healthpb.HealthCheckResponse_ServingStatus{},
 		recent:  o.Recent,
 		traceUI: o.TraceUI,
+		caches:  o.Caches,
 	}
 	if s.poll <= 0 {
 		s.poll = DefaultPoll

@@ -21,6 +21,7 @@ type StateView struct {
 	Events       []EventView   `json:"events"`
 	Failures     []FailureView `json:"failures"`
 	LastEventSeq uint64        `json:"last_event_seq"`
+	Caches       []CacheView   `json:"caches"`
 	// Requests are the newest recent requests; Recording is false with
 	// --recent 0.
 	Requests  []RequestView `json:"requests"`
@@ -69,14 +70,15 @@ func (s *Server) serveEvents(w http.ResponseWriter, _ *http.Request) {
 		Events       []EventView   `json:"events"`
 		Failures     []FailureView `json:"failures"`
 		LastEventSeq uint64        `json:"last_event_seq"`
-	}{st.Events, st.Failures, st.LastEventSeq})
+		Caches       []CacheView   `json:"caches"`
+	}{st.Events, st.Failures, st.LastEventSeq, st.Caches})
 }
 
 // state gathers what the status page shows.
 func (s *Server) state() StateView {
 	pools := ViewPools(s.listPools(nil))
 	st := StateView{Now: time.Now(), Pools: pools.Pools, LastEventSeq: pools.LastEventSeq,
-		Events: []EventView{}, Failures: []FailureView{}}
+		Events: []EventView{}, Failures: []FailureView{}, Caches: s.cacheViews()}
 	evs, _, _ := s.eventsAfter(0)
 	for i := len(evs) - 1; i >= 0; i-- {
 		st.Events = append(st.Events, ViewEvent(evs[i]))

@@ -235,9 +235,11 @@ func (c *conn) failed(b []byte) (int, error) {
 			// Nothing released on this connection: no response can
 			// be pending, so answer here and let the server see the
 			// client go away.
-			_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			_, _ = c.Conn.Write(response(v.status, v.reason, ""))
-			_ = c.Conn.SetWriteDeadline(time.Time{})
+			if v != vNotHTTP {
+				_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+				_, _ = c.Conn.Write(response(v.status, v.reason, ""))
+				_ = c.Conn.SetWriteDeadline(time.Time{})
+			}
 			closeWrite(c.Conn)
 			c.linger.Store(true)
 			c.eof = true

@@ -48,6 +48,10 @@ func FuzzGuard(f *testing.F) {
 			if run.err != io.EOF || len(run.written) != 0 {
 				t.Fatalf("clean run ended with %v, wrote %q", run.err, run.written)
 			}
+		case v == vNotHTTP:
+			if len(valid) != 0 || len(run.written) != 0 || run.requests != 0 {
+				t.Fatalf("refused a first line that is not HTTP but released %q, wrote %q", valid, run.written)
+			}
 		case v.head && run.requests == 0:
 			if len(valid) != 0 || string(run.written) != string(response(v.status, v.reason, "")) {
 				t.Fatalf("refused first head but released %q, wrote %q", valid, run.written)

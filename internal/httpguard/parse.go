@@ -27,11 +27,17 @@ var (
 	vBadValue      = &violation{400, "invalid header value", true}
 	vBadName       = &violation{400, "invalid header name", true}
 	vRequestLine   = &violation{400, "malformed request line", true}
-	vVersion       = &violation{505, "unsupported http version", true}
-	vHeadTooLarge  = &violation{431, "head too large", true}
-	vChunked       = &violation{0, "malformed chunked body", false}
-	vTrailer       = &violation{0, "malformed trailer", false}
-	vEarlyData     = &violation{0, "data before switching protocols", false}
+	// vNotHTTP: the first line of a connection names no HTTP version at
+	// all (a client speaking another protocol, or an HTTP/2 client with a
+	// broken preface): the connection is closed without an answer, which
+	// such a client could not read (RFC 9113 section 3.4 asks exactly that
+	// of an invalid HTTP/2 preface).
+	vNotHTTP      = &violation{400, "not an http request", true}
+	vVersion      = &violation{505, "unsupported http version", true}
+	vHeadTooLarge = &violation{431, "head too large", true}
+	vChunked      = &violation{0, "malformed chunked body", false}
+	vTrailer      = &violation{0, "malformed trailer", false}
+	vEarlyData    = &violation{0, "data before switching protocols", false}
 )
 
 // state is where the parser is in the request stream.
@@ -265,6 +271,9 @@ func (p *parser) requestLine(line []byte) *violation {
 	case "HTTP/1.0":
 		h.http10 = true
 	default:
+		if p.requests == 0 && (len(version) < 5 || !bytes.EqualFold(version[:5], []byte("HTTP/"))) {
+			return vNotHTTP
+		}
 		if len(version) != 8 || string(version[:5]) != "HTTP/" ||
 			!isDigit(version[5]) || version[6] != '.' || !isDigit(version[7]) {
 			return vRequestLine

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -76,7 +77,9 @@ type cluster struct {
 	bins                 map[string]string
 	server, edge, client *multihost.Host
 	apps                 []*multihost.Host
-	web                  *http.Client // requests from the client host
+	web                  *http.Client // requests from the client host: GETs, with a 2s timeout as impatient clients have
+	post                 *http.Client // POSTs from the client host, patient enough to see the agent's answer
+	journal              string       // directory of the apps' POST journals
 	admin                *http.Client // requests from the edge host to the agent's admin listener
 	url                  string
 }
@@ -85,14 +88,15 @@ type cluster struct {
 // the edge serves every instance.
 func newCluster(t *testing.T, ctx context.Context, appHosts ...string) *cluster {
 	t.Helper()
-	c := &cluster{bins: binaries(t), net: multihost.New(t)}
+	c := &cluster{bins: binaries(t), net: multihost.New(t), journal: t.TempDir()}
 	c.server = c.net.AddHost(t, "server", serverOctet)
 	c.edge = c.net.AddHost(t, "edge", edgeOctet)
 	c.client = c.net.AddHost(t, "client", clientOctet)
 	for _, name := range appHosts {
 		c.apps = append(c.apps, c.net.AddHost(t, name, hostOctets[name]))
 	}
-	c.web = c.client.HTTPClient(15 * time.Second)
+	c.web = c.client.HTTPClient(2 * time.Second)
+	c.post = c.client.HTTPClient(15 * time.Second)
 	c.admin = c.edge.HTTPClient(2 * time.Second)
 	c.url = fmt.Sprintf("http://%v:%d/", c.edge.Addr, edgePort)
 
@@ -133,7 +137,8 @@ func (c *cluster) startInstances(t *testing.T, h *multihost.Host) {
 		args := []string{c.bins["registrar"], "--service", service, "--port", strconv.Itoa(port),
 			"--probe-host", h.Addr.String(), "--"}
 		args = append(args, testproc.App(t, port)...)
-		args = append(args, "--address="+h.Addr.String(), "--logging=warning")
+		args = append(args, "--address="+h.Addr.String(), "--logging=warning",
+			fmt.Sprintf("--journal=%s/%s-%d.journal", c.journal, h.Name, port))
 		h.Start(t, nil, args...)
 	}
 }
@@ -501,9 +506,27 @@ func TestMultiHost(t *testing.T) {
 
 	l := startLoad(ctx, c.web, c.url, 4, 25*time.Millisecond)
 	defer l.stop()
+	pl := startPosts(ctx, c.post, c.url+"echo?ms=20", 2, 50*time.Millisecond)
+	defer pl.stop()
+	type window struct {
+		host         string
+		down, shrunk time.Time
+	}
+	var cuts []window
 	t0 := time.Now()
 	waitUntil(t, ctx, 10*time.Second, 20*time.Millisecond, "every instance served under load",
 		func() bool { return l.servedSince(t0, pidList(insts)...) })
+	// The cost of hedging on a healthy service: the extra attempts it sends.
+	healthy0, _, _ := c.extraAttempts()
+	req0, _ := c.metric(fmt.Sprintf("meshlb_retry_budget_requests_total{service=%q}", service))
+	okHealthy, _, _ := l.counts()
+	waitUntil(t, ctx, 20*time.Second, 20*time.Millisecond, "500 GETs on the healthy service",
+		func() bool { ok, _, _ := l.counts(); return ok >= okHealthy+500 })
+	healthy1, _, _ := c.extraAttempts()
+	req1, _ := c.metric(fmt.Sprintf("meshlb_retry_budget_requests_total{service=%q}", service))
+	tt, _ := c.metric(fmt.Sprintf("meshlb_try_timeout_seconds{service=%q}", service))
+	t.Logf("MEASURE healthy service: %v hedges for %v requests (%.2f%% added load); per-try timeout %.3fs",
+		healthy1-healthy0, req1-req0, 100*(healthy1-healthy0)/max(req1-req0, 1), tt)
 
 	t.Run("host cut off and back", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -515,10 +538,34 @@ func TestMultiHost(t *testing.T) {
 			{"host side down", "b", false},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				testCutOff(t, ctx, c, l, insts, c.net.Host(tc.host), tc.bridgeSide)
+				down, shrunk := testCutOff(t, ctx, c, l, insts, c.net.Host(tc.host), tc.bridgeSide)
+				cuts = append(cuts, window{tc.host, down, shrunk})
 			})
 		}
 	})
+
+	t.Run("stalled instance under load", func(t *testing.T) {
+		testStalled(t, ctx, c, l, insts)
+	})
+
+	// POSTs stop before the new host comes: its processes end with its
+	// subtest, their journals stay.
+	pl.stop()
+	for _, w := range cuts {
+		failed := pl.failedBetween(w.down, w.shrunk)
+		var last time.Time
+		statuses := map[int]int{}
+		for _, o := range failed {
+			statuses[o.status]++
+			if o.end.After(last) {
+				last = o.end
+			}
+		}
+		t.Logf("MEASURE cut host %s: %d POSTs sent while it was cut off and in the pool failed (by status %v); the last failure answered %v after the cut",
+			w.host, len(failed), statuses, durSince(w.down, last))
+	}
+	failedPosts := c.checkPosts(t, pl)
+	t.Logf("POSTs: %d sent, %d failed, none ran twice (journals)", len(pl.out), failedPosts)
 
 	t.Run("new host under load", func(t *testing.T) {
 		testNewHost(t, ctx, c, l, insts)
@@ -580,8 +627,9 @@ func testAllServed(t *testing.T, ctx context.Context, c *cluster, insts map[int]
 }
 
 // testCutOff takes h's link down under load: its instances must leave the
-// pool with no GET failing, and serve again once the link is back up.
-func testCutOff(t *testing.T, ctx context.Context, c *cluster, l *load, insts map[int]instance, h *multihost.Host, bridgeSide bool) {
+// pool with no GET failing, and serve again once the link is back up. It
+// returns when the link went down and when the pool shrank.
+func testCutOff(t *testing.T, ctx context.Context, c *cluster, l *load, insts map[int]instance, h *multihost.Host, bridgeSide bool) (down, shrunk time.Time) {
 	all := pidList(insts)
 	cut := pidsOn(insts, h.Hostname)
 	var others []int
@@ -592,23 +640,30 @@ func testCutOff(t *testing.T, ctx context.Context, c *cluster, l *load, insts ma
 	}
 	ok0, failed0, _ := l.counts()
 
-	down := time.Now()
+	hedges0, unbudgeted0, refused0 := c.extraAttempts()
+	down = time.Now()
 	if err := h.SetLink(false, bridgeSide); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.SetLink(true, bridgeSide) }) // if the test stops half-way
 	leave := c.waitPool(t, ctx, len(others), 30*time.Second, fmt.Sprintf("%s's instances to leave the edge's pool", h.Hostname))
-	shrunk := time.Now()
-	// Until the pool shrank, GETs sent to the cut host waited for the
-	// connect timeout (new connections) or the response header timeout
-	// (kept-alive ones) before being retried elsewhere. Without any, the
+	shrunk = time.Now()
+	// Until the pool shrank, GETs sent to the cut host were hedged to
+	// another instance after the per-try timeout (kept-alive connections)
+	// or retried after the connect timeout (new ones). Without any, the
 	// test could pass with no request ever sent to the cut host.
 	waitUntil(t, ctx, 20*time.Second, 20*time.Millisecond, "the GETs sent before the pool shrank to finish",
 		func() bool { return l.doneBefore(shrunk) })
+	hedges1, unbudgeted1, refused1 := c.extraAttempts()
 	retried, longest := l.slowBetween(down, shrunk)
-	if retried == 0 {
-		t.Errorf("no GET sent while %s was cut off and still in the pool took longer than %v: the load never hit the cut host", h.Hostname, slow)
+	affected, lastAffected := l.affectedBetween(down, shrunk, hedgeFloor)
+	if hedges1+unbudgeted1 == hedges0+unbudgeted0 {
+		t.Errorf("no GET was hedged or retried while %s was cut off and still in the pool: the load never hit the cut host", h.Hostname)
 	}
+	t.Logf("MEASURE cut-host timeline (%s): link down at 0; pool shrank at %v; %d GETs took over %v (hedged or retried), the last ended at %v, longest %v; "+
+		"hedges %v, retries after connect failure or pool exit %v, refused by the budget %v",
+		h.Hostname, shrunk.Sub(down).Round(time.Millisecond), affected, hedgeFloor, durSince(down, lastAffected), longest.Round(time.Millisecond),
+		hedges1-hedges0, unbudgeted1-unbudgeted0, refused1-refused0)
 	// The rest keep serving once the pool has shrunk; keep the load on the
 	// smaller pool for a while: failures would show here.
 	waitUntil(t, ctx, 5*time.Second, 20*time.Millisecond, "the other instances served after the pool shrank",
@@ -643,6 +698,73 @@ func testCutOff(t *testing.T, ctx context.Context, c *cluster, l *load, insts ma
 	if failed1 != failed0 {
 		t.Errorf("%d GETs failed while %s was cut off or coming back, want 0; first failures:\n%s",
 			failed1-failed0, h.Hostname, strings.Join(errs, "\n"))
+	}
+	return down, shrunk
+}
+
+// hedgeFloor is the agent's smallest per-try timeout: a GET that took
+// longer was probably hedged or retried.
+const hedgeFloor = 50 * time.Millisecond
+
+// durSince formats t - from, or "-" when t is zero.
+func durSince(from, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Sub(from).Round(time.Millisecond).String()
+}
+
+// testStalled stops one app with SIGSTOP under load (it keeps its
+// connections open and answers nothing, as a process stuck in a GC pause or
+// on a lock would) for a few seconds: no GET may fail, the GETs' p99 stays
+// near the per-try timeout, and the hedges stay within the retry budget.
+func testStalled(t *testing.T, ctx context.Context, c *cluster, l *load, insts map[int]instance) {
+	pids := pidList(insts)
+	victim := pids[0]
+	ok0, failed0, _ := l.counts()
+	hedges0, unbudgeted0, refused0 := c.extraAttempts()
+	req0, _ := c.metric(fmt.Sprintf("meshlb_retry_budget_requests_total{service=%q}", service))
+	start := time.Now()
+	if err := syscall.Kill(victim, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(victim, syscall.SIGCONT) })
+	const stalled = 3 * time.Second
+	select {
+	case <-time.After(stalled):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	if err := syscall.Kill(victim, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now()
+	waitUntil(t, ctx, 10*time.Second, 20*time.Millisecond, "the GETs sent while the app was stopped to finish",
+		func() bool { return l.doneBefore(end) })
+	ok1, failed1, errs := l.counts()
+	hedges1, unbudgeted1, refused1 := c.extraAttempts()
+	req1, _ := c.metric(fmt.Sprintf("meshlb_retry_budget_requests_total{service=%q}", service))
+	p99, n := l.quantileBetween(start, end, 0.99)
+	p50, _ := l.quantileBetween(start, end, 0.5)
+	requests, hedges := req1-req0, hedges1-hedges0
+	resent := unbudgeted1 - unbudgeted0 // re-sent when its registrar's check failed and it left the pool
+	t.Logf("MEASURE stalled instance (SIGSTOP %v, pid %d): %d GETs, %d failed; p50 %v, p99 %v; %v hedges for %v requests (%.1f%%), %v refused by the budget, %v re-sent when it left the pool",
+		stalled, victim, n, failed1-failed0, p50, p99, hedges, requests, 100*hedges/max(requests, 1), refused1-refused0, resent)
+	if failed1 != failed0 {
+		t.Errorf("%d GETs failed while an app was stopped, want 0; first failures:\n%s", failed1-failed0, strings.Join(errs, "\n"))
+	}
+	if ok1 == ok0 {
+		t.Fatal("no GET served while the app was stopped")
+	}
+	if hedges+resent == 0 {
+		t.Error("no GET hedged or re-sent while an app was stopped: the load never hit it")
+	}
+	// The budget: 20% of the requests over its 10s window plus 10 a second.
+	if limit := 0.2*requests + 10*(end.Sub(start).Seconds()+10); hedges > limit {
+		t.Errorf("%v hedges for %v requests: over the retry budget (%v)", hedges, requests, limit)
+	}
+	if p99 > time.Second {
+		t.Errorf("p99 of GETs while an app was stopped: %v, want it bounded near the per-try timeout (at most 1s)", p99)
 	}
 }
 

@@ -1129,6 +1129,117 @@ func (x *UndrainResponse) GetChanged() bool {
 	return false
 }
 
+type PurgeCacheRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Url names the stored responses: an absolute http or https URL whose
+	// host (without port, case-insensitive) and path with query select them,
+	// e.g. "http://api.example.com/v1/items?page=2". Every Vary variant goes.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// Prefix drops every stored URL of that host whose path (and query)
+	// starts with the URL's path, e.g. "http://api.example.com/static/".
+	Prefix        bool `protobuf:"varint,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeCacheRequest) Reset() {
+	*x = PurgeCacheRequest{}
+	mi := &file_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeCacheRequest) ProtoMessage() {}
+
+func (x *PurgeCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeCacheRequest.ProtoReflect.Descriptor instead.
+func (*PurgeCacheRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PurgeCacheRequest) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *PurgeCacheRequest) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
+type PurgeCacheResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Purged counts the URLs dropped, over all caches.
+	Purged uint64 `protobuf:"varint,1,opt,name=purged,proto3" json:"purged,omitempty"`
+	// Caches counts the caches searched; 0 means the agent caches nothing.
+	Caches        uint32 `protobuf:"varint,2,opt,name=caches,proto3" json:"caches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeCacheResponse) Reset() {
+	*x = PurgeCacheResponse{}
+	mi := &file_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeCacheResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeCacheResponse) ProtoMessage() {}
+
+func (x *PurgeCacheResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeCacheResponse.ProtoReflect.Descriptor instead.
+func (*PurgeCacheResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PurgeCacheResponse) GetPurged() uint64 {
+	if x != nil {
+		return x.Purged
+	}
+	return 0
+}
+
+func (x *PurgeCacheResponse) GetCaches() uint32 {
+	if x != nil {
+		return x.Caches
+	}
+	return 0
+}
+
 type ListRequestsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Failed keeps only failed requests (answered 5xx).
@@ -1151,7 +1262,7 @@ type ListRequestsRequest struct {
 
 func (x *ListRequestsRequest) Reset() {
 	*x = ListRequestsRequest{}
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1274,7 @@ func (x *ListRequestsRequest) String() string {
 func (*ListRequestsRequest) ProtoMessage() {}
 
 func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1287,7 @@ func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{13}
+	return file_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListRequestsRequest) GetFailed() bool {
@@ -1236,7 +1347,7 @@ type ListRequestsResponse struct {
 
 func (x *ListRequestsResponse) Reset() {
 	*x = ListRequestsResponse{}
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1359,7 @@ func (x *ListRequestsResponse) String() string {
 func (*ListRequestsResponse) ProtoMessage() {}
 
 func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1372,7 @@ func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{14}
+	return file_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListRequestsResponse) GetRequests() []*RequestRecord {
@@ -1328,7 +1439,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1451,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1464,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{15}
+	return file_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RequestRecord) GetSeq() uint64 {
@@ -1495,7 +1606,7 @@ type RequestAttempt struct {
 
 func (x *RequestAttempt) Reset() {
 	*x = RequestAttempt{}
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1618,7 @@ func (x *RequestAttempt) String() string {
 func (*RequestAttempt) ProtoMessage() {}
 
 func (x *RequestAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1631,7 @@ func (x *RequestAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAttempt.ProtoReflect.Descriptor instead.
 func (*RequestAttempt) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RequestAttempt) GetNumber() uint32 {
@@ -1686,7 +1797,13 @@ const file_admin_proto_rawDesc = "" +
 	"instanceId\"b\n" +
 	"\x0fUndrainResponse\x125\n" +
 	"\binstance\x18\x01 \x01(\v2\x19.meshlb.admin.v1.InstanceR\binstance\x12\x18\n" +
-	"\achanged\x18\x02 \x01(\bR\achanged\"\xce\x01\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"=\n" +
+	"\x11PurgeCacheRequest\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\bR\x06prefix\"D\n" +
+	"\x12PurgeCacheResponse\x12\x16\n" +
+	"\x06purged\x18\x01 \x01(\x04R\x06purged\x12\x16\n" +
+	"\x06caches\x18\x02 \x01(\rR\x06caches\"\xce\x01\n" +
 	"\x13ListRequestsRequest\x12\x16\n" +
 	"\x06failed\x18\x01 \x01(\bR\x06failed\x12\x16\n" +
 	"\x06status\x18\x02 \x03(\tR\x06status\x12\x1a\n" +
@@ -1738,13 +1855,15 @@ const file_admin_proto_rawDesc = "" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INSTANCE_STATE_SERVING\x10\x01\x12\x1a\n" +
 	"\x16INSTANCE_STATE_EJECTED\x10\x02\x12\x1b\n" +
-	"\x17INSTANCE_STATE_DRAINING\x10\x032\x9e\x03\n" +
+	"\x17INSTANCE_STATE_DRAINING\x10\x032\xf5\x03\n" +
 	"\x05Admin\x12R\n" +
 	"\tListPools\x12!.meshlb.admin.v1.ListPoolsRequest\x1a\".meshlb.admin.v1.ListPoolsResponse\x12N\n" +
 	"\n" +
 	"WatchPools\x12\".meshlb.admin.v1.WatchPoolsRequest\x1a\x1a.meshlb.admin.v1.PoolEvent0\x01\x12F\n" +
 	"\x05Drain\x12\x1d.meshlb.admin.v1.DrainRequest\x1a\x1e.meshlb.admin.v1.DrainResponse\x12L\n" +
-	"\aUndrain\x12\x1f.meshlb.admin.v1.UndrainRequest\x1a .meshlb.admin.v1.UndrainResponse\x12[\n" +
+	"\aUndrain\x12\x1f.meshlb.admin.v1.UndrainRequest\x1a .meshlb.admin.v1.UndrainResponse\x12U\n" +
+	"\n" +
+	"PurgeCache\x12\".meshlb.admin.v1.PurgeCacheRequest\x1a#.meshlb.admin.v1.PurgeCacheResponse\x12[\n" +
 	"\fListRequests\x12$.meshlb.admin.v1.ListRequestsRequest\x1a%.meshlb.admin.v1.ListRequestsResponseB9Z7github.com/meshlb/meshlb/internal/admin/adminpb;adminpbb\x06proto3"
 
 var (
@@ -1760,7 +1879,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_admin_proto_goTypes = []any{
 	(InstanceState)(0),            // 0: meshlb.admin.v1.InstanceState
 	(PoolEvent_Kind)(0),           // 1: meshlb.admin.v1.PoolEvent.Kind
@@ -1777,48 +1896,52 @@ var file_admin_proto_goTypes = []any{
 	(*DrainResponse)(nil),         // 12: meshlb.admin.v1.DrainResponse
 	(*UndrainRequest)(nil),        // 13: meshlb.admin.v1.UndrainRequest
 	(*UndrainResponse)(nil),       // 14: meshlb.admin.v1.UndrainResponse
-	(*ListRequestsRequest)(nil),   // 15: meshlb.admin.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil),  // 16: meshlb.admin.v1.ListRequestsResponse
-	(*RequestRecord)(nil),         // 17: meshlb.admin.v1.RequestRecord
-	(*RequestAttempt)(nil),        // 18: meshlb.admin.v1.RequestAttempt
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*PurgeCacheRequest)(nil),     // 15: meshlb.admin.v1.PurgeCacheRequest
+	(*PurgeCacheResponse)(nil),    // 16: meshlb.admin.v1.PurgeCacheResponse
+	(*ListRequestsRequest)(nil),   // 17: meshlb.admin.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),  // 18: meshlb.admin.v1.ListRequestsResponse
+	(*RequestRecord)(nil),         // 19: meshlb.admin.v1.RequestRecord
+	(*RequestAttempt)(nil),        // 20: meshlb.admin.v1.RequestAttempt
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
 }
 var file_admin_proto_depIdxs = []int32{
 	4,  // 0: meshlb.admin.v1.ListPoolsResponse.pools:type_name -> meshlb.admin.v1.Pool
-	19, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
+	21, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
 	8,  // 2: meshlb.admin.v1.Pool.instances:type_name -> meshlb.admin.v1.Instance
 	7,  // 3: meshlb.admin.v1.Pool.watch:type_name -> meshlb.admin.v1.WatchInfo
 	6,  // 4: meshlb.admin.v1.Pool.serving:type_name -> meshlb.admin.v1.Serving
 	5,  // 5: meshlb.admin.v1.Pool.tiers:type_name -> meshlb.admin.v1.Tier
-	19, // 6: meshlb.admin.v1.Serving.since:type_name -> google.protobuf.Timestamp
-	19, // 7: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
+	21, // 6: meshlb.admin.v1.Serving.since:type_name -> google.protobuf.Timestamp
+	21, // 7: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
 	0,  // 8: meshlb.admin.v1.Instance.state:type_name -> meshlb.admin.v1.InstanceState
-	20, // 9: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
-	19, // 10: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
-	19, // 11: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 9: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
+	21, // 10: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
+	21, // 11: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 12: meshlb.admin.v1.PoolEvent.kind:type_name -> meshlb.admin.v1.PoolEvent.Kind
 	8,  // 13: meshlb.admin.v1.PoolEvent.instance:type_name -> meshlb.admin.v1.Instance
 	8,  // 14: meshlb.admin.v1.DrainResponse.instance:type_name -> meshlb.admin.v1.Instance
 	8,  // 15: meshlb.admin.v1.UndrainResponse.instance:type_name -> meshlb.admin.v1.Instance
-	20, // 16: meshlb.admin.v1.ListRequestsRequest.min_latency:type_name -> google.protobuf.Duration
-	17, // 17: meshlb.admin.v1.ListRequestsResponse.requests:type_name -> meshlb.admin.v1.RequestRecord
-	19, // 18: meshlb.admin.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	20, // 19: meshlb.admin.v1.RequestRecord.latency:type_name -> google.protobuf.Duration
-	18, // 20: meshlb.admin.v1.RequestRecord.attempts:type_name -> meshlb.admin.v1.RequestAttempt
-	20, // 21: meshlb.admin.v1.RequestAttempt.latency:type_name -> google.protobuf.Duration
+	22, // 16: meshlb.admin.v1.ListRequestsRequest.min_latency:type_name -> google.protobuf.Duration
+	19, // 17: meshlb.admin.v1.ListRequestsResponse.requests:type_name -> meshlb.admin.v1.RequestRecord
+	21, // 18: meshlb.admin.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	22, // 19: meshlb.admin.v1.RequestRecord.latency:type_name -> google.protobuf.Duration
+	20, // 20: meshlb.admin.v1.RequestRecord.attempts:type_name -> meshlb.admin.v1.RequestAttempt
+	22, // 21: meshlb.admin.v1.RequestAttempt.latency:type_name -> google.protobuf.Duration
 	2,  // 22: meshlb.admin.v1.Admin.ListPools:input_type -> meshlb.admin.v1.ListPoolsRequest
 	9,  // 23: meshlb.admin.v1.Admin.WatchPools:input_type -> meshlb.admin.v1.WatchPoolsRequest
 	11, // 24: meshlb.admin.v1.Admin.Drain:input_type -> meshlb.admin.v1.DrainRequest
 	13, // 25: meshlb.admin.v1.Admin.Undrain:input_type -> meshlb.admin.v1.UndrainRequest
-	15, // 26: meshlb.admin.v1.Admin.ListRequests:input_type -> meshlb.admin.v1.ListRequestsRequest
-	3,  // 27: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
-	10, // 28: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
-	12, // 29: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
-	14, // 30: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
-	16, // 31: meshlb.admin.v1.Admin.ListRequests:output_type -> meshlb.admin.v1.ListRequestsResponse
-	27, // [27:32] is the sub-list for method output_type
-	22, // [22:27] is the sub-list for method input_type
+	15, // 26: meshlb.admin.v1.Admin.PurgeCache:input_type -> meshlb.admin.v1.PurgeCacheRequest
+	17, // 27: meshlb.admin.v1.Admin.ListRequests:input_type -> meshlb.admin.v1.ListRequestsRequest
+	3,  // 28: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
+	10, // 29: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
+	12, // 30: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
+	14, // 31: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
+	16, // 32: meshlb.admin.v1.Admin.PurgeCache:output_type -> meshlb.admin.v1.PurgeCacheResponse
+	18, // 33: meshlb.admin.v1.Admin.ListRequests:output_type -> meshlb.admin.v1.ListRequestsResponse
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -1835,7 +1958,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Admin_WatchPools_FullMethodName   = "/meshlb.admin.v1.Admin/WatchPools"
 	Admin_Drain_FullMethodName        = "/meshlb.admin.v1.Admin/Drain"
 	Admin_Undrain_FullMethodName      = "/meshlb.admin.v1.Admin/Undrain"
+	Admin_PurgeCache_FullMethodName   = "/meshlb.admin.v1.Admin/PurgeCache"
 	Admin_ListRequests_FullMethodName = "/meshlb.admin.v1.Admin/ListRequests"
 )
 
@@ -50,6 +51,9 @@ type AdminClient interface {
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 	// Undrain undoes Drain.
 	Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error)
+	// PurgeCache drops stored responses from every HTTP cache of the agent
+	// (listeners and routes with a cache block or --cache).
+	PurgeCache(ctx context.Context, in *PurgeCacheRequest, opts ...grpc.CallOption) (*PurgeCacheResponse, error)
 	// ListRequests returns the agent's recent requests (the last --recent N,
 	// plus failed and slow ones kept longer), newest first. FailedPrecondition
 	// when the agent runs with --recent 0.
@@ -113,6 +117,16 @@ func (c *adminClient) Undrain(ctx context.Context, in *UndrainRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) PurgeCache(ctx context.Context, in *PurgeCacheRequest, opts ...grpc.CallOption) (*PurgeCacheResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeCacheResponse)
+	err := c.cc.Invoke(ctx, Admin_PurgeCache_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListRequestsResponse)
@@ -140,6 +154,9 @@ type AdminServer interface {
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	// Undrain undoes Drain.
 	Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error)
+	// PurgeCache drops stored responses from every HTTP cache of the agent
+	// (listeners and routes with a cache block or --cache).
+	PurgeCache(context.Context, *PurgeCacheRequest) (*PurgeCacheResponse, error)
 	// ListRequests returns the agent's recent requests (the last --recent N,
 	// plus failed and slow ones kept longer), newest first. FailedPrecondition
 	// when the agent runs with --recent 0.
@@ -165,6 +182,9 @@ func (UnimplementedAdminServer) Drain(context.Context, *DrainRequest) (*DrainRes
 }
 func (UnimplementedAdminServer) Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Undrain not implemented")
+}
+func (UnimplementedAdminServer) PurgeCache(context.Context, *PurgeCacheRequest) (*PurgeCacheResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PurgeCache not implemented")
 }
 func (UnimplementedAdminServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
@@ -255,6 +275,24 @@ func _Admin_Undrain_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PurgeCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeCacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PurgeCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PurgeCache_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PurgeCache(ctx, req.(*PurgeCacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListRequestsRequest)
 	if err := dec(in); err != nil {
@@ -291,6 +329,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undrain",
 			Handler:    _Admin_Undrain_Handler,
+		},
+		{
+			MethodName: "PurgeCache",
+			Handler:    _Admin_PurgeCache_Handler,
 		},
 		{
 			MethodName: "ListRequests",

@@ -1,0 +1,945 @@
+package discovery
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// healthEntry is what a pool needs of one /v1/health/service entry: the
+// node's name and address, the service's ID, name, address, port, weights,
+// tags, meta and ModifyIndex, and each check's ID and status. Everything
+// else Consul sends (tagged addresses, proxy and connect settings, check
+// output, raft indexes …) is skipped unread.
+//
+// From the lean decoder, the byte slices point into the answer (or into a
+// scratch buffer when a string had escapes) and are valid only until the
+// answer's buffer is reused; Tags and Meta stay raw JSON (tagsRaw,
+// metaRaw) until an instance is built from the entry, so an unchanged
+// entry costs no allocation. From consul/api's values (fromAPI), tags and
+// meta are already decoded.
+type healthEntry struct {
+	hasNode           bool
+	node, nodeAddr    []byte
+	hasService        bool
+	id, name, addr    []byte
+	port              int
+	passing, warning  int
+	modifyIndex       uint64
+	tagsRaw, metaRaw  []byte
+	tags              []string
+	meta              map[string]string
+	decoded           bool // tags and meta are in tags/meta, not raw
+	checkLo, checkEnd int  // this entry's checks in healthAnswer.checks
+	checksSet         bool
+}
+
+// checkState is what the pool needs of one check. A null check in the
+// answer has nullCheck set (consul/api gives a nil *HealthCheck).
+type checkState struct {
+	nullCheck bool
+	id        []byte
+	status    []byte
+}
+
+// healthAnswer is one decoded /v1/health/service answer. null is true
+// when the answer was JSON null (consul/api: a nil slice).
+type healthAnswer struct {
+	entries []healthEntry
+	// nullEntry marks entries that were JSON null (skipped).
+	checks []checkState
+	// bytes is the size of the answer as read.
+	bytes int
+}
+
+func (a *healthAnswer) entryChecks(e *healthEntry) []checkState {
+	return a.checks[e.checkLo:e.checkEnd]
+}
+
+// reset empties a for reuse, keeping its memory.
+func (a *healthAnswer) reset() {
+	clear(a.entries)
+	a.entries = a.entries[:0]
+	clear(a.checks)
+	a.checks = a.checks[:0]
+	a.bytes = 0
+}
+
+// fromAPI converts consul/api's entries to the same form, for sources that
+// decode with consul/api (tests, clients not made by NewClient).
+func fromAPI(entries []*api.ServiceEntry) *healthAnswer {
+	a := &healthAnswer{}
+	for _, e := range entries {
+		if e == nil {
+			continue
+		}
+		h := healthEntry{decoded: true}
+		if e.Node != nil {
+			h.hasNode = true
+			h.node, h.nodeAddr = []byte(e.Node.Node), []byte(e.Node.Address)
+		}
+		if s := e.Service; s != nil {
+			h.hasService = true
+			h.id, h.name, h.addr = []byte(s.ID), []byte(s.Service), []byte(s.Address)
+			h.port, h.passing, h.warning = s.Port, s.Weights.Passing, s.Weights.Warning
+			h.modifyIndex = s.ModifyIndex
+			h.tags, h.meta = s.Tags, s.Meta
+		}
+		h.checkLo = len(a.checks)
+		h.checksSet = e.Checks != nil
+		for _, c := range e.Checks {
+			if c == nil {
+				a.checks = append(a.checks, checkState{nullCheck: true})
+				continue
+			}
+			a.checks = append(a.checks, checkState{id: []byte(c.CheckID), status: []byte(c.Status)})
+		}
+		h.checkEnd = len(a.checks)
+		a.entries = append(a.entries, h)
+	}
+	return a
+}
+
+// entryTags returns the entry's tags, decoding them if needed.
+func entryTags(e *healthEntry) ([]string, error) {
+	if e.decoded {
+		return e.tags, nil
+	}
+	if e.tagsRaw == nil {
+		return nil, nil
+	}
+	d := decoder{data: e.tagsRaw}
+	return d.stringArray()
+}
+
+// entryMeta returns the entry's meta, decoding it if needed.
+func entryMeta(e *healthEntry) (map[string]string, error) {
+	if e.decoded {
+		return e.meta, nil
+	}
+	if e.metaRaw == nil {
+		return nil, nil
+	}
+	d := decoder{data: e.metaRaw}
+	return d.stringMap()
+}
+
+// decodeHealth decodes a /v1/health/service answer into a (reset first).
+// It accepts what consul/api's decoding accepts and gives the same values
+// for the fields it reads; it rejects malformed JSON anywhere, and wrong
+// types in the fields it reads (a string port, an object for a tag), as
+// encoding/json does. Unlike encoding/json it does not look at the types
+// of the fields it skips: a boolean where Consul sends an object, in a
+// field the pool does not use, is not an error here.
+//
+// Object keys match field names as encoding/json matches them: exactly,
+// else case-insensitively; a repeated key overwrites (objects merge into
+// what the first one set, as encoding/json decodes into the same struct).
+func decodeHealth(data []byte, a *healthAnswer) error {
+	a.reset()
+	a.bytes = len(data)
+	d := decoder{data: data, ans: a}
+	d.space()
+	if d.literal("null") {
+		return d.end()
+	}
+	if !d.expect('[') {
+		return d.syntax("an array of entries")
+	}
+	d.space()
+	if d.consume(']') {
+		return d.end()
+	}
+	for {
+		d.space()
+		if d.literal("null") {
+			// consul/api: a nil entry, which Instances skips.
+		} else if d.peek() == '{' {
+			a.entries = append(a.entries, healthEntry{})
+			e := &a.entries[len(a.entries)-1]
+			if err := d.entry(e); err != nil {
+				return err
+			}
+		} else {
+			if err := d.skip(); err != nil {
+				return err
+			}
+			return d.typeErr("an entry object")
+		}
+		d.space()
+		if d.consume(',') {
+			continue
+		}
+		if d.consume(']') {
+			return d.end()
+		}
+		return d.syntax("',' or ']' after an entry")
+	}
+}
+
+type decoder struct {
+	data []byte
+	off  int
+	ans  *healthAnswer
+	// scratch holds unescaped strings; slices of it stay valid because
+	// it only grows by reallocation (old arrays are left to their users).
+	scratch []byte
+}
+
+var errEnd = errors.New("unexpected end of JSON input")
+
+func (d *decoder) syntax(want string) error {
+	if d.off >= len(d.data) {
+		return fmt.Errorf("decoding health answer: %w (want %s)", errEnd, want)
+	}
+	return fmt.Errorf("decoding health answer: invalid character %q at offset %d: want %s", d.data[d.off], d.off, want)
+}
+
+func (d *decoder) typeErr(want string) error {
+	return fmt.Errorf("decoding health answer: wrong type before offset %d: want %s", d.off, want)
+}
+
+func (d *decoder) end() error {
+	d.space()
+	if d.off != len(d.data) {
+		return d.syntax("the end of the answer")
+	}
+	return nil
+}
+
+func (d *decoder) space() {
+	for d.off < len(d.data) {
+		switch d.data[d.off] {
+		case ' ', '\t', '\n', '\r':
+			d.off++
+		default:
+			return
+		}
+	}
+}
+
+func (d *decoder) peek() byte {
+	if d.off < len(d.data) {
+		return d.data[d.off]
+	}
+	return 0
+}
+
+func (d *decoder) consume(c byte) bool {
+	if d.off < len(d.data) && d.data[d.off] == c {
+		d.off++
+		return true
+	}
+	return false
+}
+
+func (d *decoder) expect(c byte) bool { return d.consume(c) }
+
+func (d *decoder) literal(s string) bool {
+	if len(d.data)-d.off >= len(s) && string(d.data[d.off:d.off+len(s)]) == s {
+		d.off += len(s)
+		return true
+	}
+	return false
+}
+
+// object walks an object's members, calling member with each key (with
+// escapes resolved) while d sits on the value; member must consume it.
+func (d *decoder) object(member func(key []byte) error) error {
+	if !d.expect('{') {
+		return d.syntax("'{'")
+	}
+	d.space()
+	if d.consume('}') {
+		return nil
+	}
+	for {
+		d.space()
+		key, err := d.str()
+		if err != nil {
+			return err
+		}
+		d.space()
+		if !d.expect(':') {
+			return d.syntax("':' after an object key")
+		}
+		d.space()
+		if err := member(key); err != nil {
+			return err
+		}
+		d.space()
+		if d.consume(',') {
+			continue
+		}
+		if d.consume('}') {
+			return nil
+		}
+		return d.syntax("',' or '}' in an object")
+	}
+}
+
+// Field numbers of the objects the decoder reads.
+const (
+	fOther = iota
+	fNode
+	fService
+	fChecks
+	fAddress
+	fID
+	fPort
+	fModifyIndex
+	fTags
+	fMeta
+	fWeights
+	fPassing
+	fWarning
+	fCheckID
+	fStatus
+)
+
+// Objects the decoder reads fields of.
+const (
+	oEntry = iota
+	oNode
+	oService
+	oWeights
+	oCheck
+)
+
+// objectNames lists each object's fields, lower-case.
+var objectNames = [...][]string{
+	oEntry:   {"node", "service", "checks"},
+	oNode:    {"node", "address"},
+	oService: {"id", "service", "address", "port", "modifyindex", "tags", "meta", "weights"},
+	oWeights: {"passing", "warning"},
+	oCheck:   {"checkid", "status"},
+}
+
+// field maps a key of an object to the field it names, as encoding/json
+// matches keys: exactly or else case-insensitively (bytes.EqualFold,
+// Unicode folding included). No two fields of one object fold to the same
+// name, so for an ASCII key the match is its lower-case form.
+func field(key []byte, obj int) int {
+	var buf [24]byte
+	if len(key) <= len(buf) {
+		ascii := true
+		for i, c := range key {
+			if c >= 0x80 {
+				ascii = false
+				break
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf[i] = c
+		}
+		if ascii {
+			return lookupField(obj, buf[:len(key)])
+		}
+	}
+	if utf8.RuneCount(key) > len(buf) {
+		return fOther // longer than any field name, even folded
+	}
+	for _, name := range objectNames[obj] {
+		if bytes.EqualFold(key, []byte(name)) {
+			return lookupField(obj, []byte(name))
+		}
+	}
+	return fOther
+}
+
+// lookupField maps a lower-case name to its field.
+func lookupField(obj int, k []byte) int {
+	switch obj {
+	case oEntry:
+		switch string(k) {
+		case "node":
+			return fNode
+		case "service":
+			return fService
+		case "checks":
+			return fChecks
+		}
+	case oNode:
+		switch string(k) {
+		case "node":
+			return fNode
+		case "address":
+			return fAddress
+		}
+	case oService:
+		switch string(k) {
+		case "id":
+			return fID
+		case "service":
+			return fService
+		case "address":
+			return fAddress
+		case "port":
+			return fPort
+		case "modifyindex":
+			return fModifyIndex
+		case "tags":
+			return fTags
+		case "meta":
+			return fMeta
+		case "weights":
+			return fWeights
+		}
+	case oWeights:
+		switch string(k) {
+		case "passing":
+			return fPassing
+		case "warning":
+			return fWarning
+		}
+	case oCheck:
+		switch string(k) {
+		case "checkid":
+			return fCheckID
+		case "status":
+			return fStatus
+		}
+	}
+	return fOther
+}
+
+func (d *decoder) entry(e *healthEntry) error {
+	return d.object(func(key []byte) error {
+		switch field(key, oEntry) {
+		case fNode:
+			if d.literal("null") {
+				e.hasNode, e.node, e.nodeAddr = false, nil, nil
+				return nil
+			}
+			if d.peek() != '{' {
+				return d.wrongType("the Node object")
+			}
+			e.hasNode = true
+			return d.object(func(k []byte) error {
+				switch field(k, oNode) {
+				case fNode:
+					return d.strField(&e.node)
+				case fAddress:
+					return d.strField(&e.nodeAddr)
+				}
+				return d.skip()
+			})
+		case fService:
+			if d.literal("null") {
+				*e = healthEntry{hasNode: e.hasNode, node: e.node, nodeAddr: e.nodeAddr,
+					checkLo: e.checkLo, checkEnd: e.checkEnd, checksSet: e.checksSet}
+				return nil
+			}
+			if d.peek() != '{' {
+				return d.wrongType("the Service object")
+			}
+			e.hasService = true
+			return d.service(e)
+		case fChecks:
+			if d.literal("null") {
+				e.checkLo, e.checkEnd, e.checksSet = 0, 0, false
+				return nil
+			}
+			if d.peek() != '[' {
+				return d.wrongType("the Checks array")
+			}
+			return d.checks(e)
+		}
+		return d.skip()
+	})
+}
+
+func (d *decoder) service(e *healthEntry) error {
+	return d.object(func(k []byte) error {
+		switch field(k, oService) {
+		case fID:
+			return d.strField(&e.id)
+		case fService:
+			return d.strField(&e.name)
+		case fAddress:
+			return d.strField(&e.addr)
+		case fPort:
+			return d.intField(&e.port)
+		case fModifyIndex:
+			return d.uintField(&e.modifyIndex)
+		case fTags:
+			return d.rawField(&e.tagsRaw, '[', "the Tags array")
+		case fMeta:
+			return d.rawField(&e.metaRaw, '{', "the Meta object")
+		case fWeights:
+			if d.literal("null") {
+				return nil
+			}
+			if d.peek() != '{' {
+				return d.wrongType("the Weights object")
+			}
+			return d.object(func(k []byte) error {
+				switch field(k, oWeights) {
+				case fPassing:
+					return d.intField(&e.passing)
+				case fWarning:
+					return d.intField(&e.warning)
+				}
+				return d.skip()
+			})
+		}
+		return d.skip()
+	})
+}
+
+func (d *decoder) checks(e *healthEntry) error {
+	a := d.ans
+	e.checksSet = true
+	// A repeated Checks key replaces the list (encoding/json resets a
+	// slice); the earlier checks stay in a.checks unreferenced.
+	e.checkLo = len(a.checks)
+	d.off++ // '['
+	d.space()
+	if !d.consume(']') {
+		for {
+			d.space()
+			switch {
+			case d.literal("null"):
+				a.checks = append(a.checks, checkState{nullCheck: true})
+			case d.peek() == '{':
+				i := len(a.checks)
+				a.checks = append(a.checks, checkState{})
+				err := d.object(func(k []byte) error {
+					switch field(k, oCheck) {
+					case fCheckID:
+						return d.strField(&a.checks[i].id)
+					case fStatus:
+						return d.strField(&a.checks[i].status)
+					}
+					return d.skip()
+				})
+				if err != nil {
+					return err
+				}
+			default:
+				return d.wrongType("a check object")
+			}
+			d.space()
+			if d.consume(',') {
+				continue
+			}
+			if d.consume(']') {
+				break
+			}
+			return d.syntax("',' or ']' in Checks")
+		}
+	}
+	e.checkEnd = len(a.checks)
+	return nil
+}
+
+// wrongType skips the value (so that a syntax error still wins, as in
+// encoding/json) and reports a type error.
+func (d *decoder) wrongType(want string) error {
+	if err := d.skip(); err != nil {
+		return err
+	}
+	return d.typeErr(want)
+}
+
+// strField sets *dst from a string value; null leaves it as it is.
+func (d *decoder) strField(dst *[]byte) error {
+	if d.literal("null") {
+		return nil
+	}
+	if d.peek() != '"' {
+		return d.wrongType("a string")
+	}
+	s, err := d.str()
+	if err != nil {
+		return err
+	}
+	*dst = s
+	return nil
+}
+
+// rawField records the span of an array or object value (open is '[' or
+// '{'); null sets it to nil, as encoding/json does for slices and maps.
+func (d *decoder) rawField(dst *[]byte, open byte, want string) error {
+	if d.literal("null") {
+		*dst = nil
+		return nil
+	}
+	if d.peek() != open {
+		return d.wrongType(want)
+	}
+	start := d.off
+	if err := d.skip(); err != nil {
+		return err
+	}
+	*dst = d.data[start:d.off]
+	// Check the element types now, so that a bad Tags or Meta fails the
+	// answer as it fails consul/api's decoding, not later.
+	sub := decoder{data: *dst}
+	var err error
+	if open == '[' {
+		err = sub.checkStrings()
+	} else {
+		err = sub.checkStringMap()
+	}
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+func (d *decoder) number() ([]byte, error) {
+	start := d.off
+	if err := d.skipNumber(); err != nil {
+		return nil, err
+	}
+	return d.data[start:d.off], nil
+}
+
+func (d *decoder) intField(dst *int) error {
+	if d.literal("null") {
+		return nil
+	}
+	c := d.peek()
+	if c != '-' && (c < '0' || c > '9') {
+		return d.wrongType("a number")
+	}
+	num, err := d.number()
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseInt(string(num), 10, 0)
+	if err != nil {
+		return fmt.Errorf("decoding health answer: number %s at offset %d is not an int", num, d.off-len(num))
+	}
+	*dst = int(n)
+	return nil
+}
+
+func (d *decoder) uintField(dst *uint64) error {
+	if d.literal("null") {
+		return nil
+	}
+	c := d.peek()
+	if c != '-' && (c < '0' || c > '9') {
+		return d.wrongType("a number")
+	}
+	num, err := d.number()
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseUint(string(num), 10, 64)
+	if err != nil {
+		return fmt.Errorf("decoding health answer: number %s at offset %d is not a uint64", num, d.off-len(num))
+	}
+	*dst = n
+	return nil
+}
+
+// str reads a string token and returns its value: a slice of the input
+// when it has no escapes and is valid UTF-8, else the value encoding/json
+// gives it (invalid UTF-8 becomes U+FFFD), in new memory.
+func (d *decoder) str() ([]byte, error) {
+	if !d.expect('"') {
+		return nil, d.syntax("a string")
+	}
+	start := d.off
+	data := d.data
+	i := start
+	ascii, escaped := true, false
+	for {
+		for i < len(data) && plain[data[i]] {
+			if data[i] >= 0x80 {
+				ascii = false
+			}
+			i++
+		}
+		d.off = i
+		if i == len(data) {
+			return nil, d.syntax("the end of a string")
+		}
+		switch data[i] {
+		case '"':
+			d.off = i + 1
+			s := data[start:i]
+			if escaped || (!ascii && !utf8.Valid(s)) {
+				var v string
+				if err := json.Unmarshal(data[start-1:d.off], &v); err != nil {
+					return nil, fmt.Errorf("decoding health answer: string at offset %d: %w", start-1, err)
+				}
+				d.scratch = append(d.scratch[len(d.scratch):], v...)
+				return d.scratch, nil
+			}
+			return s, nil
+		case '\\':
+			escaped = true
+			d.off = i + 1
+			if err := d.escape(); err != nil {
+				return nil, err
+			}
+			i = d.off
+		default:
+			return nil, d.syntax("a string character")
+		}
+	}
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// skip steps over one value, checking its syntax.
+func (d *decoder) skip() error {
+	switch c := d.peek(); {
+	case c == '"':
+		return d.skipString()
+	case c == '{':
+		d.off++
+		d.space()
+		if d.consume('}') {
+			return nil
+		}
+		for {
+			d.space()
+			if d.peek() != '"' {
+				return d.syntax("a string key")
+			}
+			if err := d.skipString(); err != nil {
+				return err
+			}
+			d.space()
+			if !d.consume(':') {
+				return d.syntax("':' after an object key")
+			}
+			d.space()
+			if err := d.skip(); err != nil {
+				return err
+			}
+			d.space()
+			if d.consume(',') {
+				continue
+			}
+			if d.consume('}') {
+				return nil
+			}
+			return d.syntax("',' or '}' in an object")
+		}
+	case c == '[':
+		d.off++
+		d.space()
+		if d.consume(']') {
+			return nil
+		}
+		for {
+			d.space()
+			if err := d.skip(); err != nil {
+				return err
+			}
+			d.space()
+			if d.consume(',') {
+				continue
+			}
+			if d.consume(']') {
+				return nil
+			}
+			return d.syntax("',' or ']' in an array")
+		}
+	case c == 't':
+		if d.literal("true") {
+			return nil
+		}
+	case c == 'f':
+		if d.literal("false") {
+			return nil
+		}
+	case c == 'n':
+		if d.literal("null") {
+			return nil
+		}
+	case c == '-' || ('0' <= c && c <= '9'):
+		return d.skipNumber()
+	}
+	return d.syntax("a value")
+}
+
+// plain marks the bytes that need no attention inside a string.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// skipString steps over a string without decoding it.
+func (d *decoder) skipString() error {
+	d.off++ // '"'
+	data := d.data
+	i := d.off
+	for {
+		for i < len(data) && plain[data[i]] {
+			i++
+		}
+		d.off = i
+		if i == len(data) {
+			return d.syntax("the end of a string")
+		}
+		switch data[i] {
+		case '"':
+			d.off = i + 1
+			return nil
+		case '\\':
+			d.off = i + 1
+			if err := d.escape(); err != nil {
+				return err
+			}
+			i = d.off
+		default:
+			return d.syntax("a string character")
+		}
+	}
+}
+
+// escape steps over an escape sequence after its backslash.
+func (d *decoder) escape() error {
+	if d.off >= len(d.data) {
+		return d.syntax("an escape")
+	}
+	switch d.data[d.off] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		d.off++
+	case 'u':
+		if len(d.data)-d.off < 5 {
+			d.off = len(d.data)
+			return d.syntax("four hex digits")
+		}
+		for _, h := range d.data[d.off+1 : d.off+5] {
+			if !isHex(h) {
+				return d.syntax("four hex digits")
+			}
+		}
+		d.off += 5
+	default:
+		return d.syntax("an escape character")
+	}
+	return nil
+}
+
+// skipNumber steps over a number, checking JSON's number grammar.
+func (d *decoder) skipNumber() error {
+	digits := func() int {
+		n := 0
+		for d.off < len(d.data) && '0' <= d.data[d.off] && d.data[d.off] <= '9' {
+			d.off++
+			n++
+		}
+		return n
+	}
+	d.consume('-')
+	switch {
+	case d.consume('0'):
+	case digits() == 0:
+		return d.syntax("a digit")
+	}
+	if d.consume('.') && digits() == 0 {
+		return d.syntax("a digit after '.'")
+	}
+	if c := d.peek(); c == 'e' || c == 'E' {
+		d.off++
+		if c := d.peek(); c == '+' || c == '-' {
+			d.off++
+		}
+		if digits() == 0 {
+			return d.syntax("a digit in the exponent")
+		}
+	}
+	return nil
+}
+
+// checkStrings checks that the input is an array of strings (or nulls).
+func (d *decoder) checkStrings() error {
+	_, err := d.strings(false)
+	return err
+}
+
+func (d *decoder) stringArray() ([]string, error) { return d.strings(true) }
+
+func (d *decoder) strings(keep bool) ([]string, error) {
+	var out []string
+	d.off++ // '['
+	d.space()
+	if d.consume(']') {
+		if keep {
+			out = []string{}
+		}
+		return out, nil
+	}
+	for {
+		d.space()
+		var v string
+		switch {
+		case d.literal("null"):
+		case d.peek() == '"':
+			s, err := d.str()
+			if err != nil {
+				return nil, err
+			}
+			if keep {
+				v = string(s)
+			}
+		default:
+			return nil, d.wrongType("a string tag")
+		}
+		if keep {
+			out = append(out, v)
+		}
+		d.space()
+		if d.consume(',') {
+			continue
+		}
+		if d.consume(']') {
+			return out, nil
+		}
+		return nil, d.syntax("',' or ']' in Tags")
+	}
+}
+
+func (d *decoder) checkStringMap() error {
+	_, err := d.stringMapOf(false)
+	return err
+}
+
+func (d *decoder) stringMap() (map[string]string, error) { return d.stringMapOf(true) }
+
+func (d *decoder) stringMapOf(keep bool) (map[string]string, error) {
+	var out map[string]string
+	if keep {
+		out = map[string]string{}
+	}
+	err := d.object(func(k []byte) error {
+		var v string
+		switch {
+		case d.literal("null"):
+		case d.peek() == '"':
+			s, err := d.str()
+			if err != nil {
+				return err
+			}
+			if keep {
+				v = string(s)
+			}
+		default:
+			return d.wrongType("a string meta value")
+		}
+		if keep {
+			out[string(k)] = v
+		}
+		return nil
+	})
+	return out, err
+}
