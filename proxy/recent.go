@@ -226,6 +226,9 @@ func (x *exchange) endRecord() {
 	rec := x.rec
 	rec.Status = x.status
 	rec.GRPCStatus = x.grpcStatus
+	if rec.CacheStatus == "" {
+		rec.CacheStatus = x.CacheStatus()
+	}
 	rec.Latency = time.Since(x.start)
 	rec.mu.Lock()
 	if n := len(rec.Attempts) - 1 - rec.Hedges; n > 0 {

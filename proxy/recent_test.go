@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/meshlb/meshlb/proxy/httpcache"
 )
 
 // chanRecorder hands the records to the test as they come.
@@ -185,5 +187,29 @@ func TestParseTraceparent(t *testing.T) {
 		if ok != tt.ok || ok && tid.String() != clientTraceID {
 			t.Errorf("parseTraceparent(%q) = %s, %v; want ok %v", tt.in, tid, ok, tt.ok)
 		}
+	}
+}
+
+// TestRecordCacheHit: a response served from the cache is recorded with its
+// cache status and no upstream attempt.
+func TestRecordCacheHit(t *testing.T) {
+	ctx := testCtx(t)
+	rec := make(chanRecorder, 4)
+	up := newUpstream(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Write([]byte("hello"))
+	})
+	c, err := httpcache.New(httpcache.Config{MaxSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFrontend(t, Config{Recorder: rec}, Route{Balancer: newBalancer(t, "web", up.instance()), Cache: c})
+	f.do(t, ctx, "GET", "/c", nil, nil)
+	if r := rec.next(t, ctx); len(r.Attempts) != 1 || !strings.Contains(r.CacheStatus, "fwd=") {
+		t.Errorf("miss recorded with %d attempts, cache status %q", len(r.Attempts), r.CacheStatus)
+	}
+	f.do(t, ctx, "GET", "/c", nil, nil)
+	if r := rec.next(t, ctx); len(r.Attempts) != 0 || !strings.Contains(r.CacheStatus, "hit") || r.Status != 200 {
+		t.Errorf("hit recorded with %d attempts, cache status %q, status %d", len(r.Attempts), r.CacheStatus, r.Status)
 	}
 }
