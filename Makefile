@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build test deps deps-consul deps-python deps-tools deps-h2spec demo bench soak fmt vet fuzz clean generate
+.PHONY: all build test deps deps-consul deps-python deps-tools deps-h2spec deps-jaeger demo bench soak fmt vet fuzz clean generate
 
 all: build
 
@@ -18,8 +18,10 @@ FORCE:
 
 # deps installs what the tests and the demo need on a fresh machine: Consul
 # (built from the MPL-2.0 v1.16.1 source, cached outside the clone), Tornado
-# (Debian's python3-tornado, else pip), and the tools the tests drive.
-deps: deps-consul deps-python deps-tools deps-h2spec
+# (Debian's python3-tornado, else pip), the tools the tests drive, and
+# Jaeger all-in-one (built from the Go module proxy, cached like Consul) for
+# the test of `make demo TRACE=1`.
+deps: deps-consul deps-python deps-tools deps-h2spec deps-jaeger
 
 deps-consul:
 	@bash deploy/consul/install.sh >/dev/null
@@ -32,6 +34,9 @@ deps-tools:
 
 deps-h2spec:
 	@bash scripts/ensure-h2spec.sh >/dev/null
+
+deps-jaeger:
+	@bash deploy/jaeger/install.sh >/dev/null
 
 # test runs every test, with the race detector, against a real Consul and
 # real Tornado processes, plus a short fuzz run.
@@ -50,8 +55,10 @@ fuzz:
 
 # demo runs the classic example: Consul, five Tornado instances under
 # registrars on 8071-8075, the agent on 8070. Ctrl-C stops everything.
+# TRACE=1 adds Jaeger as the trace backend (registrars in mesh mode).
+TRACE ?= 0
 demo: deps-consul deps-python build
-	@bash examples/demo.sh
+	@TRACE=$(TRACE) bash examples/demo.sh
 
 bench: deps build
 	@bash bench/run.sh

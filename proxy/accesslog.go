@@ -47,6 +47,9 @@ func (x *exchange) traceID() string {
 		}
 		return ""
 	}
+	if x.rec != nil {
+		return x.rec.TraceID.String()
+	}
 	if v := x.r.Header["Traceparent"]; len(v) > 0 && len(v[0]) >= 55 && v[0][2] == '-' && v[0][35] == '-' {
 		return v[0][3:35]
 	}

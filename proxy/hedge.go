@@ -298,6 +298,9 @@ func (r *hedgeRace) hedge() {
 	x.attempts++
 	r.exclude = append(r.exclude, inst)
 	b := x.newAttempt(inst, x.attempts)
+	if x.rec != nil {
+		x.recordHedge()
+	}
 	r.running = append(r.running, b)
 	r.wg.Add(1)
 	go r.run(b)
@@ -333,6 +336,7 @@ func (r *hedgeRace) run(b *attempt) {
 // (which passive health then counts like any timeout), else of a try that
 // merely came second.
 func (a *attempt) lose(res *http.Response, err error, d time.Duration) {
+	a.lost = true
 	a.cancel(errHedgeLost)
 	took := time.Since(a.start)
 	if res != nil {

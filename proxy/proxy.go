@@ -84,6 +84,9 @@ type Config struct {
 	// Nil: the system roots and no client certificate. Instances without
 	// the tag are not affected.
 	UpstreamTLS *tls.Config
+	// Recorder, if set, gets a Record of every request once it is
+	// answered (see Record); nil records nothing and makes no trace id.
+	Recorder Recorder
 }
 
 // Proxy is the agent's reverse proxy. It is an http.Handler; the route table
@@ -219,6 +222,8 @@ type exchange struct {
 
 	cache *cacheState // nil unless the route caches
 
+	rec *Record // the request's Record, nil without Config.Recorder
+
 	first attempt // the first attempt's storage
 }
 
@@ -229,6 +234,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.route = p.routes.Load().match(r.Host, r.URL.Path)
 	if p.tracer != nil {
 		x.startServerSpan()
+	}
+	if p.cfg.Recorder != nil {
+		x.startRecord()
 	}
 	if x.route == nil {
 		x.fail(http.StatusNotFound, "no route")
@@ -243,6 +251,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.cfg.AccessLog {
 		x.logAccess()
+	}
+	if x.rec != nil {
+		x.endRecord()
 	}
 	if p.cfg.OnFailure != nil && x.status >= 500 && x.route != nil {
 		id := ""
@@ -340,6 +351,7 @@ func (x *exchange) forward() {
 			// The instance said first-hand it is going away and did not
 			// serve: try another one, or pass its 503 on if none is left.
 			held = a
+			a.draining = true
 			tried = append(tried, inst)
 			continue
 		}

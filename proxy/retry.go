@@ -123,6 +123,10 @@ type attempt struct {
 	span    trace.Span // client span; nil when tracing is off
 	done    bool
 
+	recIdx   int  // index in the exchange's Record.Attempts, when recording
+	draining bool // answered 503 draining: the request went on elsewhere
+	lost     bool // lost a hedge race
+
 	req      http.Request
 	url      url.URL
 	ctrace   httptrace.ClientTrace
@@ -202,6 +206,9 @@ func (x *exchange) newAttempt(inst *lb.Instance, n int) *attempt {
 		a.req.Body = &a.stream
 	}
 	a.start = time.Now()
+	if x.rec != nil {
+		a.recIdx = x.recordAttempt(a)
+	}
 	return a
 }
 
@@ -215,6 +222,9 @@ func (a *attempt) finish(res lb.Result, status int, err error) {
 	}
 	a.done = true
 	a.cancel(nil)
+	if a.x.rec != nil {
+		a.recordFinish(status, err)
+	}
 	a.x.route.balancer.Done(a.inst, res)
 	a.stream.Close() // no read after the handler returns
 	if a.span != nil {

@@ -16,7 +16,9 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsimple"
 
 	"github.com/meshlb/meshlb/discovery"
+	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
 )
@@ -30,6 +32,8 @@ Usage:
   agent --config FILE [flags]                 several listeners, services, routes
   agent status [--admin ADDR] [--json] [--watch]   the pools, from a running agent
   agent cache purge [--prefix] [--admin ADDR] URL  drop stored responses
+  agent requests [--admin ADDR] [--failed] [--slow DURATION] [--json]
+                                              recent requests, from a running agent
 
 Examples:
   agent --listen :8070 --service hello
@@ -89,6 +93,8 @@ type fileConfig struct {
 	Listeners      []fileListener   `hcl:"listener,block"`
 	UpstreamTLS    *fileUpstreamTLS `hcl:"upstream_tls,block"`
 	EventLoops     *int             `hcl:"event_loops,optional"`
+	Recent         *int             `hcl:"recent,optional"`
+	TraceUI        *string          `hcl:"trace_ui,optional"`
 }
 
 // fileUpstreamTLS is TLS to instances tagged "https"; see upstreamTLS.
@@ -189,7 +195,13 @@ type config struct {
 	logJSON  bool
 
 	deprecated []string // warnings to log at start: deprecated names used
+
+	recent  int    // recent requests kept; 0 = none
+	traceUI string // trace backend UI for the status page's links; "" = none
 }
+
+// maxRecent bounds --recent: a record is a few hundred bytes.
+const maxRecent = 100000
 
 // upstreamTLS is TLS to the instances tagged "https". Every setting is
 // optional; each remembers where it came from (a flag, or the config
@@ -252,6 +264,8 @@ type flags struct {
 	cache                                                     string
 	set                                                       map[string]bool
 	tryTimeout                                                string
+	recent                                                    int
+	traceUI                                                   string
 }
 
 func parseArgs(args []string, stderr io.Writer) (*config, error) {
@@ -297,11 +311,13 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	fs.StringVar(&f.cache, "cache", "", "cache `SIZE` for --listen, e.g. 256m or 1GiB: an RFC 9111 shared HTTP cache of GET/HEAD responses (nginx's proxy_cache); off by default")
 	fs.StringVar(&f.tryTimeout, "try-timeout", "auto", "per-try timeout of idempotent requests: with no response head by then, the request also goes to another instance and the first answer wins (hedging, bounded by a retry budget of 20% of requests + 10/s); `DURATION` (e.g. 300ms), \"auto\" (3x the service's recent p99, 50ms-10s; 1s until latency is known) or \"off\"; a service's try_timeout in the config file wins")
+	fs.IntVar(&f.recent, "recent", recent.DefaultSize, "recent requests kept for `agent requests` and the status page (failed and slow ones kept longer); 0 = none")
+	fs.StringVar(&f.traceUI, "trace-ui", "", "trace backend UI `URL` the status page links trace ids to: Jaeger's base URL (/trace/ID is appended) or a URL with {trace_id}")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (subcommands: status, cache)", fs.Arg(0))
+		return nil, fmt.Errorf("unexpected argument %q (subcommands: status, requests, cache)", fs.Arg(0))
 	}
 	f.set = map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
@@ -317,6 +333,7 @@ func (f *flags) resolve() (*config, error) {
 		idleTimeout: 90 * time.Second, readHeaderTimeout: 10 * time.Second,
 		maxAttempts: 3, maxHeaderBytes: 64 << 10, maxConns: f.maxConns,
 		logLevel: f.logLevel, logJSON: f.logJSON,
+		recent: f.recent, traceUI: f.traceUI,
 	}
 	if err := lb.ValidatePolicy(f.balance); err != nil {
 		return nil, fmt.Errorf("invalid --balance: %w", err)
@@ -332,6 +349,12 @@ func (f *flags) resolve() (*config, error) {
 	}
 	if f.set["snapshot-file"] {
 		c.snapshotFile = f.snapshotFile
+	}
+	if f.set["recent"] {
+		c.recent = f.recent
+	}
+	if f.set["trace-ui"] {
+		c.traceUI = f.traceUI
 	}
 	if f.set["connect-timeout"] {
 		c.connectTimeout = f.connectTimeout
@@ -588,6 +611,12 @@ func (c *config) apply(path string, fc *fileConfig) error {
 		}
 		c.eventLoops = *fc.EventLoops
 	}
+	if fc.Recent != nil {
+		c.recent = *fc.Recent
+	}
+	if fc.TraceUI != nil {
+		c.traceUI = *fc.TraceUI
+	}
 	for _, p := range fc.TrustedProxies {
 		pfx, err := parsePrefix(p)
 		if err != nil {
@@ -830,6 +859,14 @@ func (c *config) validate() error {
 	}
 	if len(c.listeners) == 0 {
 		return errors.New("no listener configured: give --listen ADDR --service NAME or a listener block")
+	}
+	if c.recent < 0 || c.recent > maxRecent {
+		return fmt.Errorf("invalid --recent %d: must be 0 (off) to %d", c.recent, maxRecent)
+	}
+	if c.traceUI != "" {
+		if err := admin.CheckTraceUI(c.traceUI); err != nil {
+			return fmt.Errorf("--trace-ui: %w", err)
+		}
 	}
 	return c.upstreamTLS.validate()
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/httpguard"
+	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 	"github.com/meshlb/meshlb/proxy"
 	"github.com/meshlb/meshlb/proxy/httpcache"
@@ -50,6 +51,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "requests" {
+		return runRequests(args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "cache" {
 		return runCache(args[1:], stdout, stderr)
@@ -113,6 +117,8 @@ type agent struct {
 
 	caches      []namedCache         // every HTTP cache, for metrics and the admin API
 	routeCaches [][]*httpcache.Cache // by listener, by route; nil: none
+
+	recent *recent.Ring // nil with --recent 0
 }
 
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
@@ -148,6 +154,9 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 		return nil, err
 	}
 	a.metrics = newMetrics(a.ordered)
+	if cfg.recent > 0 {
+		a.recent = recent.New(cfg.recent)
+	}
 	a.metrics.reg.MustRegister(&cacheCollector{caches: a.caches})
 	for _, d := range cfg.deprecated {
 		logger.Warn(d)
@@ -447,6 +456,7 @@ func (a *agent) buildServers() error {
 				a.adminAPI.RecordFailure(service, instance, traceID, status, time.Now())
 			},
 			UpstreamTLS: a.upTLS,
+			Recorder:    a.recorder(),
 		}, routes)
 		if err != nil {
 			return fmt.Errorf("listener %q: %w", l.name, err)
@@ -548,7 +558,15 @@ func (a *agent) buildAdminAPI() {
 		}})
 	}
 	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
-		Caches: a.adminCaches()})
+		Recent: a.recent, TraceUI: a.cfg.traceUI, Caches: a.adminCaches()})
+}
+
+// recorder is the proxies' Recorder: the ring of recent requests, or none.
+func (a *agent) recorder() proxy.Recorder {
+	if a.recent == nil {
+		return nil // not a nil *recent.Ring in a non-nil interface
+	}
+	return a.recent
 }
 
 // healthz answers 200 once every service has a pool (from Consul or from

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/meshlb/meshlb/internal/admin/adminpb"
+	"github.com/meshlb/meshlb/internal/recent"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -69,6 +70,12 @@ type Options struct {
 	Poll time.Duration
 	// Caches are the agent's HTTP caches, for PurgeCache and the page.
 	Caches []Cache
+	// Recent is the ring of recent requests the proxies record into; nil
+	// when the agent keeps none (--recent 0).
+	Recent *recent.Ring
+	// TraceUI links trace ids to a trace backend's UI (see TraceURL); ""
+	// for no links.
+	TraceUI string
 }
 
 // Server serves the admin API and the status page. Create it with New,
@@ -105,6 +112,9 @@ type Server struct {
 	failSeq  atomic.Uint64
 
 	caches []Cache
+
+	recent  *recent.Ring // nil: --recent 0
+	traceUI string
 }
 
 // seen is what the last poll saw of an instance.
@@ -127,6 +137,8 @@ func New(o Options) *Server {
 		changed: make(chan struct{}),
 		prev:    map[string]map[string]seen{},
 		serving: map[string]healthpb.HealthCheckResponse_ServingStatus{},
+		recent:  o.Recent,
+		traceUI: o.TraceUI,
 		caches:  o.Caches,
 	}
 	if s.poll <= 0 {

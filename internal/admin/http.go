@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/meshlb/meshlb/internal/recent"
 )
 
 // streamRefresh is how often the page's event stream resends the state when
@@ -20,13 +22,17 @@ type StateView struct {
 	Failures     []FailureView `json:"failures"`
 	LastEventSeq uint64        `json:"last_event_seq"`
 	Caches       []CacheView   `json:"caches"`
+	// Requests are the newest recent requests; Recording is false with
+	// --recent 0.
+	Requests  []RequestView `json:"requests"`
+	Recording bool          `json:"recording"`
 }
 
 // Handler returns the one handler of the admin port: gRPC requests
 // (HTTP/2 with content type application/grpc) go to the gRPC server (admin
 // API, health, reflection); GET / is the status page; /api/pools,
-// /api/events and the event stream /api/stream feed it; everything else goes
-// to extra (nil: 404). Callers that are neither on loopback nor in
+// /api/events, /api/requests and the event stream /api/stream feed it;
+// everything else goes to extra (nil: 404). Callers that are neither on loopback nor in
 // AllowRemote are refused, for all of it. Serve it with HTTP/1 and
 // unencrypted HTTP/2 enabled (http.Protocols) so that gRPC clients and
 // browsers share the port.
@@ -39,6 +45,7 @@ func (s *Server) Handler(extra http.Handler) http.Handler {
 	mux.HandleFunc("GET /api/pools", s.servePools)
 	mux.HandleFunc("GET /api/events", s.serveEvents)
 	mux.HandleFunc("GET /api/stream", s.serveStream)
+	mux.HandleFunc("GET /api/requests", s.serveRequests)
 	mux.Handle("/", extra)
 	return s.accessMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isGRPC(r) {
@@ -79,8 +86,10 @@ func (s *Server) state() StateView {
 	for _, f := range s.recentFailures() {
 		st.Failures = append(st.Failures, FailureView{
 			Time: f.Time, Service: f.Service, Instance: f.Instance, TraceID: f.TraceID, Status: f.Status,
+			TraceURL: TraceURL(s.traceUI, f.TraceID),
 		})
 	}
+	st.Requests, st.Recording = s.recentViews(recent.Filter{}, pageRequests), s.recent != nil
 	return st
 }
 

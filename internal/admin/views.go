@@ -88,6 +88,7 @@ type FailureView struct {
 	Service  string    `json:"service"`
 	Instance string    `json:"instance"`
 	TraceID  string    `json:"trace_id,omitempty"`
+	TraceURL string    `json:"trace_url,omitempty"`
 	Status   int       `json:"status"`
 }
 

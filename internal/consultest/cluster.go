@@ -1,7 +1,6 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,7 +27,7 @@ type Node struct {
 	SerfLAN  int
 	cmd      *exec.Cmd
 	done     chan struct{}
-	log      *bytes.Buffer
+	log      *lockedBuffer
 }
 
 // NewCluster starts n servers and a client agent, waits for a leader and
@@ -62,7 +61,7 @@ disable_update_check = true`, p[0], p[1], p[2], p[3])}
 		if server {
 			args = append(args, "-server", fmt.Sprintf("-bootstrap-expect=%d", n))
 		}
-		node := &Node{Name: name, HTTPAddr: fmt.Sprintf("127.0.0.1:%d", p[0]), SerfLAN: p[1], log: &bytes.Buffer{}, done: make(chan struct{})}
+		node := &Node{Name: name, HTTPAddr: fmt.Sprintf("127.0.0.1:%d", p[0]), SerfLAN: p[1], log: &lockedBuffer{}, done: make(chan struct{})}
 		node.cmd = exec.Command(bin, args...)
 		node.cmd.Stdout, node.cmd.Stderr = node.log, node.log
 		node.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

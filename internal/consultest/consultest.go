@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -38,7 +39,7 @@ type Server struct {
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	done     chan struct{}
-	log      *bytes.Buffer
+	log      *lockedBuffer
 }
 
 // Options tune the agent.
@@ -85,28 +86,69 @@ func RepoRoot() (string, error) {
 }
 
 // FreePort returns a TCP port that was free a moment ago on 127.0.0.1.
+// It is taken below Linux's ephemeral range (ip_local_port_range), where the
+// kernel never hands a port to an outgoing connection: a port picked inside
+// that range can be taken by another test's connect between the check and
+// the bind ("address already in use").
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := FreePorts(1)
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
 
-// FreePorts returns n distinct TCP ports that were free a moment ago: all
-// listeners are held until all are chosen, so no port is returned twice.
+// FreePorts returns n distinct TCP ports that were free a moment ago, below
+// the ephemeral range (see FreePort): all listeners are held until all are
+// chosen, so no port is returned twice.
 func FreePorts(n int) ([]int, error) {
+	lo, hi := portRange()
 	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("consultest: no free port in %d-%d after %d tries", lo, hi, tries)
+		}
+		p := lo + rand.IntN(hi-lo+1)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			return nil, err
+			continue // taken
 		}
 		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
+}
+
+// portRange is where FreePorts picks: from 10000 up to just below the
+// kernel's ephemeral range (32768-60999 by default).
+func portRange() (lo, hi int) {
+	lo, hi = 10000, 32767
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var eLo, eHi int
+		if _, err := fmt.Sscan(string(b), &eLo, &eHi); err == nil && eLo-1 > lo+1000 {
+			hi = eLo - 1
+		}
+	}
+	return lo, hi
+}
+
+// lockedBuffer is a bytes.Buffer safe for the exec copy goroutine writing
+// while a test reads the log.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // TB is the part of testing.TB the harness needs.
@@ -162,7 +204,7 @@ func (s *Server) start() error {
 %s`, s.HTTPPort, s.SerfLAN, s.SerfWAN, s.ServerPort, s.extraHCL)
 	cmd := exec.Command(s.Binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-node", "consultest", "-log-level", "warn", "-hcl", hcl)
-	s.log = &bytes.Buffer{}
+	s.log = &lockedBuffer{}
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -1240,6 +1240,470 @@ func (x *PurgeCacheResponse) GetCaches() uint32 {
 	return 0
 }
 
+type ListRequestsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failed keeps only failed requests (answered 5xx).
+	Failed bool `protobuf:"varint,1,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Status keeps requests whose status is one of these: a code ("502") or
+	// a class ("5xx"). Anything else is InvalidArgument.
+	Status []string `protobuf:"bytes,2,rep,name=status,proto3" json:"status,omitempty"`
+	// Services keeps requests routed to these services; an unknown name is
+	// NotFound.
+	Services []string `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
+	// Min_latency keeps requests that took at least that long.
+	MinLatency *durationpb.Duration `protobuf:"bytes,4,opt,name=min_latency,json=minLatency,proto3" json:"min_latency,omitempty"`
+	// Trace_id keeps the request of this trace (32 hex digits).
+	TraceId string `protobuf:"bytes,5,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// Limit caps the number of requests returned; 0 means all that match.
+	Limit         uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsRequest) Reset() {
+	*x = ListRequestsRequest{}
+	mi := &file_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsRequest) ProtoMessage() {}
+
+func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
+func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListRequestsRequest) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
+}
+
+func (x *ListRequestsRequest) GetStatus() []string {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *ListRequestsRequest) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *ListRequestsRequest) GetMinLatency() *durationpb.Duration {
+	if x != nil {
+		return x.MinLatency
+	}
+	return nil
+}
+
+func (x *ListRequestsRequest) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
+}
+
+func (x *ListRequestsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListRequestsResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Requests []*RequestRecord       `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	// Size is the number of most recent requests always kept (--recent);
+	// kept is the room for failed and for slow requests kept longer, each.
+	Size uint32 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Kept uint32 `protobuf:"varint,3,opt,name=kept,proto3" json:"kept,omitempty"`
+	// Recorded counts the requests recorded since the agent started.
+	Recorded      uint64 `protobuf:"varint,4,opt,name=recorded,proto3" json:"recorded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsResponse) Reset() {
+	*x = ListRequestsResponse{}
+	mi := &file_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsResponse) ProtoMessage() {}
+
+func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
+func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListRequestsResponse) GetRequests() []*RequestRecord {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+func (x *ListRequestsResponse) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ListRequestsResponse) GetKept() uint32 {
+	if x != nil {
+		return x.Kept
+	}
+	return 0
+}
+
+func (x *ListRequestsResponse) GetRecorded() uint64 {
+	if x != nil {
+		return x.Recorded
+	}
+	return 0
+}
+
+// RequestRecord is one request the agent answered.
+type RequestRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Seq increases by one with every recorded request.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Time is when the request arrived.
+	Time   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Method string                 `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	Host   string                 `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	Path   string                 `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	// Client_address is the peer's host:port.
+	ClientAddress string `protobuf:"bytes,6,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
+	// Service is the routed service, empty when no route matched.
+	Service string `protobuf:"bytes,7,opt,name=service,proto3" json:"service,omitempty"`
+	// Status is the HTTP status answered (499: the client left first).
+	Status     int32  `protobuf:"varint,8,opt,name=status,proto3" json:"status,omitempty"`
+	GrpcStatus string `protobuf:"bytes,9,opt,name=grpc_status,json=grpcStatus,proto3" json:"grpc_status,omitempty"`
+	// Latency is from arrival to the end of the answer.
+	Latency *durationpb.Duration `protobuf:"bytes,10,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Attempts, in the order they started.
+	Attempts []*RequestAttempt `protobuf:"bytes,11,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	Retries  uint32            `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
+	Hedges   uint32            `protobuf:"varint,13,opt,name=hedges,proto3" json:"hedges,omitempty"`
+	// Cache_status is the response's Cache-Status when the cache was used.
+	CacheStatus string `protobuf:"bytes,14,opt,name=cache_status,json=cacheStatus,proto3" json:"cache_status,omitempty"`
+	// Trace_id is the request's W3C trace id, 32 lowercase hex digits: the
+	// client's, or one the agent made and returned in traceresponse.
+	TraceId string `protobuf:"bytes,15,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// Error is the error type of the last upstream failure not overcome.
+	Error         string `protobuf:"bytes,16,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRecord) Reset() {
+	*x = RequestRecord{}
+	mi := &file_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRecord) ProtoMessage() {}
+
+func (x *RequestRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
+func (*RequestRecord) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RequestRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetClientAddress() string {
+	if x != nil {
+		return x.ClientAddress
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetGrpcStatus() string {
+	if x != nil {
+		return x.GrpcStatus
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetAttempts() []*RequestAttempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetRetries() uint32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetHedges() uint32 {
+	if x != nil {
+		return x.Hedges
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetCacheStatus() string {
+	if x != nil {
+		return x.CacheStatus
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// RequestAttempt is one try of a request on one instance.
+type RequestAttempt struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Number     uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	InstanceId string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Address is host:port as dialled.
+	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// Host and pid come from the instance's Consul meta (pid 0: unknown).
+	Host string `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	Pid  int64  `protobuf:"varint,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Outcome is "served", "draining", "pending", or an error type such as
+	// "dial_error", "timeout", "connection_reset".
+	Outcome string `protobuf:"bytes,6,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Status is the instance's HTTP status, 0 if it gave none.
+	Status int32 `protobuf:"varint,7,opt,name=status,proto3" json:"status,omitempty"`
+	// Latency is to the response head, or to the failure.
+	Latency *durationpb.Duration `protobuf:"bytes,8,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Datacenter is the instance's Consul datacenter (empty if not known);
+	// backup marks an instance of a backup tier.
+	Datacenter    string `protobuf:"bytes,9,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	Backup        bool   `protobuf:"varint,10,opt,name=backup,proto3" json:"backup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAttempt) Reset() {
+	*x = RequestAttempt{}
+	mi := &file_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAttempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAttempt) ProtoMessage() {}
+
+func (x *RequestAttempt) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAttempt.ProtoReflect.Descriptor instead.
+func (*RequestAttempt) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RequestAttempt) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *RequestAttempt) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *RequestAttempt) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RequestAttempt) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RequestAttempt) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *RequestAttempt) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *RequestAttempt) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *RequestAttempt) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *RequestAttempt) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *RequestAttempt) GetBackup() bool {
+	if x != nil {
+		return x.Backup
+	}
+	return false
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -1339,12 +1803,59 @@ const file_admin_proto_rawDesc = "" +
 	"\x06prefix\x18\x02 \x01(\bR\x06prefix\"D\n" +
 	"\x12PurgeCacheResponse\x12\x16\n" +
 	"\x06purged\x18\x01 \x01(\x04R\x06purged\x12\x16\n" +
-	"\x06caches\x18\x02 \x01(\rR\x06caches*\x84\x01\n" +
+	"\x06caches\x18\x02 \x01(\rR\x06caches\"\xce\x01\n" +
+	"\x13ListRequestsRequest\x12\x16\n" +
+	"\x06failed\x18\x01 \x01(\bR\x06failed\x12\x16\n" +
+	"\x06status\x18\x02 \x03(\tR\x06status\x12\x1a\n" +
+	"\bservices\x18\x03 \x03(\tR\bservices\x12:\n" +
+	"\vmin_latency\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"minLatency\x12\x19\n" +
+	"\btrace_id\x18\x05 \x01(\tR\atraceId\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit\"\x96\x01\n" +
+	"\x14ListRequestsResponse\x12:\n" +
+	"\brequests\x18\x01 \x03(\v2\x1e.meshlb.admin.v1.RequestRecordR\brequests\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\rR\x04size\x12\x12\n" +
+	"\x04kept\x18\x03 \x01(\rR\x04kept\x12\x1a\n" +
+	"\brecorded\x18\x04 \x01(\x04R\brecorded\"\x83\x04\n" +
+	"\rRequestRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12%\n" +
+	"\x0eclient_address\x18\x06 \x01(\tR\rclientAddress\x12\x18\n" +
+	"\aservice\x18\a \x01(\tR\aservice\x12\x16\n" +
+	"\x06status\x18\b \x01(\x05R\x06status\x12\x1f\n" +
+	"\vgrpc_status\x18\t \x01(\tR\n" +
+	"grpcStatus\x123\n" +
+	"\alatency\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\alatency\x12;\n" +
+	"\battempts\x18\v \x03(\v2\x1f.meshlb.admin.v1.RequestAttemptR\battempts\x12\x18\n" +
+	"\aretries\x18\f \x01(\rR\aretries\x12\x16\n" +
+	"\x06hedges\x18\r \x01(\rR\x06hedges\x12!\n" +
+	"\fcache_status\x18\x0e \x01(\tR\vcacheStatus\x12\x19\n" +
+	"\btrace_id\x18\x0f \x01(\tR\atraceId\x12\x14\n" +
+	"\x05error\x18\x10 \x01(\tR\x05error\"\xa8\x02\n" +
+	"\x0eRequestAttempt\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x10\n" +
+	"\x03pid\x18\x05 \x01(\x03R\x03pid\x12\x18\n" +
+	"\aoutcome\x18\x06 \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06status\x18\a \x01(\x05R\x06status\x123\n" +
+	"\alatency\x18\b \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\t \x01(\tR\n" +
+	"datacenter\x12\x16\n" +
+	"\x06backup\x18\n" +
+	" \x01(\bR\x06backup*\x84\x01\n" +
 	"\rInstanceState\x12\x1e\n" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INSTANCE_STATE_SERVING\x10\x01\x12\x1a\n" +
 	"\x16INSTANCE_STATE_EJECTED\x10\x02\x12\x1b\n" +
-	"\x17INSTANCE_STATE_DRAINING\x10\x032\x98\x03\n" +
+	"\x17INSTANCE_STATE_DRAINING\x10\x032\xf5\x03\n" +
 	"\x05Admin\x12R\n" +
 	"\tListPools\x12!.meshlb.admin.v1.ListPoolsRequest\x1a\".meshlb.admin.v1.ListPoolsResponse\x12N\n" +
 	"\n" +
@@ -1352,7 +1863,8 @@ const file_admin_proto_rawDesc = "" +
 	"\x05Drain\x12\x1d.meshlb.admin.v1.DrainRequest\x1a\x1e.meshlb.admin.v1.DrainResponse\x12L\n" +
 	"\aUndrain\x12\x1f.meshlb.admin.v1.UndrainRequest\x1a .meshlb.admin.v1.UndrainResponse\x12U\n" +
 	"\n" +
-	"PurgeCache\x12\".meshlb.admin.v1.PurgeCacheRequest\x1a#.meshlb.admin.v1.PurgeCacheResponseB9Z7github.com/meshlb/meshlb/internal/admin/adminpb;adminpbb\x06proto3"
+	"PurgeCache\x12\".meshlb.admin.v1.PurgeCacheRequest\x1a#.meshlb.admin.v1.PurgeCacheResponse\x12[\n" +
+	"\fListRequests\x12$.meshlb.admin.v1.ListRequestsRequest\x1a%.meshlb.admin.v1.ListRequestsResponseB9Z7github.com/meshlb/meshlb/internal/admin/adminpb;adminpbb\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -1367,7 +1879,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_admin_proto_goTypes = []any{
 	(InstanceState)(0),            // 0: meshlb.admin.v1.InstanceState
 	(PoolEvent_Kind)(0),           // 1: meshlb.admin.v1.PoolEvent.Kind
@@ -1386,41 +1898,53 @@ var file_admin_proto_goTypes = []any{
 	(*UndrainResponse)(nil),       // 14: meshlb.admin.v1.UndrainResponse
 	(*PurgeCacheRequest)(nil),     // 15: meshlb.admin.v1.PurgeCacheRequest
 	(*PurgeCacheResponse)(nil),    // 16: meshlb.admin.v1.PurgeCacheResponse
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*ListRequestsRequest)(nil),   // 17: meshlb.admin.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),  // 18: meshlb.admin.v1.ListRequestsResponse
+	(*RequestRecord)(nil),         // 19: meshlb.admin.v1.RequestRecord
+	(*RequestAttempt)(nil),        // 20: meshlb.admin.v1.RequestAttempt
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
 }
 var file_admin_proto_depIdxs = []int32{
 	4,  // 0: meshlb.admin.v1.ListPoolsResponse.pools:type_name -> meshlb.admin.v1.Pool
-	17, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
+	21, // 1: meshlb.admin.v1.Pool.updated:type_name -> google.protobuf.Timestamp
 	8,  // 2: meshlb.admin.v1.Pool.instances:type_name -> meshlb.admin.v1.Instance
 	7,  // 3: meshlb.admin.v1.Pool.watch:type_name -> meshlb.admin.v1.WatchInfo
 	6,  // 4: meshlb.admin.v1.Pool.serving:type_name -> meshlb.admin.v1.Serving
 	5,  // 5: meshlb.admin.v1.Pool.tiers:type_name -> meshlb.admin.v1.Tier
-	17, // 6: meshlb.admin.v1.Serving.since:type_name -> google.protobuf.Timestamp
-	17, // 7: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
+	21, // 6: meshlb.admin.v1.Serving.since:type_name -> google.protobuf.Timestamp
+	21, // 7: meshlb.admin.v1.WatchInfo.last_success:type_name -> google.protobuf.Timestamp
 	0,  // 8: meshlb.admin.v1.Instance.state:type_name -> meshlb.admin.v1.InstanceState
-	18, // 9: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
-	17, // 10: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
-	17, // 11: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 9: meshlb.admin.v1.Instance.ewma_latency:type_name -> google.protobuf.Duration
+	21, // 10: meshlb.admin.v1.Instance.ejected_until:type_name -> google.protobuf.Timestamp
+	21, // 11: meshlb.admin.v1.PoolEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 12: meshlb.admin.v1.PoolEvent.kind:type_name -> meshlb.admin.v1.PoolEvent.Kind
 	8,  // 13: meshlb.admin.v1.PoolEvent.instance:type_name -> meshlb.admin.v1.Instance
 	8,  // 14: meshlb.admin.v1.DrainResponse.instance:type_name -> meshlb.admin.v1.Instance
 	8,  // 15: meshlb.admin.v1.UndrainResponse.instance:type_name -> meshlb.admin.v1.Instance
-	2,  // 16: meshlb.admin.v1.Admin.ListPools:input_type -> meshlb.admin.v1.ListPoolsRequest
-	9,  // 17: meshlb.admin.v1.Admin.WatchPools:input_type -> meshlb.admin.v1.WatchPoolsRequest
-	11, // 18: meshlb.admin.v1.Admin.Drain:input_type -> meshlb.admin.v1.DrainRequest
-	13, // 19: meshlb.admin.v1.Admin.Undrain:input_type -> meshlb.admin.v1.UndrainRequest
-	15, // 20: meshlb.admin.v1.Admin.PurgeCache:input_type -> meshlb.admin.v1.PurgeCacheRequest
-	3,  // 21: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
-	10, // 22: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
-	12, // 23: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
-	14, // 24: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
-	16, // 25: meshlb.admin.v1.Admin.PurgeCache:output_type -> meshlb.admin.v1.PurgeCacheResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	22, // 16: meshlb.admin.v1.ListRequestsRequest.min_latency:type_name -> google.protobuf.Duration
+	19, // 17: meshlb.admin.v1.ListRequestsResponse.requests:type_name -> meshlb.admin.v1.RequestRecord
+	21, // 18: meshlb.admin.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	22, // 19: meshlb.admin.v1.RequestRecord.latency:type_name -> google.protobuf.Duration
+	20, // 20: meshlb.admin.v1.RequestRecord.attempts:type_name -> meshlb.admin.v1.RequestAttempt
+	22, // 21: meshlb.admin.v1.RequestAttempt.latency:type_name -> google.protobuf.Duration
+	2,  // 22: meshlb.admin.v1.Admin.ListPools:input_type -> meshlb.admin.v1.ListPoolsRequest
+	9,  // 23: meshlb.admin.v1.Admin.WatchPools:input_type -> meshlb.admin.v1.WatchPoolsRequest
+	11, // 24: meshlb.admin.v1.Admin.Drain:input_type -> meshlb.admin.v1.DrainRequest
+	13, // 25: meshlb.admin.v1.Admin.Undrain:input_type -> meshlb.admin.v1.UndrainRequest
+	15, // 26: meshlb.admin.v1.Admin.PurgeCache:input_type -> meshlb.admin.v1.PurgeCacheRequest
+	17, // 27: meshlb.admin.v1.Admin.ListRequests:input_type -> meshlb.admin.v1.ListRequestsRequest
+	3,  // 28: meshlb.admin.v1.Admin.ListPools:output_type -> meshlb.admin.v1.ListPoolsResponse
+	10, // 29: meshlb.admin.v1.Admin.WatchPools:output_type -> meshlb.admin.v1.PoolEvent
+	12, // 30: meshlb.admin.v1.Admin.Drain:output_type -> meshlb.admin.v1.DrainResponse
+	14, // 31: meshlb.admin.v1.Admin.Undrain:output_type -> meshlb.admin.v1.UndrainResponse
+	16, // 32: meshlb.admin.v1.Admin.PurgeCache:output_type -> meshlb.admin.v1.PurgeCacheResponse
+	18, // 33: meshlb.admin.v1.Admin.ListRequests:output_type -> meshlb.admin.v1.ListRequestsResponse
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -1434,7 +1958,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,11 +26,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_ListPools_FullMethodName  = "/meshlb.admin.v1.Admin/ListPools"
-	Admin_WatchPools_FullMethodName = "/meshlb.admin.v1.Admin/WatchPools"
-	Admin_Drain_FullMethodName      = "/meshlb.admin.v1.Admin/Drain"
-	Admin_Undrain_FullMethodName    = "/meshlb.admin.v1.Admin/Undrain"
-	Admin_PurgeCache_FullMethodName = "/meshlb.admin.v1.Admin/PurgeCache"
+	Admin_ListPools_FullMethodName    = "/meshlb.admin.v1.Admin/ListPools"
+	Admin_WatchPools_FullMethodName   = "/meshlb.admin.v1.Admin/WatchPools"
+	Admin_Drain_FullMethodName        = "/meshlb.admin.v1.Admin/Drain"
+	Admin_Undrain_FullMethodName      = "/meshlb.admin.v1.Admin/Undrain"
+	Admin_PurgeCache_FullMethodName   = "/meshlb.admin.v1.Admin/PurgeCache"
+	Admin_ListRequests_FullMethodName = "/meshlb.admin.v1.Admin/ListRequests"
 )
 
 // AdminClient is the client API for Admin service.
@@ -53,6 +54,10 @@ type AdminClient interface {
 	// PurgeCache drops stored responses from every HTTP cache of the agent
 	// (listeners and routes with a cache block or --cache).
 	PurgeCache(ctx context.Context, in *PurgeCacheRequest, opts ...grpc.CallOption) (*PurgeCacheResponse, error)
+	// ListRequests returns the agent's recent requests (the last --recent N,
+	// plus failed and slow ones kept longer), newest first. FailedPrecondition
+	// when the agent runs with --recent 0.
+	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
 }
 
 type adminClient struct {
@@ -122,6 +127,16 @@ func (c *adminClient) PurgeCache(ctx context.Context, in *PurgeCacheRequest, opt
 	return out, nil
 }
 
+func (c *adminClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRequestsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListRequests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -142,6 +157,10 @@ type AdminServer interface {
 	// PurgeCache drops stored responses from every HTTP cache of the agent
 	// (listeners and routes with a cache block or --cache).
 	PurgeCache(context.Context, *PurgeCacheRequest) (*PurgeCacheResponse, error)
+	// ListRequests returns the agent's recent requests (the last --recent N,
+	// plus failed and slow ones kept longer), newest first. FailedPrecondition
+	// when the agent runs with --recent 0.
+	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -166,6 +185,9 @@ func (UnimplementedAdminServer) Undrain(context.Context, *UndrainRequest) (*Undr
 }
 func (UnimplementedAdminServer) PurgeCache(context.Context, *PurgeCacheRequest) (*PurgeCacheResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PurgeCache not implemented")
+}
+func (UnimplementedAdminServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -271,6 +293,24 @@ func _Admin_PurgeCache_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListRequests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListRequests(ctx, req.(*ListRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -293,6 +333,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PurgeCache",
 			Handler:    _Admin_PurgeCache_Handler,
+		},
+		{
+			MethodName: "ListRequests",
+			Handler:    _Admin_ListRequests_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
