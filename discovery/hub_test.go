@@ -479,3 +479,27 @@ func waitStatus(t *testing.T, ctx context.Context, w *Watcher, what string, ok f
 		}
 	}
 }
+
+// TestHubFailedChecks: a watcher fed by the hub reports the same failed
+// instances as one that polls on its own (failedInAnswer): a check failed,
+// not a drain.
+func TestHubFailedChecks(t *testing.T) {
+	dc := newFakeDC()
+	dc.writeCatalog(func() { dc.setService("web", api.HealthPassing, "n1", "n2", "n3") })
+	h := startHub(t, dc, HubConfig{}, "web")
+	h.await(map[string]func([]lb.Instance) bool{"web": poolLen(3)})
+	if f := h.ws["web"].Failed(); len(f) != 0 {
+		t.Fatalf("Failed = %v with every check passing", f)
+	}
+	dc.write(func() {
+		es := dc.entries["web"]
+		es[0].Checks[0].Status, es[0].Checks[0].Output = api.HealthCritical, DrainNote+": registrar received a stop signal"
+		es[1].Checks[0].Status, es[1].Checks[0].Output = api.HealthCritical, "TTL expired"
+		es[0].Checks[0].ModifyIndex, es[1].Checks[0].ModifyIndex = dc.index+1, dc.index+1
+	})
+	h.await(map[string]func([]lb.Instance) bool{"web": poolLen(1)})
+	want := map[string]bool{"web-1": true, "web-1@n2": true}
+	if got := h.ws["web"].Failed(); !maps.Equal(got, want) {
+		t.Errorf("Failed = %v, want %v (web-0 drains, web-1's check failed)", got, want)
+	}
+}
