@@ -235,6 +235,21 @@ func firstFrom(answers []answer, after time.Time, pids map[int]bool) (time.Time,
 	return best, ok
 }
 
+// waitAnswers waits until the load has had n successful answers after t
+// from one of pids: a phase of the test has really been under load.
+func waitAnswers(t *testing.T, rec *recorder, n int, after time.Time, pids map[int]bool, what string) {
+	t.Helper()
+	testproc.WaitFor(t, 10*time.Second, fmt.Sprintf("%d answers %s", n, what), func() bool {
+		c := 0
+		for _, a := range rec.snapshot() {
+			if a.err == nil && a.status == 200 && pids[a.pid] && a.end.After(after) {
+				c++
+			}
+		}
+		return c >= n
+	})
+}
+
 // journaled counts the POST bodies every app executed.
 func journaled(t *testing.T, apps []*app) map[string]int {
 	t.Helper()
@@ -289,7 +304,7 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 		_, ok := firstFrom(rec.snapshot(), time.Time{}, pidSet(dc1...))
 		return ok
 	})
-	time.Sleep(500 * time.Millisecond) // load on dc1 before the kill
+	waitAnswers(t, rec, 20, time.Time{}, pidSet(dc1...), "from dc1 before the kill")
 	if _, ok := firstFrom(rec.snapshot(), time.Time{}, pidSet(dc2...)); ok {
 		t.Fatal("dc2 served while dc1 instances were up")
 	}
@@ -312,7 +327,7 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 		!strings.Contains(m, `meshlb_failover_datacenter_up{datacenter="dc2",service="web"} 1`) {
 		t.Errorf("metrics do not say dc2 serves:\n%s", m)
 	}
-	time.Sleep(300 * time.Millisecond) // dc2 alone for a while
+	waitAnswers(t, rec, 20, killed, pidSet(dc2...), "from dc2 alone")
 
 	// Watch Consul for the first new dc1 instance to pass, from before
 	// the registrars start, with a blocking query as the agent's.
@@ -346,7 +361,7 @@ func TestFailoverToSecondDatacenterAndBack(t *testing.T) {
 	})
 	firstBack, _ := firstFrom(rec.snapshot(), passed.Add(-time.Second), pidSet(back...))
 	switchBack := firstBack.Sub(passed)
-	time.Sleep(500 * time.Millisecond)
+	waitAnswers(t, rec, 20, firstBack, pidSet(back...), "from dc1 after its return")
 	cancel()
 	<-rec.done
 
@@ -514,7 +529,7 @@ func TestUnreachableDatacenterIsSkipped(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec := runRecorded(ctx, addr, 2, 0)
-	time.Sleep(300 * time.Millisecond)
+	waitAnswers(t, rec, 10, time.Time{}, pidSet(local), "from dc1 before the kill")
 	local.kill(t)
 	killed := time.Now()
 	testproc.WaitFor(t, 5*time.Second, "dc3 serving", func() bool {
@@ -522,7 +537,7 @@ func TestUnreachableDatacenterIsSkipped(t *testing.T) {
 		return ok
 	})
 	first, _ := firstFrom(rec.snapshot(), killed, pidSet(inDC3))
-	time.Sleep(300 * time.Millisecond)
+	waitAnswers(t, rec, 10, first, pidSet(inDC3), "from dc3")
 	cancel()
 	<-rec.done
 	var slowest time.Duration
