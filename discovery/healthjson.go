@@ -683,16 +683,21 @@ func (d *decoder) number() ([]byte, error) {
 	return d.data[start:d.off], nil
 }
 
-func (d *decoder) intField(dst *int) error {
+// numberField reads a number where one is expected; null gives nil, nil.
+func (d *decoder) numberField() ([]byte, error) {
 	if d.literal("null") {
-		return nil
+		return nil, nil
 	}
 	c := d.peek()
 	if c != '-' && (c < '0' || c > '9') {
-		return d.wrongType("a number")
+		return nil, d.wrongType("a number")
 	}
-	num, err := d.number()
-	if err != nil {
+	return d.number()
+}
+
+func (d *decoder) intField(dst *int) error {
+	num, err := d.numberField()
+	if num == nil || err != nil {
 		return err
 	}
 	n, err := strconv.ParseInt(string(num), 10, 0)
@@ -704,15 +709,8 @@ func (d *decoder) intField(dst *int) error {
 }
 
 func (d *decoder) uintField(dst *uint64) error {
-	if d.literal("null") {
-		return nil
-	}
-	c := d.peek()
-	if c != '-' && (c < '0' || c > '9') {
-		return d.wrongType("a number")
-	}
-	num, err := d.number()
-	if err != nil {
+	num, err := d.numberField()
+	if num == nil || err != nil {
 		return err
 	}
 	n, err := strconv.ParseUint(string(num), 10, 64)
