@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/meshlb/meshlb/proxy/httpcache"
@@ -192,9 +191,25 @@ func (refreshWriter) WriteHeader(int)             {}
 
 // serveEntry answers the request from e: stored fields with Age and
 // Cache-Status, the body (ranges and the client's conditionals handled
-// for a stored 200), nothing from upstream.
+// for a stored 200), nothing from upstream. It is the one place a served
+// head is decided, on every path: a plain hit on an event loop (x.w a
+// hitWriter, loopcache.go) writes e's wire head, built when it was
+// stored, with the same per-request fields.
 func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 	cs := x.cache
+	cs.status.TTL, cs.status.HasTTL = e.TTL(now), true
+	age := e.Age(now)
+	if cs.condINM != nil || cs.condIMS != nil {
+		x.r.Header["If-None-Match"], x.r.Header["If-Modified-Since"] = cs.condINM, cs.condIMS
+	} else if cs.validating {
+		delete(x.r.Header, "If-None-Match")
+		delete(x.r.Header, "If-Modified-Since")
+	}
+	plain := e.Status == http.StatusOK && !conditionalOrRange(x.r.Header)
+	if hw, ok := x.w.(*hitWriter); ok && plain {
+		hw.writeStored(x, e, age)
+		return
+	}
 	h := x.w.Header()
 	for k, vv := range e.Header {
 		h[k] = vv
@@ -202,20 +217,13 @@ func (x *exchange) serveEntry(e *httpcache.Entry, now time.Time) {
 	if _, ok := e.Header["Content-Type"]; !ok {
 		h["Content-Type"] = nil // neither sniffed nor defaulted
 	}
-	cs.status.TTL, cs.status.HasTTL = e.TTL(now), true
-	cs.vals[0] = httpcache.AgeHeader(e.Age(now))
+	cs.vals[0] = httpcache.AgeHeader(age)
 	cs.vals[1] = cacheStatusValue(cs.status, e.Header["Cache-Status"])
 	h["Age"], h["Cache-Status"] = cs.vals[0:1:1], cs.vals[1:2:2]
 	x.setTraceResponse(h)
-	if cs.condINM != nil || cs.condIMS != nil {
-		x.r.Header["If-None-Match"], x.r.Header["If-Modified-Since"] = cs.condINM, cs.condIMS
-	} else if cs.validating {
-		delete(x.r.Header, "If-None-Match")
-		delete(x.r.Header, "If-Modified-Since")
-	}
 	cs.sw = servedWriter{ResponseWriter: x.w, x: x}
 	sw := &cs.sw
-	if e.Status == http.StatusOK && !conditionalOrRange(x.r.Header) {
+	if plain {
 		// The common hit: no precondition or range to evaluate.
 		h["Content-Length"] = e.ContentLength()
 		sw.WriteHeader(http.StatusOK)
@@ -287,11 +295,18 @@ func cacheStatusField(s httpcache.Status, upstream []string) []string {
 }
 
 func cacheStatusValue(s httpcache.Status, upstream []string) string {
-	v := s.String()
-	if len(upstream) > 0 {
-		v += ", " + strings.Join(upstream, ", ")
+	return string(appendCacheStatus(make([]byte, 0, 64), s, upstream))
+}
+
+// appendCacheStatus appends the Cache-Status field value: ours, then the
+// members of the caches behind us.
+func appendCacheStatus(b []byte, s httpcache.Status, upstream []string) []byte {
+	b = s.Append(b)
+	for _, u := range upstream {
+		b = append(b, ", "...)
+		b = append(b, u...)
 	}
-	return v
+	return b
 }
 
 // servedWriter records the status and body size of an answer from the

@@ -74,6 +74,9 @@ type LoopOptions struct {
 	Detach func(net.Conn) func()
 	// Logger receives the loop engine's own logs; nil discards them.
 	Logger hclog.Logger
+	// CacheHits, if set, answers fresh cache hits on the loop
+	// (loopcache.go).
+	CacheHits *CacheHits
 }
 
 // loopBufSize is the largest request head the loop parses; a larger one
@@ -369,6 +372,8 @@ type loopConn struct {
 	drainFn    func(gnet.Conn) // waiting for the outbound buffer to drain
 	drainLow   int
 	drainDelay time.Duration
+
+	loopHits int // cache hits being answered on the loop, nested (loopcache.go)
 }
 
 func (lc *loopConn) conn() gnet.Conn {
@@ -432,6 +437,9 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 		lc.deadline.Store(time.Now().Add(d).UnixNano())
 	} else {
 		lc.deadline.Store(0)
+	}
+	if lc.serveFromCache(c, req) {
+		return gnet.None
 	}
 	w := respPool.Get().(*loopResponse) // back in the pool once the loop took the last bytes
 	w.reset(lc, c)

@@ -95,7 +95,7 @@ func run(backends, out, wrk string, loops int, guard bool, cacheMiB int, path st
 		srv.ConnState = httpguard.ConnState
 	}
 	if loops > 0 {
-		fs := proxy.NewLoopServer(srv, proxy.LoopOptions{Loops: loops})
+		fs := proxy.NewLoopServer(srv, proxy.LoopOptions{Loops: loops, CacheHits: &proxy.CacheHits{Proxy: p}})
 		go fs.Serve(ln)
 		defer fs.Shutdown(context.Background())
 	} else {

@@ -41,16 +41,25 @@ func newMetrics(services []*serviceState) *metrics {
 
 // instrument wraps a listener's handler to count requests and time them.
 func (m *metrics) instrument(listener string, next http.Handler) http.Handler {
+	observe := m.observer(listener)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := statusWriter{ResponseWriter: w}
+		next.ServeHTTP(&sw, r)
+		observe(sw.status, time.Since(start))
+	})
+}
+
+// observer returns what counts and times one request of a listener: the
+// handler's wrapper, and the event loops for the cache hits they answer
+// themselves (proxy.CacheHits).
+func (m *metrics) observer(listener string) func(status int, elapsed time.Duration) {
 	codes := map[int]prometheus.Counter{}
 	for _, c := range []int{200, 201, 204, 301, 302, 304, 400, 404, 431, 499, 500, 502, 503, 504} {
 		codes[c] = m.requests.WithLabelValues(listener, strconv.Itoa(c))
 	}
 	hist := m.duration.WithLabelValues(listener)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		sw := statusWriter{ResponseWriter: w}
-		next.ServeHTTP(&sw, r)
-		code := sw.status
+	return func(code int, elapsed time.Duration) {
 		if code == 0 {
 			code = http.StatusOK
 		}
@@ -59,8 +68,8 @@ func (m *metrics) instrument(listener string, next http.Handler) http.Handler {
 		} else {
 			m.requests.WithLabelValues(listener, strconv.Itoa(code)).Inc()
 		}
-		hist.Observe(time.Since(start).Seconds())
-	})
+		hist.Observe(elapsed.Seconds())
+	}
 }
 
 // statusWriter records the status code; it keeps Flush, Hijack and Unwrap

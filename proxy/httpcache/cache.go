@@ -144,6 +144,7 @@ func (c *Cache) Store(key string, e *Entry) bool {
 	if int64(len(e.Body)) > c.cfg.MaxObjectSize || int64(e.size) > c.cfg.MaxSize {
 		return false
 	}
+	e.prepareWire()
 	mv, ok := c.store.GetIfPresent(key)
 	if len(e.varyNames) == 0 {
 		if ok && mv.marker != nil {

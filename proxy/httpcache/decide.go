@@ -149,7 +149,11 @@ const Name = "meshlb"
 
 // String formats s as a Cache-Status list member.
 func (s Status) String() string {
-	b := make([]byte, 0, 64)
+	return string(s.Append(make([]byte, 0, 64)))
+}
+
+// Append appends s, formatted as a Cache-Status list member, to b.
+func (s Status) Append(b []byte) []byte {
 	b = append(b, Name...)
 	if s.Hit {
 		b = append(b, "; hit"...)
@@ -176,5 +180,5 @@ func (s Status) String() string {
 		b = append(b, "; detail="...)
 		b = append(b, s.Detail...)
 	}
-	return string(b)
+	return b
 }

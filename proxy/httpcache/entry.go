@@ -31,6 +31,8 @@ type Entry struct {
 	surrogate time.Duration // Surrogate-Control max-age; absent when none
 	size      int           // weight in the store
 	clen      []string      // the body's length, as a field value
+	wire      []byte        // a stored 200's wire head (wire.go), built by Store
+	wireDate  bool          // wire holds a Date field
 }
 
 // NewEntry makes an Entry of a response to req, received at resTime for a
@@ -338,6 +340,7 @@ func (e *Entry) Matches304(h http.Header) bool {
 // validation's.
 func (e *Entry) Updated(h http.Header, reqTime, resTime time.Time) *Entry {
 	n := *e
+	n.wire, n.wireDate = nil, false
 	n.Header = e.Header.Clone()
 	for k, vv := range h {
 		switch k {

@@ -1,0 +1,225 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/meshlb/meshlb/proxy/httpcache"
+)
+
+// CacheHits lets a LoopServer answer fresh cache hits on its event loops
+// (LoopOptions.CacheHits): a request its route's cache can answer without
+// the origin is served where its head was parsed, with no goroutine, no
+// context and no hand-over through AsyncWrite. Everything else (a miss, a
+// stale entry, a revalidation, only-if-cached without an entry, a route
+// without a cache) runs the handler as before.
+//
+// A hit served on the loop goes through the same hooks as one served by
+// Proxy.ServeHTTP: the server span (and traceresponse), the request
+// record, the access log line and the cache's counters; Observe stands in
+// for the handler's wrappers (the agent's request metrics).
+type CacheHits struct {
+	// Proxy is the listener's proxy, whose routes and caches are used.
+	// It must be the proxy the server's handler wraps.
+	Proxy *Proxy
+	// Observe, if set, is called once per request answered on the loop
+	// with its status and the time it took, as the agent's metrics
+	// wrapper would have been.
+	Observe func(status int, elapsed time.Duration)
+}
+
+const (
+	// maxLoopHits bounds the pipelined requests answered from the cache
+	// on the loop one after another (each one reads the next through
+	// loopConn.finished, a recursion): the next takes the goroutine path,
+	// whose answer comes back on a fresh stack.
+	maxLoopHits = 64
+	// maxLoopHitBody is the largest body a plain hit writes on the loop:
+	// what a slow client cannot take stays in the connection's outbound
+	// buffer, so a larger body goes the goroutine path, whose writer
+	// holds back (loopHighWater).
+	maxLoopHitBody = loopHighWater
+	// maxLoopHitOther bounds the stored size of an entry served on the
+	// loop through the generic writer (conditional requests, a range,
+	// other statuses): its answer must fit the writer's buffer, which on
+	// the loop can never be handed over half-way.
+	maxLoopHitOther = loopFlushSize / 2
+)
+
+// loopHit is the state of one hit served on a loop: pooled, as it lives
+// only while the loop serves it.
+type loopHit struct {
+	x  exchange
+	cs cacheState
+	hw hitWriter
+}
+
+var hitPool = sync.Pool{New: func() any { return &loopHit{hw: hitWriter{h: make(http.Header, 2)}} }}
+
+// serveFromCache answers req on the loop when its route's cache holds a
+// response it may use without the origin (fresh, or stale within the
+// client's max-stale) and returns true; false leaves req to the handler.
+// It runs after the head was consumed, with lc busy; a true return has
+// finished the request (lc.finished), the next pipelined one included.
+func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
+	hits := lc.s.opts.CacheHits
+	if hits == nil || hits.Proxy == nil || lc.loopHits >= maxLoopHits {
+		return false
+	}
+	p := hits.Proxy
+	// The loop parses only GET and HEAD with no body, upgrade or gRPC
+	// content type: cacheBefore's own preconditions hold.
+	route := p.routes.Load().match(req.Host, req.URL.Path)
+	if route == nil || route.cache == nil {
+		return false
+	}
+	cache := route.cache
+	key := httpcache.Key(req.Host, req.RequestURI)
+	e, _ := cache.Lookup(key, req.Header)
+	if e == nil {
+		return false
+	}
+	reqCC := httpcache.RequestDirectives(req.Header)
+	start := time.Now()
+	if v, _ := httpcache.Decide(e, &reqCC, start); v != httpcache.Fresh && v != httpcache.Stale {
+		return false
+	}
+	wire, _ := e.Wire()
+	plain := e.Status == http.StatusOK && wire != nil && !conditionalOrRange(req.Header)
+	if plain && len(e.Body) > maxLoopHitBody ||
+		!plain && (e.Size() > maxLoopHitOther || strings.Contains(req.Header.Get("Range"), ",")) {
+		return false
+	}
+
+	lh := hitPool.Get().(*loopHit)
+	x := &lh.x
+	*x = exchange{p: p, r: req, ctx: req.Context(), route: route, start: start}
+	lh.cs = cacheState{c: cache, key: key, reqCC: reqCC, entry: e}
+	lh.cs.status.Hit = true
+	x.cache = &lh.cs
+	keep := !req.Close && !lc.s.shutting.Load()
+	var lr *loopResponse
+	if plain {
+		hw := &lh.hw
+		hw.close = !keep
+		x.w = hw
+	} else {
+		// A precondition, a range or another status: the loop's
+		// response writer, whose buffer holds the whole answer.
+		lr = respPool.Get().(*loopResponse)
+		lr.reset(lc, c)
+		lr.req, lr.ctx = req, x.ctx
+		lr.out = outPool.Get().(*[]byte)
+		x.w = lr
+	}
+	if p.tracer != nil {
+		x.startServerSpan()
+	}
+	if p.cfg.Recorder != nil {
+		x.startRecord()
+	}
+	x.serveEntry(e, start)
+	if lr != nil {
+		keep = lr.finish() && keep
+		c.Write(*lr.out)
+		putOut(lr.out)
+		clear(lr.header)
+		lr.lc, lr.c, lr.req, lr.ctx, lr.out = nil, nil, nil, nil, nil
+		respPool.Put(lr)
+	} else {
+		hw := &lh.hw
+		if len(hw.body) > 0 {
+			c.Writev([][]byte{hw.out, hw.body})
+		} else {
+			c.Write(hw.out)
+		}
+	}
+	// As Proxy.ServeHTTP ends a request.
+	x.cacheEnd()
+	if x.span != nil {
+		x.endServerSpan()
+	}
+	if p.cfg.AccessLog {
+		x.logAccess()
+	}
+	if x.rec != nil {
+		x.endRecord()
+	}
+	if hits.Observe != nil {
+		hits.Observe(x.status, time.Since(start))
+	}
+	lh.release()
+
+	lc.loopHits++
+	lc.finished(c, keep)
+	lc.loopHits--
+	return true
+}
+
+// release returns lh to the pool, holding nothing of the request.
+func (lh *loopHit) release() {
+	lh.x = exchange{}
+	lh.cs = cacheState{}
+	hw := &lh.hw
+	clear(hw.h)
+	hw.body = nil
+	if cap(hw.out) > loopFlushSize {
+		hw.out = nil
+	}
+	hw.out = hw.out[:0]
+	hitPool.Put(lh)
+}
+
+// hitWriter is the ResponseWriter of a plain hit on a loop: serveEntry
+// sees it and calls writeStored, which lays the response out for one
+// write. Its header map only takes what the hooks set before (the
+// traceresponse, also kept in the exchange).
+type hitWriter struct {
+	h     http.Header
+	out   []byte // the head
+	body  []byte // the stored body, written after the head
+	close bool   // the connection closes after this answer
+}
+
+func (w *hitWriter) Header() http.Header         { return w.h }
+func (w *hitWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *hitWriter) WriteHeader(int)             {}
+
+// writeStored lays out the answer to x from e, a stored 200, served at
+// age: e's wire head (built when it was stored), then the fields of this
+// answer, as serveEntry's generic path sets them.
+func (w *hitWriter) writeStored(x *exchange, e *httpcache.Entry, age time.Duration) {
+	cs := x.cache
+	head, hasDate := e.Wire()
+	b := append(w.out[:0], head...)
+	b = append(b, "Age: "...)
+	b = strconv.AppendInt(b, int64(age/time.Second), 10)
+	b = append(b, "\r\nCache-Status: "...)
+	b = appendCacheStatus(b, cs.status, e.Header["Cache-Status"])
+	b = append(b, '\r', '\n')
+	if tr := x.traceResp[0]; tr != "" {
+		b = append(b, "Traceresponse: "...)
+		b = append(b, tr...)
+		b = append(b, '\r', '\n')
+	}
+	if !hasDate {
+		b = append(b, "Date: "...)
+		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+		b = append(b, '\r', '\n')
+	}
+	if w.close {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, '\r', '\n')
+	w.out = b
+	x.status = http.StatusOK
+	if x.r.Method != http.MethodHead {
+		w.body = e.Body
+		x.written = int64(len(e.Body))
+	}
+}
