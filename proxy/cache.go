@@ -374,6 +374,9 @@ func (x *exchange) cacheResponse(a *attempt) bool {
 	}
 	if cs.reqHeader == nil {
 		// A range or a HEAD passed through: nothing to store.
+		if r.Method == http.MethodHead && res.StatusCode == http.StatusOK && cs.entry != nil {
+			x.headUpdate(a)
+		}
 		delete(res.Header, "Surrogate-Control")
 		res.Header["Cache-Status"] = cacheStatusField(cs.status, res.Header["Cache-Status"])
 		return false
@@ -402,6 +405,37 @@ func (x *exchange) cacheResponse(a *attempt) bool {
 	delete(res.Header, "Surrogate-Control") // for us, not for the clients
 	res.Header["Cache-Status"] = cacheStatusField(cs.status, res.Header["Cache-Status"])
 	return false
+}
+
+// headUpdate applies the 200 answer to a forwarded HEAD to the stored GET
+// response the request selected (RFC 9111 section 4.3.5): when every
+// validator the HEAD response carries (ETag, Last-Modified) and its
+// Content-Length match the stored response, its fields update it as a
+// 304's would; otherwise the stored response is outdated and dropped
+// (the RFC says to consider it stale; it was not fresh, or the HEAD
+// would not have been forwarded). A response that may not be stored
+// drops it too.
+func (x *exchange) headUpdate(a *attempt) {
+	cs, res, e := x.cache, a.res, x.cache.entry
+	etag, lm := e.Validators()
+	match := true
+	if v := res.Header["Etag"]; len(v) > 0 && v[0] != etag {
+		match = false
+	}
+	if v := res.Header["Last-Modified"]; len(v) > 0 && v[0] != lm {
+		match = false
+	}
+	if v := res.Header["Content-Length"]; len(v) > 0 && v[0] != e.ContentLength()[0] {
+		match = false
+	}
+	h := res.Header.Clone()
+	removeHopByHop(h)
+	resCC := httpcache.ParseCacheControl(h["Cache-Control"])
+	if ok, _ := httpcache.Storable(http.MethodGet, x.r.Header, &cs.reqCC, res.StatusCode, h, &resCC); !ok || !match {
+		cs.c.Invalidate(cs.key)
+		return
+	}
+	cs.c.Store(cs.key, e.Updated(h, a.start, a.start.Add(a.latency)))
 }
 
 // cacheStale answers with the stored response when the request could not

@@ -223,6 +223,30 @@ func TestCacheRules(t *testing.T) {
 		c.wantUpstream(t, "maxstale", 2)
 	})
 
+	t.Run("a forwarded HEAD's 200 keeps or drops the stored GET", func(t *testing.T) {
+		// RFC 9111 section 4.3.5. The client's no-cache sends the HEAD
+		// on; Tornado answers a HEAD with Content-Length: 0, not the
+		// stored GET's length, unless told: the GET is dropped.
+		p := respondPath("headdrop", "", maxAge)
+		c.do(t, "GET", p)
+		r, _ := c.do(t, "HEAD", p, "Cache-Control", "no-cache")
+		wantStatus(t, r, "meshlb; fwd=request")
+		r, _ = c.do(t, "GET", p)
+		wantStatus(t, r, "meshlb; fwd=uri-miss")
+		c.wantUpstream(t, "headdrop", 3)
+		// The same length and validators: the HEAD's fields update it,
+		// and it is served fresh.
+		p = respondPath("headkeep", "body=abc", maxAge, "Content-Length:3", `ETag:"k1"`)
+		c.do(t, "GET", p)
+		c.do(t, "HEAD", p, "Cache-Control", "no-cache")
+		r, b := c.do(t, "GET", p)
+		wantStatus(t, r, "meshlb; hit")
+		if b != "abc" {
+			t.Fatalf("body %q after the HEAD, want %q", b, "abc")
+		}
+		c.wantUpstream(t, "headkeep", 2)
+	})
+
 	t.Run("unsafe methods invalidate the URL and Location", func(t *testing.T) {
 		other := respondPath("inval2", "", maxAge)
 		p := respondPath("inval", "", maxAge, "Location:"+other)
