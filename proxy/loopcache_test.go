@@ -333,3 +333,39 @@ func TestLoopCacheHitTracing(t *testing.T) {
 		t.Errorf("record's trace id %s, want %s", s, tid)
 	}
 }
+
+// TestLoopCacheDeepPipeline: more pipelined hits than the loop answers in
+// a row (maxLoopHits) are all answered, in order, none reaching the
+// upstream: past the bound they take the goroutine path.
+func TestLoopCacheDeepPipeline(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	hs := startHitServer(t, Config{})
+	rc := dialRaw(t, ctx, hs.addr)
+	rc.send(get("/p"))
+	rc.response("GET")
+	const n = 3*maxLoopHits + 5
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "GET /p HTTP/1.1\r\nHost: app.example.com\r\nX-N: %d\r\n\r\n", i)
+	}
+	rc.send(b.String())
+	for i := range n {
+		res, body := rc.response("GET")
+		if res.StatusCode != 200 || body != "body of /p" || !strings.HasPrefix(res.Header.Get("Cache-Status"), "meshlb; hit") {
+			t.Fatalf("answer %d: %d %q %q", i, res.StatusCode, body, res.Header.Get("Cache-Status"))
+		}
+	}
+	if u := hs.up.hits.Load(); u != 1 {
+		t.Errorf("upstream saw %d requests, want 1", u)
+	}
+	for deadline := time.Now().Add(5 * time.Second); hs.handled.Load()+hs.observed.Load() < n+1 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if h, o := hs.handled.Load(), hs.observed.Load(); h+o != n+1 || o < maxLoopHits {
+		t.Errorf("handler %d + loop %d, want %d with at least %d on the loop", h, o, n+1, maxLoopHits)
+	}
+	if s := hs.cache.Stats(); s.Hits != n {
+		t.Errorf("%d hits counted, want %d", s.Hits, n)
+	}
+}
