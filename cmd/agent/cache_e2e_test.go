@@ -186,6 +186,12 @@ func TestCacheRules(t *testing.T) {
 		wantStatus(t, r, "meshlb; hit")
 		r, _ = c.do(t, "GET", p, "Accept-Language", "fr")
 		wantStatus(t, r, "meshlb; fwd=vary-miss")
+		// Language tags are case-insensitive: EN selects en's variant.
+		r, en3 := c.do(t, "GET", p, "Accept-Language", "EN")
+		wantStatus(t, r, "meshlb; hit")
+		if en3 != en {
+			t.Fatalf("EN got %q, want en's %q", en3, en)
+		}
 		if en != en2 || !strings.HasSuffix(en, "=en") || !strings.HasSuffix(de, "=de") {
 			t.Fatalf("variants en %q de %q en again %q", en, de, en2)
 		}

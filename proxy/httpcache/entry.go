@@ -278,7 +278,11 @@ func VaryNames(h http.Header) (names []string, star bool) {
 // VaryKey is the request's selection for names: each field's lines joined
 // with ", ", whitespace around commas normalized, so that a request with
 // the same values selects the same variant (RFC 9111 section 4.1). A field
-// that is absent differs from one that is empty.
+// that is absent differs from one that is empty. Accept-Language is
+// compared without case (language tags are case-insensitive, RFC 5646
+// section 2.1.1) but in order: among equal weights the order is what an
+// app picks by (Tornado's get_browser_locale does), so "en, de" and
+// "de, en" stay two variants.
 func VaryKey(names []string, h http.Header) string {
 	if len(names) == 0 {
 		return ""
@@ -300,7 +304,11 @@ func VaryKey(names []string, h http.Header) string {
 				if j > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString(strings.Join(strings.Fields(part), " "))
+				part = strings.Join(strings.Fields(part), " ")
+				if n == "Accept-Language" {
+					part = strings.ToLower(part)
+				}
+				b.WriteString(part)
 			}
 		}
 		b.WriteByte('\x00')

@@ -199,6 +199,16 @@ func TestVaryKey(t *testing.T) {
 	if VaryKey(names, hdr("Accept-Encoding", "gzip")) == a {
 		t.Error("different values must differ")
 	}
+	lang := []string{"Accept-Language"}
+	if VaryKey(lang, hdr("Accept-Language", "en-US, de;q=0.5")) != VaryKey(lang, hdr("Accept-Language", "EN-us,De;Q=0.5")) {
+		t.Error("Accept-Language must be compared without case")
+	}
+	if VaryKey(lang, hdr("Accept-Language", "en, de")) == VaryKey(lang, hdr("Accept-Language", "de, en")) {
+		t.Error("Accept-Language in another order must select another variant")
+	}
+	if VaryKey(names, hdr("Accept-Encoding", "GZIP")) == VaryKey(names, hdr("Accept-Encoding", "gzip")) {
+		t.Error("only Accept-Language is folded")
+	}
 }
 
 func TestUpdated304(t *testing.T) {
