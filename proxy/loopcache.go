@@ -49,6 +49,9 @@ const (
 	// other statuses): its answer must fit the writer's buffer, which on
 	// the loop can never be handed over half-way.
 	maxLoopHitOther = loopFlushSize / 2
+	// loopCopyBody is the largest body copied after the head for one
+	// write; a larger one goes out with writev, uncopied.
+	loopCopyBody = 4 << 10
 )
 
 // loopHit is the state of one hit served on a loop: pooled, as it lives
@@ -133,9 +136,11 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 		respPool.Put(lr)
 	} else {
 		hw := &lh.hw
-		if len(hw.body) > 0 {
-			c.Writev([][]byte{hw.out, hw.body})
+		if len(hw.body) > loopCopyBody {
+			hw.iov = [2][]byte{hw.out, hw.body}
+			c.Writev(hw.iov[:])
 		} else {
+			hw.out = append(hw.out, hw.body...) // one write; copying is cheaper than an iovec
 			c.Write(hw.out)
 		}
 	}
@@ -167,7 +172,7 @@ func (lh *loopHit) release() {
 	lh.cs = cacheState{}
 	hw := &lh.hw
 	clear(hw.h)
-	hw.body = nil
+	hw.body, hw.iov = nil, [2][]byte{}
 	if cap(hw.out) > loopFlushSize {
 		hw.out = nil
 	}
@@ -183,7 +188,8 @@ type hitWriter struct {
 	h     http.Header
 	out   []byte // the head
 	body  []byte // the stored body, written after the head
-	close bool   // the connection closes after this answer
+	iov   [2][]byte
+	close bool // the connection closes after this answer
 }
 
 func (w *hitWriter) Header() http.Header         { return w.h }
