@@ -98,14 +98,37 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 		!plain && (e.Size() > maxLoopHitOther || strings.Contains(req.Header.Get("Range"), ",")) {
 		return false
 	}
-
 	lh := hitPool.Get().(*loopHit)
-	x := &lh.x
-	*x = exchange{p: p, r: req, ctx: req.Context(), route: route, start: start}
+	lh.x = exchange{p: p, r: req, ctx: req.Context(), route: route, start: start}
 	lh.cs = cacheState{c: cache, key: key, reqCC: reqCC, entry: e}
 	lh.cs.status.Hit = true
-	x.cache = &lh.cs
-	keep := !req.Close && !lc.s.shutting.Load()
+	lh.x.cache = &lh.cs
+	keep, ok := lc.answerHit(c, lh, hits.Observe, plain)
+	if !ok {
+		c.Close() // as net/http cuts the connection of a handler that panicked
+		return true
+	}
+	lc.loopHits++
+	lc.finished(c, keep)
+	lc.loopHits--
+	return true
+}
+
+// answerHit writes the answer to lh's request from its entry and runs the
+// hooks of a request's end; keep says whether the connection may carry
+// another request, ok is false when it panicked (logged; the connection
+// must close).
+func (lc *loopConn) answerHit(c gnet.Conn, lh *loopHit, observe func(int, time.Duration), plain bool) (keep, ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			keep, ok = false, false
+			if l := lc.s.srv.ErrorLog; l != nil {
+				l.Printf("http: panic serving %s from the cache: %v", lc.remote, v)
+			}
+		}
+	}()
+	x, p, req, e := &lh.x, lh.x.p, lh.x.r, lh.cs.entry
+	keep = !req.Close && !lc.s.shutting.Load()
 	var lr *loopResponse
 	if plain {
 		hw := &lh.hw
@@ -126,7 +149,7 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 	if p.cfg.Recorder != nil {
 		x.startRecord()
 	}
-	x.serveEntry(e, start)
+	x.serveEntry(e, x.start)
 	if lr != nil {
 		keep = lr.finish() && keep
 		c.Write(*lr.out)
@@ -155,15 +178,11 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 	if x.rec != nil {
 		x.endRecord()
 	}
-	if hits.Observe != nil {
-		hits.Observe(x.status, time.Since(start))
+	if observe != nil {
+		observe(x.status, time.Since(x.start))
 	}
 	lh.release()
-
-	lc.loopHits++
-	lc.finished(c, keep)
-	lc.loopHits--
-	return true
+	return keep, true
 }
 
 // release returns lh to the pool, holding nothing of the request.

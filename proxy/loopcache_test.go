@@ -36,11 +36,15 @@ type hitServer struct {
 }
 
 type recordList struct {
-	mu   sync.Mutex
-	recs []*Record
+	mu    sync.Mutex
+	recs  []*Record
+	panic atomic.Bool // Record panics (a bug in a hook)
 }
 
 func (l *recordList) Record(r *Record) {
+	if l.panic.Load() {
+		panic("recorder bug")
+	}
 	l.mu.Lock()
 	l.recs = append(l.recs, r)
 	l.mu.Unlock()
@@ -368,4 +372,29 @@ func TestLoopCacheDeepPipeline(t *testing.T) {
 	if s := hs.cache.Stats(); s.Hits != n {
 		t.Errorf("%d hits counted, want %d", s.Hits, n)
 	}
+}
+
+// TestLoopCacheHitPanics: a panic while a hit is answered on the loop
+// (here in the request recorder) cuts that connection, as net/http does
+// for a handler, and leaves the loop serving the others.
+func TestLoopCacheHitPanics(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	hs := startHitServer(t, Config{})
+	rc := dialRaw(t, ctx, hs.addr)
+	rc.send(get("/k"))
+	rc.response("GET")
+	hs.records.panic.Store(true)
+	rc.send(get("/k"))
+	// The answer was written before the hooks ran; then the connection
+	// closes.
+	res, body := rc.response("GET")
+	checkHit(t, res, body, 200, "body of /k")
+	rc.expectClosed(5 * time.Second)
+	hs.records.panic.Store(false)
+	rc2 := dialRaw(t, ctx, hs.addr)
+	rc2.send(get("/k"))
+	res, body = rc2.response("GET")
+	checkHit(t, res, body, 200, "body of /k")
+	hs.counts(t, "after the panic", 1, 1, 1)
 }
