@@ -77,7 +77,11 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 	p := hits.Proxy
 	// The loop parses only GET and HEAD with no body, upgrade or gRPC
 	// content type: cacheBefore's own preconditions hold.
-	route := p.routes.Load().match(req.Host, req.URL.Path)
+	rt := p.routes.Load()
+	if !rt.caching {
+		return false
+	}
+	route := rt.match(req.Host, req.URL.Path)
 	if route == nil || route.cache == nil {
 		return false
 	}

@@ -74,6 +74,7 @@ type routeTable struct {
 	exact    map[string][]*compiledRoute // by lower-case host
 	wildcard []wildcardRoutes            // longest suffix first
 	any      []*compiledRoute
+	caching  bool // a route has a cache (loopcache.go)
 }
 
 type wildcardRoutes struct {
@@ -99,6 +100,7 @@ func compileRoutes(routes []Route) (*routeTable, error) {
 			return nil, fmt.Errorf("proxy: route %d: duplicate route host %q path prefix %q", i, r.Host, r.PathPrefix)
 		}
 		seen[key] = true
+		rt.caching = rt.caching || cr.cache != nil
 		switch {
 		case cr.host == "":
 			rt.any = append(rt.any, cr)
