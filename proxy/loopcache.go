@@ -156,6 +156,23 @@ func (lc *loopConn) answerHit(c gnet.Conn, lh *loopHit, observe func(int, time.D
 	x.serveEntry(e, x.start)
 	if lr != nil {
 		keep = lr.finish() && keep
+	}
+	// As Proxy.ServeHTTP ends a request, before its last bytes leave: a
+	// client that has the answer finds it counted.
+	x.cacheEnd()
+	if x.span != nil {
+		x.endServerSpan()
+	}
+	if p.cfg.AccessLog {
+		x.logAccess()
+	}
+	if x.rec != nil {
+		x.endRecord()
+	}
+	if observe != nil {
+		observe(x.status, time.Since(x.start))
+	}
+	if lr != nil {
 		c.Write(*lr.out)
 		putOut(lr.out)
 		clear(lr.header)
@@ -170,20 +187,6 @@ func (lc *loopConn) answerHit(c gnet.Conn, lh *loopHit, observe func(int, time.D
 			hw.out = append(hw.out, hw.body...) // one write; copying is cheaper than an iovec
 			c.Write(hw.out)
 		}
-	}
-	// As Proxy.ServeHTTP ends a request.
-	x.cacheEnd()
-	if x.span != nil {
-		x.endServerSpan()
-	}
-	if p.cfg.AccessLog {
-		x.logAccess()
-	}
-	if x.rec != nil {
-		x.endRecord()
-	}
-	if observe != nil {
-		observe(x.status, time.Since(x.start))
 	}
 	lh.release()
 	return keep, true

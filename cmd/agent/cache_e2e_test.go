@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -361,18 +362,37 @@ func TestCacheRules(t *testing.T) {
 	})
 
 	t.Run("metrics and the status page count hits", func(t *testing.T) {
-		res, err := http.Get("http://" + c.admin + "/metrics")
-		if err != nil {
-			t.Fatal(err)
+		scrape := func() []byte {
+			res, err := http.Get("http://" + c.admin + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			return b
 		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		// Hits answered on the event loop count as requests too.
+		const requests200 = `meshlb_http_requests_total{code="200",listener="cli"} `
+		const hitsTotal = `meshlb_cache_hits_total{cache="listener \"cli\""} `
+		before := scrape()
+		p := respondPath("metrics", "", maxAge)
+		for range 4 {
+			c.do(t, "GET", p)
+		}
+		b := scrape()
+		if d := metricValue(t, b, requests200) - metricValue(t, before, requests200); d != 4 {
+			t.Fatalf("%s went up by %v, want 4 (a miss and 3 hits)", requests200, d)
+		}
+		if d := metricValue(t, b, hitsTotal) - metricValue(t, before, hitsTotal); d != 3 {
+			t.Fatalf("%s went up by %v, want 3", hitsTotal, d)
+		}
+		c.wantUpstream(t, "metrics", 1)
 		for _, m := range []string{`meshlb_cache_hits_total{cache="listener \"cli\""}`, "meshlb_cache_collapsed_waits_total", "meshlb_cache_objects"} {
 			if !bytes.Contains(b, []byte(m)) {
 				t.Fatalf("/metrics lacks %s", m)
 			}
 		}
-		res, err = http.Get("http://" + c.admin + "/api/events")
+		res, err := http.Get("http://" + c.admin + "/api/events")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -424,4 +444,20 @@ func TestCacheRules(t *testing.T) {
 			t.Fatalf("must-revalidate served stale with no instance: status %d", r.StatusCode)
 		}
 	})
+}
+
+// metricValue is the value of the sample line starting with prefix in a
+// Prometheus text exposition, 0 when absent.
+func metricValue(t *testing.T, exposition []byte, prefix string) float64 {
+	t.Helper()
+	for line := range strings.SplitSeq(string(exposition), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
