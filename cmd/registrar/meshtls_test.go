@@ -19,9 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testpki"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testpki"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 	"github.com/meshlb/meshlb/proxy"
 )
 
@@ -268,8 +269,8 @@ func TestMeshTLSReloadsOnSIGHUP(t *testing.T) {
 	clientCert, clientKey := ca.Issue(t, dir, "agent", "agent", false)
 
 	srv := consultest.New(t)
-	appPort, meshPort := freePort(t), freePort(t)
-	app := testproc.StartApp(t, appPort)
+	appPort, meshPort := testproc.FreePort(t), testproc.FreePort(t)
+	app := tornadotest.Start(t, appPort)
 	reg := start(t, srv.Env(), registrarBin, "--service", "tlsreload", "--port", strconv.Itoa(appPort),
 		"--mesh-port", strconv.Itoa(meshPort), "--check", "tcp", "--drain", "200ms",
 		"--mesh-tls-cert", serverCert, "--mesh-tls-key", serverKey, "--mesh-tls-client-ca", ca.File)
