@@ -19,7 +19,7 @@ import (
 	"github.com/meshlb/meshlb/internal/testing/testpki"
 	"github.com/meshlb/meshlb/internal/testing/testproc"
 	"github.com/meshlb/meshlb/internal/testing/tornadotest"
-	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 // directClient calls a mesh port itself: trusting ca, presenting cert (a
@@ -74,8 +74,8 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 		t.Fatalf("instances %v, %v", entries, err)
 	}
 	svc := entries[0].Service
-	if !slices.Contains(svc.Tags, proxy.TagHTTPS) || svc.Port != meshPort {
-		t.Fatalf("registered tags %v port %d; want the %q tag and the mesh port %d", svc.Tags, svc.Port, proxy.TagHTTPS, meshPort)
+	if !slices.Contains(svc.Tags, wire.TagHTTPS) || svc.Port != meshPort {
+		t.Fatalf("registered tags %v port %d; want the %q tag and the mesh port %d", svc.Tags, svc.Port, wire.TagHTTPS, meshPort)
 	}
 	hello := "Hello from Process Id = " + svc.Meta["pid"]
 	meshURL := "https://127.0.0.1:" + strconv.Itoa(meshPort)
