@@ -74,6 +74,11 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 	if hits == nil || hits.Proxy == nil || lc.loopHits >= maxLoopHits {
 		return false
 	}
+	if c.OutboundBuffered() > loopHighWater {
+		// The client reads slower than it asks (pipelining): the
+		// goroutine path waits for it before the next answer.
+		return false
+	}
 	p := hits.Proxy
 	// The loop parses only GET and HEAD with no body, upgrade or gRPC
 	// content type: cacheBefore's own preconditions hold.
@@ -188,6 +193,7 @@ func (lc *loopConn) answerHit(c gnet.Conn, lh *loopHit, observe func(int, time.D
 			c.Write(hw.out)
 		}
 	}
+	lc.s.noteOutbound(c.OutboundBuffered())
 	lh.release()
 	return keep, true
 }

@@ -65,6 +65,10 @@ func startHitServer(t *testing.T, cfg Config) *hitServer {
 		w.Header().Set("Cache-Control", "max-age=600")
 		w.Header().Set("Etag", `"v1"`)
 		w.Header().Set("Content-Type", "text/plain")
+		if n, _ := strconv.Atoi(r.URL.Query().Get("size")); n > 0 {
+			io.WriteString(w, strings.Repeat("x", n))
+			return
+		}
 		io.WriteString(w, "body of "+r.URL.RequestURI())
 	})
 	c, err := httpcache.New(httpcache.Config{MaxSize: 1 << 20})
