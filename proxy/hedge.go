@@ -426,6 +426,7 @@ func (p *Proxy) InstancesLeft(insts []*lb.Instance) int {
 	n := 0
 	for _, in := range insts {
 		p.h1.closeIdleTo(in.HostPort)
+		closeLoopIdle(p, in.HostPort)
 		n += p.inflight.cancel(in.HostPort)
 	}
 	if len(insts) > 0 {

@@ -57,6 +57,8 @@ type LoopServer struct {
 	started  bool
 
 	maxOutbound atomic.Int64 // largest outbound buffer seen on one connection (tests)
+
+	states sync.Map // gnet.EventLoop → *loopState: upstream connections per loop
 }
 
 // LoopOptions tunes a LoopServer.
@@ -74,6 +76,13 @@ type LoopOptions struct {
 	Detach func(net.Conn) func()
 	// Logger receives the loop engine's own logs; nil discards them.
 	Logger hclog.Logger
+	// Proxy, if set, is the srv's proxy (behind the agent's wrappers):
+	// the loop then serves the requests it can with no goroutine
+	// (loopexchange.go), and the rest through srv's handler.
+	Proxy *Proxy
+	// Observe, if set, is told the status and duration of every request
+	// the loop serves without srv's handler (the agent's metrics).
+	Observe func(status int, d time.Duration)
 }
 
 // loopBufSize is the largest request head the loop parses; a larger one
@@ -104,7 +113,11 @@ func NewLoopServer(srv *http.Server, opts LoopOptions) *LoopServer {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &LoopServer{srv: srv, opts: opts, log: opts.Logger, conns: make(map[*loopConn]struct{}), drained: make(chan struct{})}
+	s := &LoopServer{srv: srv, opts: opts, log: opts.Logger, conns: make(map[*loopConn]struct{}), drained: make(chan struct{})}
+	if opts.Proxy != nil {
+		loopServers.Store(opts.Proxy, s)
+	}
+	return s
 }
 
 // Serve accepts connections on ln until it is closed or Shutdown is called,
@@ -232,11 +245,16 @@ func (s *LoopServer) sweep(stop <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var late []*loopConn
+	var lastPrune time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-t.C:
+			if p := s.opts.Proxy; p != nil && now.Sub(lastPrune) >= time.Second {
+				lastPrune = now
+				s.pruneUpstreams(p.cfg.IdleConnTimeout)
+			}
 			n := now.UnixNano()
 			s.mu.Lock()
 			for lc := range s.conns {
@@ -319,6 +337,9 @@ type loopEvents struct {
 }
 
 func (e *loopEvents) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if uc, ok := c.Context().(*upConn); ok {
+		return nil, uc.opened(c)
+	}
 	lc, ok := c.Context().(*loopConn)
 	if !ok {
 		return nil, gnet.Close
@@ -333,14 +354,20 @@ func (e *loopEvents) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 func (e *loopEvents) OnTraffic(c gnet.Conn) gnet.Action {
 	lc, ok := c.Context().(*loopConn)
 	if !ok {
+		if uc, ok := c.Context().(*upConn); ok {
+			return uc.traffic()
+		}
 		return gnet.Close
 	}
 	return lc.process(c)
 }
 
 func (e *loopEvents) OnClose(c gnet.Conn, _ error) gnet.Action {
-	if lc, ok := c.Context().(*loopConn); ok {
-		lc.onClose()
+	switch v := c.Context().(type) {
+	case *loopConn:
+		v.onClose()
+	case *upConn:
+		v.closed()
 	}
 	return gnet.None
 }
@@ -364,6 +391,7 @@ type loopConn struct {
 	closed    bool
 	handedOff bool
 	cancel    context.CancelFunc // ends the context of the request being served
+	fx        *loopExchange      // the request the loop serves itself, if any
 	w         loopResponse       // the response being written, reused
 
 	drainFn    func(gnet.Conn) // waiting for the outbound buffer to drain
@@ -432,6 +460,9 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 		lc.deadline.Store(time.Now().Add(d).UnixNano())
 	} else {
 		lc.deadline.Store(0)
+	}
+	if lc.serveOnLoop(c, req) {
+		return gnet.None
 	}
 	w := respPool.Get().(*loopResponse) // back in the pool once the loop took the last bytes
 	w.reset(lc, c)
@@ -601,6 +632,10 @@ func (lc *loopConn) onClose() {
 		return
 	}
 	lc.closed = true
+	if lc.fx != nil {
+		lc.fx.clientGone() // before the cancel: the attempts end here, not on their watch
+		lc.fx = nil
+	}
 	if lc.cancel != nil {
 		lc.cancel() // the client is gone: the request being served stops now
 		lc.cancel = nil
@@ -682,4 +717,17 @@ func (s *LoopServer) noteOutbound(n int) {
 			return
 		}
 	}
+}
+
+// pruneUpstreams closes, on each loop, the upstream connections idle
+// longer than idle.
+func (s *LoopServer) pruneUpstreams(idle time.Duration) {
+	s.states.Range(func(_, v any) bool {
+		ls := v.(*loopState)
+		ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			ls.prune(idle)
+			return nil
+		}))
+		return true
+	})
 }
