@@ -59,6 +59,8 @@ type LoopServer struct {
 	maxOutbound atomic.Int64 // largest outbound buffer seen on one connection (tests)
 
 	states sync.Map // gnet.EventLoop → *loopState: upstream connections per loop
+
+	onLoop, offLoop atomic.Int64 // requests served on the loop; bodies it gave a goroutine (tests)
 }
 
 // LoopOptions tunes a LoopServer.

@@ -153,6 +153,7 @@ func (lc *loopConn) serveOnLoop(c gnet.Conn, req *http.Request) bool {
 	if route == nil || !loopServable(route) {
 		return false
 	}
+	s.onLoop.Add(1)
 	fx := &loopExchange{s: s, ls: s.loopState(c.EventLoop()), lc: lc, c: c}
 	ctx, cancel := context.WithCancel(context.Background())
 	lc.cancel = cancel
@@ -1061,6 +1062,7 @@ func (fx *loopExchange) offLoop(uc *upConn) {
 		uc.ls.el.Close(uc.gc)
 	}
 	fx.body = nil
+	fx.s.offLoop.Add(1)
 	fx.offUC, fx.offNC = uc, nc
 	// The goroutine starts once the client caught up, as the writer's
 	// every later buffer waits.

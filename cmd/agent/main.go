@@ -500,6 +500,10 @@ func (a *agent) buildServers() error {
 				},
 				Detach: httpguard.Detach,
 				Logger: a.log.Named("loop").With("listener", l.name),
+				// The requests the loop serves itself (no goroutine)
+				// are counted as instrument counts the others.
+				Proxy:   p,
+				Observe: a.metrics.observer(l.name),
 			})
 		}
 		a.loops = append(a.loops, loop)

@@ -63,6 +63,24 @@ func (m *metrics) instrument(listener string, next http.Handler) http.Handler {
 	})
 }
 
+// observer returns what counts a request the event loop served without
+// the handler instrument wraps.
+func (m *metrics) observer(listener string) func(int, time.Duration) {
+	hist := m.duration.WithLabelValues(listener)
+	codes := map[int]prometheus.Counter{}
+	for _, c := range []int{200, 204, 301, 302, 304, 404, 499, 500, 502, 503, 504} {
+		codes[c] = m.requests.WithLabelValues(listener, strconv.Itoa(c))
+	}
+	return func(code int, d time.Duration) {
+		if c, ok := codes[code]; ok {
+			c.Inc()
+		} else {
+			m.requests.WithLabelValues(listener, strconv.Itoa(code)).Inc()
+		}
+		hist.Observe(d.Seconds())
+	}
+}
+
 // statusWriter records the status code; it keeps Flush, Hijack and Unwrap
 // working so streaming and upgrades pass through.
 type statusWriter struct {
