@@ -864,9 +864,11 @@ func (fx *loopExchange) writeBody(data []byte) {
 	}
 }
 
-// flushHead writes the pending head alone.
+// flushHead writes the pending bytes alone.
 func (fx *loopExchange) flushHead() {
-	fx.c.Write(*fx.w.out)
+	if len(*fx.w.out) > 0 {
+		fx.c.Write(*fx.w.out)
+	}
 	*fx.w.out = (*fx.w.out)[:0]
 	fx.pending = false
 }
