@@ -412,6 +412,9 @@ func (f *inflight) cancel(addr string) int {
 	defer s.mu.Unlock()
 	for a := range s.m {
 		a.cancel(errInstanceLeft)
+		if a.onLeft != nil {
+			a.onLeft(a)
+		}
 	}
 	return len(s.m)
 }

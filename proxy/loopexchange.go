@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -79,9 +80,9 @@ type upConn struct {
 
 	fx      *loopExchange // the exchange it serves, nil when idle
 	a       *attempt
-	stop    func() bool // stops the watch on the attempt's context
-	timer   *time.Timer // response-header timeout
-	headDue int64       // UnixNano
+	left    func(*attempt) // uc.instanceLeft, made once
+	timer   *time.Timer    // response-header timeout
+	headDue int64          // UnixNano
 	res     *http.Response
 	dec     bodyDecoder
 	idleAt  time.Time
@@ -165,7 +166,7 @@ func (lc *loopConn) serveOnLoop(c gnet.Conn, req *http.Request) bool {
 	w.out = outPool.Get().(*[]byte)
 	fx.w = w
 	x := &fx.x
-	*x = exchange{p: p, w: w, r: req, ctx: ctx, start: time.Now(), route: route, idempotent: true}
+	*x = exchange{p: p, w: w, r: req, ctx: ctx, start: time.Now(), route: route, idempotent: true, onLoop: true}
 	if p.tracer != nil {
 		x.startServerSpan()
 	}
@@ -225,7 +226,6 @@ func (fx *loopExchange) next() {
 // (always when fresh).
 func (fx *loopExchange) launch(a *attempt, fresh bool) {
 	x := &fx.x
-	x.p.inflight.add(a)
 	addr := a.inst.HostPort
 	var uc *upConn
 	if !fresh {
@@ -236,8 +236,11 @@ func (fx *loopExchange) launch(a *attempt, fresh bool) {
 	}
 	uc.fx, uc.a = fx, a
 	fx.running = append(fx.running, uc)
-	// InstancesLeft and hedge losses cancel the attempt's context.
-	uc.stop = context.AfterFunc(a.req.Context(), func() { uc.onCancel(fx, a) })
+	if uc.left == nil {
+		uc.left = uc.instanceLeft // one func per connection, not per request
+	}
+	a.onLeft = uc.left
+	x.p.inflight.add(a) // after onLeft is set: InstancesLeft reads it under the set's lock
 	if uc.state == upDialing {
 		uc.dial(a.req.Context())
 		return
@@ -269,7 +272,7 @@ func (ls *loopState) take(addr string, idle time.Duration) *upConn {
 
 // put keeps uc for another request, or closes it when the pool is full.
 func (ls *loopState) put(uc *upConn, max int) {
-	uc.fx, uc.a, uc.res, uc.stop = nil, nil, nil, nil
+	uc.fx, uc.a, uc.res = nil, nil, nil
 	if len(ls.idle[uc.addr]) >= max {
 		uc.close()
 		return
@@ -411,19 +414,16 @@ func (uc *upConn) headTimerFired() {
 	}))
 }
 
-// onCancel runs when the attempt's context ends (hedge lost, instance
-// left, client gone): on the loop, the attempt fails with the cause
-// unless it already ended.
-func (uc *upConn) onCancel(fx *loopExchange, a *attempt) {
+// instanceLeft is called by InstancesLeft (any goroutine) once it
+// cancelled the attempt uc carries: on the loop, the attempt fails with
+// errInstanceLeft (and is resent when idempotent) unless it ended.
+// Hedge losses and a client gone are handled on the loop directly.
+func (uc *upConn) instanceLeft(a *attempt) {
 	uc.ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-		if uc.fx != fx || uc.a != a || (uc.state != upWaitHead && uc.state != upDialing) {
+		if uc.a != a || uc.fx == nil || (uc.state != upWaitHead && uc.state != upDialing) {
 			return nil
 		}
-		err := context.Cause(a.req.Context())
-		if fx.x.ctx.Err() == nil && (err == errHedgeLost || err == errInstanceLeft) {
-			err = errors.Join(err, context.Canceled)
-		}
-		uc.failed(err)
+		uc.failed(fmt.Errorf("%w: %w", errInstanceLeft, context.Canceled))
 		return nil
 	}))
 }
@@ -594,10 +594,7 @@ func (fx *loopExchange) remove(uc *upConn) {
 func (uc *upConn) endWait() {
 	fx := uc.fx
 	fx.x.p.inflight.remove(uc.a)
-	if uc.stop != nil {
-		uc.stop()
-		uc.stop = nil
-	}
+	uc.a.onLeft = nil
 	fx.remove(uc)
 }
 

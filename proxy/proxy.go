@@ -225,6 +225,8 @@ type exchange struct {
 
 	rec *Record // the request's Record, nil without Config.Recorder
 
+	onLoop bool // served by the event loop's exchange (loopexchange.go)
+
 	first attempt // the first attempt's storage
 }
 
