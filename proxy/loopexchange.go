@@ -48,6 +48,7 @@ import (
 type loopState struct {
 	el   gnet.EventLoop
 	idle map[string][]*upConn
+	free []*loopExchange // exchanges done, for reuse
 }
 
 func (s *LoopServer) loopState(el gnet.EventLoop) *loopState {
@@ -99,7 +100,6 @@ type loopExchange struct {
 	lc     *loopConn
 	c      gnet.Conn
 	w      *loopResponse
-	cancel context.CancelFunc
 
 	tried    []*lb.Instance
 	triedBuf [DefaultMaxAttempts + 2]*lb.Instance
@@ -120,6 +120,30 @@ type loopExchange struct {
 	offNC      net.Conn // its descriptor
 	iov        [4][]byte
 	size       [20]byte
+}
+
+// newExchange returns a loopExchange from the loop's free list, or a new
+// one; its timer is kept.
+func (ls *loopState) newExchange() *loopExchange {
+	if n := len(ls.free); n > 0 {
+		fx := ls.free[n-1]
+		ls.free[n-1] = nil
+		ls.free = ls.free[:n-1]
+		timer := fx.timer
+		*fx = loopExchange{timer: timer}
+		return fx
+	}
+	return new(loopExchange)
+}
+
+// freeExchange keeps fx for another request of this loop. A late timer
+// callback of its old request runs on this loop too and finds the
+// deadline it checks moved on.
+func (ls *loopState) freeExchange(fx *loopExchange) {
+	if len(ls.free) < 1024 {
+		fx.x = exchange{}
+		ls.free = append(ls.free, fx)
+	}
 }
 
 // loopServable reports whether the loop serves route itself: no cache, no
@@ -155,18 +179,19 @@ func (lc *loopConn) serveOnLoop(c gnet.Conn, req *http.Request) bool {
 		return false
 	}
 	s.onLoop.Add(1)
-	fx := &loopExchange{s: s, ls: s.loopState(c.EventLoop()), lc: lc, c: c}
-	ctx, cancel := context.WithCancel(context.Background())
-	lc.cancel = cancel
-	fx.cancel = cancel
-	req = req.WithContext(ctx)
+	ls := s.loopState(c.EventLoop())
+	fx := ls.newExchange()
+	fx.s, fx.ls, fx.lc, fx.c = s, ls, lc, c
+	// No context for the request: the loop ends its attempts itself when
+	// the client goes (clientGone); one is made only if the body goes to
+	// a goroutine (offLoop).
 	w := respPool.Get().(*loopResponse)
 	w.reset(lc, c)
-	w.req, w.ctx = req, ctx
+	w.req = req
 	w.out = outPool.Get().(*[]byte)
 	fx.w = w
 	x := &fx.x
-	*x = exchange{p: p, w: w, r: req, ctx: ctx, start: time.Now(), route: route, idempotent: true, onLoop: true}
+	*x = exchange{p: p, w: w, r: req, ctx: context.Background(), start: time.Now(), route: route, idempotent: true, onLoop: true}
 	if p.tracer != nil {
 		x.startServerSpan()
 	}
@@ -242,7 +267,7 @@ func (fx *loopExchange) launch(a *attempt, fresh bool) {
 	a.onLeft = uc.left
 	x.p.inflight.add(a) // after onLeft is set: InstancesLeft reads it under the set's lock
 	if uc.state == upDialing {
-		uc.dial(a.req.Context())
+		uc.dial(context.Background()) // bounded by ConnectTimeout; a late connection is pooled
 		return
 	}
 	uc.send()
@@ -964,10 +989,11 @@ func (fx *loopExchange) end(keep bool) {
 	fx.done = true
 	fx.stopTry()
 	fx.report()
-	lc, c := fx.lc, fx.c
+	lc, c, abort := fx.lc, fx.c, fx.x.abort
 	lc.fx = nil
 	fx.recycle()
-	if fx.x.abort {
+	fx.ls.freeExchange(fx)
+	if abort {
 		lc.finished(c, false)
 		c.Close()
 		return
@@ -1001,7 +1027,7 @@ func (fx *loopExchange) clientGone() {
 		uc.endWait()
 		uc.close()
 		uc.fx, uc.a = nil, nil
-		a.finish(x.failedResult(a, context.Canceled), 0, context.Canceled)
+		a.finish(lb.Result{}, 0, context.Canceled) // says nothing of the instance
 	}
 	if fx.held != nil {
 		fx.discardHeld()
@@ -1026,6 +1052,7 @@ func (fx *loopExchange) clientGone() {
 	fx.stopTry()
 	fx.report()
 	fx.recycle()
+	fx.ls.freeExchange(fx)
 }
 
 // offLoop hands the rest of uc's body to a goroutine that writes it
@@ -1067,7 +1094,12 @@ func (fx *loopExchange) offLoop(uc *upConn) {
 	// every later buffer waits.
 	fx.lc.waitDrain(fx.c, loopLowWater, func(gnet.Conn) {
 		fx.offUC, fx.offNC = nil, nil
-		fx.lc.fx = nil // from here the request's context tells the client's close
+		// From here a context tells the goroutine of the client's close
+		// (the writer's wait included); fx is not reused.
+		ctx, cancel := context.WithCancel(context.Background())
+		fx.lc.cancel = cancel
+		fx.w.ctx, fx.x.ctx = ctx, ctx
+		fx.lc.fx = nil
 		go fx.streamRest(uc, nc, rest)
 	})
 }
