@@ -554,10 +554,30 @@ func (pc *h1Conn) readResponse(req *http.Request, body *h1Body) (*http.Response,
 // parseSimpleResponse parses raw, a whole response head, when it is plain
 // enough to need nothing of net/http's reader; ok is false otherwise.
 func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, clen int64, ok bool) {
-	if len(raw) < 16 || !bytes.HasPrefix(raw, []byte("HTTP/1.1 ")) || !cleanHead(raw) {
+	if !simpleResponseShape(raw) {
 		return nil, 0, false
 	}
-	head := string(raw[:len(raw)-2])
+	return parseSimpleResponseInto(string(raw), req, new(respHead))
+}
+
+// simpleResponseShape is parseSimpleResponse's first look at raw.
+func simpleResponseShape(raw []byte) bool {
+	return len(raw) >= 16 && bytes.HasPrefix(raw, []byte("HTTP/1.1 ")) && cleanHead(raw)
+}
+
+// respHead is where a parsed response head lives: the Response, its
+// header map and the backing array of its values. The event loop keeps
+// one per upstream connection and parses into it again and again.
+type respHead struct {
+	res  http.Response
+	h    http.Header
+	vals [12]string
+}
+
+// parseSimpleResponseInto is parseSimpleResponse on raw as a string (its
+// names and values are cut from it), parsed into st.
+func parseSimpleResponseInto(raw string, req *http.Request, st *respHead) (res *http.Response, clen int64, ok bool) {
+	head := raw[:len(raw)-2]
 	eol := strings.IndexByte(head, '\n')
 	status := head[9 : eol-1]
 	if len(status) < 3 || (len(status) > 3 && status[3] != ' ') {
@@ -569,8 +589,18 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 	}
 	s := head[eol+1:]
 	n := strings.Count(s, "\r\n")
-	h := make(http.Header, n)
-	vals := make([]string, n)
+	h := st.h
+	if h == nil {
+		h = make(http.Header, n)
+		st.h = h
+	} else {
+		clear(h)
+	}
+	vals := st.vals[:]
+	if n > len(vals) {
+		vals = make([]string, n)
+	}
+	clear(vals)
 	clen = -1
 	closeConn := false
 	for s != "" {
@@ -604,7 +634,7 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 	if closeConn {
 		delete(h, "Connection") // as net/http's reader does
 	}
-	return &http.Response{
+	st.res = http.Response{
 		Status:        status,
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
@@ -614,7 +644,8 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 		ContentLength: clen,
 		Close:         closeConn,
 		Request:       req,
-	}, clen, true
+	}
+	return &st.res, clen, true
 }
 
 // alive reports whether the instance has neither closed pc nor sent bytes

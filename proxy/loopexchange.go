@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -88,18 +89,20 @@ type upConn struct {
 	dec     bodyDecoder
 	idleAt  time.Time
 
-	inTraffic bool // in its OnTraffic
-	closeNow  bool // close when OnTraffic returns
+	raw       []byte   // the last response head (parseResponseHead)
+	head      respHead // and what was parsed of it
+	inTraffic bool     // in its OnTraffic
+	closeNow  bool     // close when OnTraffic returns
 }
 
 // loopExchange is one request served on the loop.
 type loopExchange struct {
-	x      exchange
-	s      *LoopServer
-	ls     *loopState
-	lc     *loopConn
-	c      gnet.Conn
-	w      *loopResponse
+	x  exchange
+	s  *LoopServer
+	ls *loopState
+	lc *loopConn
+	c  gnet.Conn
+	w  *loopResponse
 
 	tried    []*lb.Instance
 	triedBuf [DefaultMaxAttempts + 2]*lb.Instance
@@ -545,7 +548,7 @@ func (uc *upConn) readHead() {
 			return
 		}
 		raw := buf[:end+4]
-		res, framing, clen, err := parseResponseHead(raw, &a.req)
+		res, framing, clen, err := uc.parseResponseHead(raw, &a.req)
 		if err != nil {
 			uc.close()
 			uc.failed(err)
@@ -578,12 +581,18 @@ func (uc *upConn) readHead() {
 // parseResponseHead parses a whole response head with the one parser
 // (parseSimpleResponse), or net/http's reader for the shapes it leaves
 // (chunked, no length, 1xx, 204, 304), and says how the body is framed.
-func parseResponseHead(raw []byte, req *http.Request) (*http.Response, h1Framing, int64, error) {
-	if res, clen, ok := parseSimpleResponse(raw, req); ok {
-		if req.Method == http.MethodHead || clen == 0 {
-			return res, frameNone, 0, nil
+func (uc *upConn) parseResponseHead(raw []byte, req *http.Request) (*http.Response, h1Framing, int64, error) {
+	if simpleResponseShape(raw) {
+		// The head's names and values are cut from a copy kept in uc,
+		// overwritten only by uc's next response, when this exchange
+		// (the only reader of the head) has ended.
+		uc.raw = append(uc.raw[:0], raw...)
+		if res, clen, ok := parseSimpleResponseInto(unsafe.String(unsafe.SliceData(uc.raw), len(uc.raw)), req, &uc.head); ok {
+			if req.Method == http.MethodHead || clen == 0 {
+				return res, frameNone, 0, nil
+			}
+			return res, frameLength, clen, nil
 		}
-		return res, frameLength, clen, nil
 	}
 	res, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), req)
 	if err != nil {
