@@ -451,9 +451,13 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 	if end+4 > lc.maxHead() {
 		return lc.handOff(c)
 	}
-	req, ok := parseRequestHead(buf[:end+4], lc.remote)
-	if !ok {
-		return lc.handOff(c)
+	var req *http.Request
+	fx := lc.prepareOnLoop(c, buf[:end+4]) // nil unless the loop serves it itself
+	if fx == nil {
+		var ok bool
+		if req, ok = parseRequestHead(buf[:end+4], lc.remote); !ok {
+			return lc.handOff(c)
+		}
 	}
 	c.Discard(end + 4)
 	lc.armed = false
@@ -463,7 +467,8 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 	} else {
 		lc.deadline.Store(0)
 	}
-	if lc.serveOnLoop(c, req) {
+	if fx != nil {
+		fx.serve()
 		return gnet.None
 	}
 	w := respPool.Get().(*loopResponse) // back in the pool once the loop took the last bytes

@@ -119,6 +119,8 @@ type loopExchange struct {
 	headOut    bool // the response head went (or is pending) to the client
 	pending    bool // the head sits in w.out, not yet written
 	done       bool
+	raw        []byte   // the request head's bytes (prepareOnLoop)
+	rh         reqHead  // what was parsed of it
 	offUC      *upConn  // the body waiting to go to a goroutine (offLoop)
 	offNC      net.Conn // its descriptor
 	iov        [4][]byte
@@ -132,8 +134,9 @@ func (ls *loopState) newExchange() *loopExchange {
 		fx := ls.free[n-1]
 		ls.free[n-1] = nil
 		ls.free = ls.free[:n-1]
-		timer := fx.timer
-		*fx = loopExchange{timer: timer}
+		timer, raw, h := fx.timer, fx.raw, fx.rh.h
+		*fx = loopExchange{timer: timer, raw: raw}
+		fx.rh.h = h
 		return fx
 	}
 	return new(loopExchange)
@@ -169,45 +172,69 @@ func loopServable(cr *compiledRoute) bool {
 	return true
 }
 
-// serveOnLoop starts serving req on the loop; false leaves it to the
+// prepareOnLoop parses raw, a request head, into an exchange of c's loop
+// when the loop serves it itself (see loopServable); nil leaves it to the
 // goroutine exchange.
-func (lc *loopConn) serveOnLoop(c gnet.Conn, req *http.Request) bool {
+func (lc *loopConn) prepareOnLoop(c gnet.Conn, raw []byte) *loopExchange {
 	s := lc.s
 	p := s.opts.Proxy
-	if p == nil || p.cfg.AccessLog {
-		return false
+	if p == nil || p.cfg.AccessLog || !cleanHead(raw) {
+		return nil
+	}
+	ls := s.loopState(c.EventLoop())
+	fx := ls.newExchange()
+	var head string
+	if p.tracer == nil && p.cfg.Recorder == nil {
+		// The names and values are cut from a copy kept in fx, reused
+		// only by fx's next request: nothing of this one outlives it
+		// (spans and records would: they take a string of their own).
+		fx.raw = append(fx.raw[:0], raw[:len(raw)-2]...)
+		head = unsafe.String(unsafe.SliceData(fx.raw), len(fx.raw))
+	} else {
+		head = string(raw[:len(raw)-2])
+	}
+	req, ok := parseRequestHeadInto(head, lc.remote, &fx.rh)
+	if !ok {
+		ls.freeExchange(fx)
+		return nil
 	}
 	route := p.routes.Load().match(req.Host, req.URL.Path)
 	if route == nil || !loopServable(route) {
-		return false
+		ls.freeExchange(fx)
+		return nil
 	}
-	s.onLoop.Add(1)
-	ls := s.loopState(c.EventLoop())
-	fx := ls.newExchange()
 	fx.s, fx.ls, fx.lc, fx.c = s, ls, lc, c
+	fx.x = exchange{p: p, r: req, ctx: context.Background(), route: route, idempotent: true, onLoop: true}
+	return fx
+}
+
+// serve starts the exchange prepareOnLoop made.
+func (fx *loopExchange) serve() {
+	lc, c, x := fx.lc, fx.c, &fx.x
+	p := x.p
+	fx.s.onLoop.Add(1)
 	// No context for the request: the loop ends its attempts itself when
 	// the client goes (clientGone); one is made only if the body goes to
 	// a goroutine (offLoop).
 	w := respPool.Get().(*loopResponse)
 	w.reset(lc, c)
-	w.req = req
+	w.req = x.r
 	w.out = outPool.Get().(*[]byte)
 	fx.w = w
-	x := &fx.x
-	*x = exchange{p: p, w: w, r: req, ctx: context.Background(), start: time.Now(), route: route, idempotent: true, onLoop: true}
+	x.w = w
+	x.start = time.Now()
 	if p.tracer != nil {
 		x.startServerSpan()
 	}
 	if p.cfg.Recorder != nil {
 		x.startRecord()
 	}
-	p.prepareHeaders(req, "")
+	p.prepareHeaders(x.r, "")
 	fx.tried = fx.triedBuf[:0]
 	fx.running = fx.runBuf[:0]
 	fx.resent = fx.resBuf[:0]
 	lc.fx = fx
 	fx.next()
-	return true
 }
 
 // next picks an instance and sends the request to it, or answers when no
