@@ -485,9 +485,9 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
     echo
   } >>"$extra"
 fi
-allocs="$(cd proxy && go test -run XXX -bench 'BenchmarkProxy/loop$' -benchmem -benchtime 20000x . 2>/dev/null | awk '/BenchmarkProxy\/loop/ {print $(NF-1)}')"
+allocs="$(cd proxy && go test -run XXX -bench 'BenchmarkProxy/^loop(-|$)' -benchmem -benchtime 20000x . 2>/dev/null | awk '/BenchmarkProxy\/loop/ {sub(/^BenchmarkProxy\//, "", $1); sub(/-[0-9]+$/, "", $1); printf "%s%s %s", sep, $1, $(NF-1); sep = ", "}')"
 if [ -n "$allocs" ]; then
-  echo "Allocations per proxied GET (\`go test -bench 'BenchmarkProxy/loop\$' -benchmem ./proxy/\`: the event loop, the exchange, h1Client, tracing and access log off): $allocs allocs/op" >>"$extra"
+  echo "Allocations per proxied GET (\`go test -bench 'BenchmarkProxy/^loop(-|\$)' -benchmem ./proxy/\`, tracing and access log off; loop: through the handler on a goroutine, loop-exchange: on the loop as the agent serves GETs, -recorder: with a recent-requests recorder as the agent's default): $allocs allocs/op" >>"$extra"
   echo >>"$extra"
 fi
 

@@ -113,12 +113,23 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 
-	for _, name := range []string{"loop", "loop-exchange"} {
+	// With a Recorder, as the agent's default --recent ring (which
+	// keeps the records it is given: here they are dropped).
+	pr, err := New(Config{Recorder: dropRecorder{}}, []Route{{Balancer: bal}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pr.CloseIdleConnections)
+	for _, name := range []string{"loop", "loop-exchange", "loop-exchange-recorder"} {
 		// loop: every request through the handler on a goroutine;
 		// loop-exchange: served on the loop itself (loopexchange.go).
 		var lp *Proxy
-		if name == "loop-exchange" {
+		p := p
+		switch name {
+		case "loop-exchange":
 			lp = p
+		case "loop-exchange-recorder":
+			p, lp = pr, pr
 		}
 		b.Run(name, func(b *testing.B) {
 			// LoopServer, as the agent serves cleartext listeners, and a raw
@@ -170,6 +181,11 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 }
+
+// dropRecorder drops the records it is given.
+type dropRecorder struct{}
+
+func (dropRecorder) Record(*Record) {}
 
 // readBenchResponse reads one 200 response framed by Content-Length from br
 // without allocating.
