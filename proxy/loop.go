@@ -394,7 +394,6 @@ type loopConn struct {
 	handedOff bool
 	cancel    context.CancelFunc // ends the context of the request being served
 	fx        *loopExchange      // the request the loop serves itself, if any
-	w         loopResponse       // the response being written, reused
 
 	drainFn    func(gnet.Conn) // waiting for the outbound buffer to drain
 	drainLow   int

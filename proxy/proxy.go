@@ -189,6 +189,7 @@ func (p *Proxy) SetRoutes(routes []Route) error {
 // CloseIdleConnections closes the idle upstream keep-alive connections.
 func (p *Proxy) CloseIdleConnections() {
 	p.h1.closeIdle()
+	closeLoopIdle(p, "")
 	p.transport.CloseIdleConnections()
 	p.h2c.CloseIdleConnections()
 	p.grpc.CloseIdleConnections()
