@@ -344,6 +344,7 @@ for variant in unsampled sampled; do
     eval "port=\$ag${short}_$set admin=\$ag${short}_${set}_admin"
     start "agent-$variant-$set" "${agent_env[@]}" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
       OTEL_TRACES_SAMPLER="$sampler" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level error
+    pid_of["meshlb-$variant:$set"]=$last_pid
   done
 done
 
@@ -433,7 +434,7 @@ pid_for() { # CONTENDER SET
   case "$1" in
     nginx) echo "$nginx_worker" ;;
     haproxy) echo "$haproxy_pid" ;;
-    meshlb|meshlb-1loop) echo "${pid_of[$1:$2]:-}" ;;
+    meshlb*) echo "${pid_of[$1:$2]:-}" ;;
   esac
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -441,7 +442,7 @@ hz="$(getconf CLK_TCK)"
 extra="$work/extra.md"
 : >"$extra"
 cpu_rows=()
-for c in nginx haproxy meshlb meshlb-1loop; do
+for c in nginx haproxy meshlb meshlb-1loop meshlb-unsampled; do
   case " $CONTENDERS " in *" $c "*) ;; *) continue ;; esac
   for set in $SETS; do
     pid="$(pid_for "$c" "$set")"
