@@ -325,3 +325,39 @@ func TestLoopExchangeHeaderTimeout(t *testing.T) {
 		t.Fatalf("status %d, want 504", res.StatusCode)
 	}
 }
+
+// TestLoopExchangeInstanceLeft: a GET waiting on an instance that leaves
+// the pool (InstancesLeft) is sent to another at once, on the loop.
+func TestLoopExchangeInstanceLeft(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	arrived := make(chan struct{}, 1)
+	stuck := newUpstream(t, "stuck", func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-r.Context().Done()
+	})
+	other := nameUpstream(t, "other")
+	bal := newBalancer(t, "web", stuck.instance())
+	p, err := New(Config{}, []Route{{Balancer: bal, TryTimeout: TryTimeoutOff}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.CloseIdleConnections)
+	ls := startLoop(t, p, nil)
+	rc := dialRaw(t, ctx, ls.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	select {
+	case <-arrived:
+	case <-ctx.Done():
+		t.Fatal("the request never reached the stuck instance")
+	}
+	left := bal.Pool().Instances[0]
+	bal.Update([]lb.Instance{other.instance()})
+	waitFor(t, ctx, "the attempt to be cancelled", func() bool { return p.InstancesLeft([]*lb.Instance{left}) == 0 })
+	if res, body := rc.response("GET"); res.StatusCode != 200 || body != "other" {
+		t.Fatalf("after the instance left: %d %q, want 200 \"other\"", res.StatusCode, body)
+	}
+	if got := ls.f.onLoop.Load(); got != 1 {
+		t.Errorf("%d requests served on the loop, want 1", got)
+	}
+}
