@@ -31,11 +31,14 @@ import (
 // and noticing a client that goes away: its request's context is cancelled
 // at once.
 //
-// Each request the loop parses runs the server's handler (the agent's
-// proxy.Proxy behind its metrics and body limit: the one exchange, so
-// policies, retries, passive health, tracing, access log and metrics live
-// once) on a goroutine started for that request; the response comes back to
-// the loop through AsyncWrite. The loop serves GET and HEAD over HTTP/1.1
+// A request the loop parses is served on the loop itself when
+// LoopOptions.Proxy is set and the request is one loopexchange.go takes (a
+// route without cache, instances in cleartext HTTP/1.1, access log off):
+// no goroutine, the upstream connection on the same loop. Any other runs
+// the server's handler (the agent's proxy.Proxy behind its metrics and
+// body limit: the same exchange, so policies, retries, passive health,
+// tracing, access log and metrics live once) on a goroutine started for
+// that request; the response comes back to the loop through AsyncWrite. The loop serves GET and HEAD over HTTP/1.1
 // with no body, no upgrade and no Expect. Anything else (a request body,
 // HTTP/1.0, Expect: 100-continue, an upgrade, HTTP/2 with prior knowledge,
 // a head over 8 KiB or one it would have to refuse) makes it hand the
