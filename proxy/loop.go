@@ -33,7 +33,7 @@ import (
 //
 // A request the loop parses is served on the loop itself when
 // LoopOptions.Proxy is set and the request is one loopexchange.go takes (a
-// route without cache, instances in cleartext HTTP/1.1, access log off):
+// route without cache, instances in cleartext HTTP/1.1):
 // no goroutine, the upstream connection on the same loop. Any other runs
 // the server's handler (the agent's proxy.Proxy behind its metrics and
 // body limit: the same exchange, so policies, retries, passive health,
@@ -64,6 +64,7 @@ type LoopServer struct {
 	states sync.Map // gnet.EventLoop → *loopState: upstream connections per loop
 
 	onLoop, offLoop atomic.Int64 // requests served on the loop; bodies it gave a goroutine (tests)
+	logs            accessQueue  // access log lines of the requests served on the loops
 }
 
 // LoopOptions tunes a LoopServer.
@@ -137,6 +138,9 @@ func (s *LoopServer) Serve(ln net.Listener) error {
 	}
 	s.started = true
 	s.ln = ln
+	if p := s.opts.Proxy; p != nil && p.cfg.AccessLog {
+		s.logs.start(p.log)
+	}
 	var hl net.Listener = &handoffListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
 	s.ho = hl.(*handoffListener)
 	if s.opts.WrapHandoff != nil {
@@ -313,6 +317,7 @@ func (s *LoopServer) Shutdown(ctx context.Context) error {
 	if cli != nil {
 		cli.Stop() // closes what is left
 	}
+	s.logs.stop() // the loops are stopped: no line comes after
 	return err
 }
 

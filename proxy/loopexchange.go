@@ -12,9 +12,11 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/meshlb/meshlb/lb"
@@ -178,16 +180,17 @@ func loopServable(cr *compiledRoute) bool {
 func (lc *loopConn) prepareOnLoop(c gnet.Conn, raw []byte) *loopExchange {
 	s := lc.s
 	p := s.opts.Proxy
-	if p == nil || p.cfg.AccessLog || !cleanHead(raw) {
+	if p == nil || !cleanHead(raw) {
 		return nil
 	}
 	ls := s.loopState(c.EventLoop())
 	fx := ls.newExchange()
 	var head string
-	if p.tracer == nil && p.cfg.Recorder == nil {
+	if p.tracer == nil && p.cfg.Recorder == nil && !p.cfg.AccessLog {
 		// The names and values are cut from a copy kept in fx, reused
 		// only by fx's next request: nothing of this one outlives it
-		// (spans and records would: they take a string of their own).
+		// (spans, records and access log lines would: they take a string
+		// of their own).
 		fx.raw = append(fx.raw[:0], raw[:len(raw)-2]...)
 		head = unsafe.String(unsafe.SliceData(fx.raw), len(fx.raw))
 	} else {
@@ -1017,6 +1020,75 @@ func (fx *loopExchange) report() {
 	if o := fx.s.opts.Observe; o != nil {
 		o(x.status, time.Since(x.start))
 	}
+	if x.p.cfg.AccessLog {
+		fx.s.logs.add(x.accessArgs())
+	}
+}
+
+// accessQueue takes the access log lines of the requests served on the
+// loops to a goroutine that writes them: a loop never waits on a log
+// write. When the writer falls behind by more than accessQueueSize lines,
+// lines are dropped and counted, and the count is logged.
+type accessQueue struct {
+	log     hclog.Logger
+	ch      chan []any
+	dropped atomic.Int64
+	quit    chan struct{}
+	done    chan struct{}
+	stopped sync.Once
+}
+
+const accessQueueSize = 8192
+
+func (q *accessQueue) start(log hclog.Logger) {
+	q.log, q.ch = log, make(chan []any, accessQueueSize)
+	q.quit, q.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(q.done)
+		for {
+			select {
+			case args := <-q.ch:
+				q.write(args)
+			case <-q.quit:
+				for {
+					select {
+					case args := <-q.ch:
+						q.write(args)
+					default:
+						return
+					}
+				}
+			}
+		}
+	}()
+}
+
+func (q *accessQueue) write(args []any) {
+	q.log.Info("request", args...)
+	if n := q.dropped.Swap(0); n > 0 {
+		q.log.Warn("access log lines dropped: the log writer fell behind", "lines", n)
+	}
+}
+
+// add queues a line; it never waits.
+func (q *accessQueue) add(args []any) {
+	select {
+	case q.ch <- args:
+	default:
+		q.dropped.Add(1)
+	}
+}
+
+// stop writes what is queued and ends the writer (once; a line added
+// later is dropped).
+func (q *accessQueue) stop() {
+	if q.quit == nil {
+		return
+	}
+	q.stopped.Do(func() {
+		close(q.quit)
+		<-q.done
+	})
 }
 
 // end finishes the exchange on the loop: the connection reads the next

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -359,5 +361,36 @@ func TestLoopExchangeInstanceLeft(t *testing.T) {
 	}
 	if got := ls.f.onLoop.Load(); got != 1 {
 		t.Errorf("%d requests served on the loop, want 1", got)
+	}
+}
+
+// TestLoopExchangeAccessLog: with the access log on, requests are still
+// served on the loop, and their lines, written through the queue, name
+// method, path, status, service and instance.
+func TestLoopExchangeAccessLog(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	up := nameUpstream(t, "web-1")
+	logs := &syncBuffer{}
+	logger := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info})
+	ls := loopProxy(t, []Route{{Balancer: newBalancer(t, "web", up.instance())}}, Config{AccessLog: true, Logger: logger})
+	rc := dialRaw(t, ctx, ls.addr)
+	for i := range 3 {
+		rc.send(fmt.Sprintf("GET /page/%d HTTP/1.1\r\nHost: a\r\n\r\n", i))
+		if res, body := rc.response("GET"); res.StatusCode != 200 || body != "web-1" {
+			t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
+		}
+	}
+	waitFor(t, ctx, "three access log lines", func() bool { return strings.Count(logs.String(), "request:") == 3 })
+	for i := range 3 {
+		if want := fmt.Sprintf("method=GET host=a path=/page/%d status=200", i); !strings.Contains(logs.String(), want) {
+			t.Errorf("no line with %q in:\n%s", want, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "instance=web-1") {
+		t.Errorf("no instance in the lines:\n%s", logs.String())
+	}
+	if got := ls.f.onLoop.Load(); got != 3 {
+		t.Errorf("%d requests served on the loop, want 3", got)
 	}
 }
