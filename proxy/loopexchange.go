@@ -52,13 +52,19 @@ type loopState struct {
 	el   gnet.EventLoop
 	idle map[string][]*upConn
 	free []*loopExchange // exchanges done, for reuse
+
+	maxIdle int // idle connections kept per address on this loop (Config.MaxIdleConnsPerHost)
 }
 
 func (s *LoopServer) loopState(el gnet.EventLoop) *loopState {
 	if v, ok := s.states.Load(el); ok {
 		return v.(*loopState)
 	}
-	v, _ := s.states.LoadOrStore(el, &loopState{el: el, idle: make(map[string][]*upConn)})
+	maxIdle := DefaultMaxIdleConnsPerHost
+	if p := s.opts.Proxy; p != nil {
+		maxIdle = p.cfg.MaxIdleConnsPerHost
+	}
+	v, _ := s.states.LoadOrStore(el, &loopState{el: el, idle: make(map[string][]*upConn), maxIdle: maxIdle})
 	return v.(*loopState)
 }
 
@@ -422,7 +428,7 @@ func (uc *upConn) opened(c gnet.Conn) gnet.Action {
 	}
 	if uc.fx == nil {
 		// Its attempt ended while it dialled: keep it for the next.
-		uc.ls.put(uc, uc.ls.maxIdle())
+		uc.ls.put(uc, uc.ls.maxIdle)
 		if uc.state == upClosed {
 			return gnet.Close
 		}
@@ -431,8 +437,6 @@ func (uc *upConn) opened(c gnet.Conn) gnet.Action {
 	uc.send()
 	return gnet.None
 }
-
-func (ls *loopState) maxIdle() int { return DefaultMaxIdleConnsPerHost }
 
 // send writes the attempt's request head and waits for the response head.
 func (uc *upConn) send() {
@@ -944,7 +948,7 @@ func (fx *loopExchange) bodyDone(uc *upConn, reusable bool) {
 	a.finish(lb.Result{Status: res.StatusCode, Latency: a.latency, RetryAfter: retryAfter(res)}, res.StatusCode, nil)
 	fx.body = nil
 	if reusable && !res.Close && uc.dec.framing != frameClose && uc.state == upBody {
-		uc.ls.put(uc, fx.x.p.cfg.MaxIdleConnsPerHost)
+		uc.ls.put(uc, uc.ls.maxIdle)
 	} else {
 		uc.close()
 		uc.fx, uc.a = nil, nil
