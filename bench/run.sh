@@ -344,6 +344,7 @@ for variant in unsampled sampled; do
     eval "port=\$ag${short}_$set admin=\$ag${short}_${set}_admin"
     start "agent-$variant-$set" "${agent_env[@]}" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_void" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
       OTEL_TRACES_SAMPLER="$sampler" "$agent" --listen "127.0.0.1:$port" --service "bench-$set" --admin "127.0.0.1:$admin" --log-level error
+    pid_of["meshlb-$variant:$set"]=$last_pid
   done
 done
 
@@ -433,7 +434,7 @@ pid_for() { # CONTENDER SET
   case "$1" in
     nginx) echo "$nginx_worker" ;;
     haproxy) echo "$haproxy_pid" ;;
-    meshlb|meshlb-1loop) echo "${pid_of[$1:$2]:-}" ;;
+    meshlb*) echo "${pid_of[$1:$2]:-}" ;;
   esac
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -441,7 +442,7 @@ hz="$(getconf CLK_TCK)"
 extra="$work/extra.md"
 : >"$extra"
 cpu_rows=()
-for c in nginx haproxy meshlb meshlb-1loop; do
+for c in nginx haproxy meshlb meshlb-1loop meshlb-unsampled; do
   case " $CONTENDERS " in *" $c "*) ;; *) continue ;; esac
   for set in $SETS; do
     pid="$(pid_for "$c" "$set")"
@@ -485,9 +486,9 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
     echo
   } >>"$extra"
 fi
-allocs="$(cd proxy && go test -run XXX -bench 'BenchmarkProxy/loop$' -benchmem -benchtime 20000x . 2>/dev/null | awk '/BenchmarkProxy\/loop/ {print $(NF-1)}')"
+allocs="$(cd proxy && go test -run XXX -bench 'BenchmarkProxy/^loop(-|$)' -benchmem -benchtime 20000x . 2>/dev/null | awk '/BenchmarkProxy\/loop/ {sub(/^BenchmarkProxy\//, "", $1); sub(/-[0-9]+$/, "", $1); printf "%s%s %s", sep, $1, $(NF-1); sep = ", "}')"
 if [ -n "$allocs" ]; then
-  echo "Allocations per proxied GET (\`go test -bench 'BenchmarkProxy/loop\$' -benchmem ./proxy/\`: the event loop, the exchange, h1Client, tracing and access log off): $allocs allocs/op" >>"$extra"
+  echo "Allocations per proxied GET (\`go test -bench 'BenchmarkProxy/^loop(-|\$)' -benchmem ./proxy/\`, tracing and access log off; loop: through the handler on a goroutine, loop-exchange: on the loop as the agent serves GETs, -recorder: with a recent-requests recorder as the agent's default): $allocs allocs/op" >>"$extra"
   echo >>"$extra"
 fi
 

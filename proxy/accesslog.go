@@ -6,6 +6,11 @@ import (
 
 // logAccess writes the request's access log line at Info.
 func (x *exchange) logAccess() {
+	x.p.log.Info("request", x.accessArgs()...)
+}
+
+// accessArgs are the fields of the request's access log line.
+func (x *exchange) accessArgs() []any {
 	r := x.r
 	args := make([]any, 0, 28)
 	args = append(args,
@@ -35,7 +40,7 @@ func (x *exchange) logAccess() {
 	if x.err != nil {
 		args = append(args, "error", x.err)
 	}
-	x.p.log.Info("request", args...)
+	return args
 }
 
 // traceID is the request's trace id: the server span's when tracing, else

@@ -113,34 +113,53 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 
-	b.Run("loop", func(b *testing.B) {
-		// LoopServer, as the agent serves cleartext listeners, and a raw
-		// keep-alive client that allocates nothing: allocs/op are the
-		// agent's whole request path.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
+	// With a Recorder, as the agent's default --recent ring (which
+	// keeps the records it is given: here they are dropped).
+	pr, err := New(Config{Recorder: dropRecorder{}}, []Route{{Balancer: bal}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pr.CloseIdleConnections)
+	for _, name := range []string{"loop", "loop-exchange", "loop-exchange-recorder"} {
+		// loop: every request through the handler on a goroutine;
+		// loop-exchange: served on the loop itself (loopexchange.go).
+		var lp *Proxy
+		p := p
+		switch name {
+		case "loop-exchange":
+			lp = p
+		case "loop-exchange-recorder":
+			p, lp = pr, pr
 		}
-		fs := NewLoopServer(NewServer("", p, ServerConfig{}, nil), LoopOptions{})
-		go fs.Serve(ln)
-		defer fs.Shutdown(context.Background())
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		reqBytes := []byte("GET / HTTP/1.1\r\nHost: app.example.com\r\nUser-Agent: bench\r\n\r\n")
-		br := bufio.NewReader(c)
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := c.Write(reqBytes); err != nil {
+		b.Run(name, func(b *testing.B) {
+			// LoopServer, as the agent serves cleartext listeners, and a raw
+			// keep-alive client that allocates nothing: allocs/op are the
+			// agent's whole request path.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
 				b.Fatal(err)
 			}
-			if err := readBenchResponse(br); err != nil {
+			fs := NewLoopServer(NewServer("", p, ServerConfig{}, nil), LoopOptions{Proxy: lp})
+			go fs.Serve(ln)
+			defer fs.Shutdown(context.Background())
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
+			defer c.Close()
+			reqBytes := []byte("GET / HTTP/1.1\r\nHost: app.example.com\r\nUser-Agent: bench\r\n\r\n")
+			br := bufio.NewReader(c)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Write(reqBytes); err != nil {
+					b.Fatal(err)
+				}
+				if err := readBenchResponse(br); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 
 	b.Run("loopback", func(b *testing.B) {
 		srv := httptest.NewServer(p)
@@ -162,6 +181,11 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 }
+
+// dropRecorder drops the records it is given.
+type dropRecorder struct{}
+
+func (dropRecorder) Record(*Record) {}
 
 // readBenchResponse reads one 200 response framed by Content-Length from br
 // without allocating.

@@ -48,7 +48,7 @@ func BenchmarkCacheHit(b *testing.B) {
 
 // BenchmarkLoopCacheHit measures a cached GET through a LoopServer over
 // a real connection, one request at a time: answered on the loop
-// (CacheHits set) and on a goroutine per request (the path before). The
+// (LoopOptions.Proxy set) and on a goroutine per request (the path before). The
 // client reads into a fixed buffer, so allocs/op are the server's.
 func BenchmarkLoopCacheHit(b *testing.B) {
 	for _, tc := range []struct {
@@ -73,7 +73,7 @@ func BenchmarkLoopCacheHit(b *testing.B) {
 			}
 			opts := LoopOptions{Loops: 1}
 			if tc.inline {
-				opts.CacheHits = &CacheHits{Proxy: p}
+				opts.Proxy = p
 			}
 			ls := NewLoopServer(srv, opts)
 			go ls.Serve(ln)

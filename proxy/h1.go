@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -422,20 +423,40 @@ func (pc *h1Conn) writeRequest(req *http.Request) error {
 	if req.Body != nil && (!buffered || req.ContentLength < 0) || len(req.TransferEncoding) > 0 || req.Trailer != nil {
 		return req.Write(pc.bw)
 	}
+	head := bufPool.Get().(*[]byte)
+	b, err := appendRequestHead((*head)[:0], req, buffered)
+	if err == nil {
+		_, err = pc.bw.Write(b)
+	}
+	*head = b[:0]
+	bufPool.Put(head)
+	if err == nil && buffered {
+		_, err = bb.WriteTo(pc.bw)
+	}
+	return err
+}
+
+// bufPool holds the buffers request heads are written into.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+
+// appendRequestHead appends req's head as Request.Write would write it,
+// for a request with no body or, when buffered, a body held in memory of
+// req.ContentLength bytes: h1Client and the event loop's exchange both
+// send heads this way.
+func appendRequestHead(b []byte, req *http.Request, buffered bool) ([]byte, error) {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
 	if !httpguts.ValidHostHeader(host) {
-		return fmt.Errorf("proxy: invalid Host header %q", host)
+		return b, fmt.Errorf("proxy: invalid Host header %q", host)
 	}
-	w := pc.bw
-	w.WriteString(req.Method)
-	w.WriteByte(' ')
-	w.WriteString(req.URL.RequestURI())
-	w.WriteString(" HTTP/1.1\r\nHost: ")
-	w.WriteString(host)
-	w.WriteString("\r\n")
+	b = append(b, req.Method...)
+	b = append(b, ' ')
+	b = appendRequestURI(b, req.URL)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, host...)
+	b = append(b, '\r', '\n')
 	ua := defaultUserAgent
 	if v, ok := req.Header["User-Agent"]; ok {
 		ua = ""
@@ -444,18 +465,17 @@ func (pc *h1Conn) writeRequest(req *http.Request) error {
 		}
 	}
 	if ua != "" {
-		w.WriteString("User-Agent: ")
-		writeFieldValue(w, ua)
-		w.WriteString("\r\n")
+		b = append(b, "User-Agent: "...)
+		b = appendFieldValue(b, ua)
+		b = append(b, '\r', '\n')
 	}
 	switch {
 	case buffered:
-		w.WriteString("Content-Length: ")
-		var num [20]byte
-		w.Write(strconv.AppendInt(num[:0], req.ContentLength, 10))
-		w.WriteString("\r\n")
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, req.ContentLength, 10)
+		b = append(b, '\r', '\n')
 	case req.Method == http.MethodPut || req.Method == http.MethodPost || req.Method == http.MethodPatch:
-		w.WriteString("Content-Length: 0\r\n") // as Request.Write: some servers want it
+		b = append(b, "Content-Length: 0\r\n"...) // as Request.Write: some servers want it
 	}
 	for k, vv := range req.Header {
 		switch k {
@@ -466,33 +486,32 @@ func (pc *h1Conn) writeRequest(req *http.Request) error {
 			continue // as Request.Write does
 		}
 		for _, v := range vv {
-			w.WriteString(k)
-			w.WriteString(": ")
-			writeFieldValue(w, textproto.TrimString(v))
-			w.WriteString("\r\n")
+			b = append(b, k...)
+			b = append(b, ':', ' ')
+			b = appendFieldValue(b, textproto.TrimString(v))
+			b = append(b, '\r', '\n')
 		}
 	}
-	_, err := w.WriteString("\r\n")
-	if buffered {
-		_, err = bb.WriteTo(w)
-	}
-	return err
+	return append(b, '\r', '\n'), nil
 }
 
-// writeFieldValue writes v with CR and LF turned into spaces, as
-// net/http does.
-func writeFieldValue(w *bufio.Writer, v string) {
-	if strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0 {
-		w.WriteString(v)
-		return
+// appendRequestURI appends u.RequestURI() without building the string
+// when the URL is a plain path and query.
+func appendRequestURI(b []byte, u *url.URL) []byte {
+	if u.Opaque != "" || u.RawPath != "" || u.Fragment != "" || u.ForceQuery || u.Path == "" || u.Path[0] != '/' {
+		return append(b, u.RequestURI()...)
 	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if c == '\r' || c == '\n' {
-			c = ' '
+	for i := 0; i < len(u.Path); i++ {
+		if !plainPath[u.Path[i]] {
+			return append(b, u.RequestURI()...)
 		}
-		w.WriteByte(c)
 	}
+	b = append(b, u.Path...)
+	if u.RawQuery != "" {
+		b = append(b, '?')
+		b = append(b, u.RawQuery...)
+	}
+	return b
 }
 
 // readResponse reads the next response head. A plain one (HTTP/1.1, a
@@ -535,10 +554,30 @@ func (pc *h1Conn) readResponse(req *http.Request, body *h1Body) (*http.Response,
 // parseSimpleResponse parses raw, a whole response head, when it is plain
 // enough to need nothing of net/http's reader; ok is false otherwise.
 func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, clen int64, ok bool) {
-	if len(raw) < 16 || !bytes.HasPrefix(raw, []byte("HTTP/1.1 ")) || !cleanHead(raw) {
+	if !simpleResponseShape(raw) {
 		return nil, 0, false
 	}
-	head := string(raw[:len(raw)-2])
+	return parseSimpleResponseInto(string(raw), req, new(respHead))
+}
+
+// simpleResponseShape is parseSimpleResponse's first look at raw.
+func simpleResponseShape(raw []byte) bool {
+	return len(raw) >= 16 && bytes.HasPrefix(raw, []byte("HTTP/1.1 ")) && cleanHead(raw)
+}
+
+// respHead is where a parsed response head lives: the Response, its
+// header map and the backing array of its values. The event loop keeps
+// one per upstream connection and parses into it again and again.
+type respHead struct {
+	res  http.Response
+	h    http.Header
+	vals [12]string
+}
+
+// parseSimpleResponseInto is parseSimpleResponse on raw as a string (its
+// names and values are cut from it), parsed into st.
+func parseSimpleResponseInto(raw string, req *http.Request, st *respHead) (res *http.Response, clen int64, ok bool) {
+	head := raw[:len(raw)-2]
 	eol := strings.IndexByte(head, '\n')
 	status := head[9 : eol-1]
 	if len(status) < 3 || (len(status) > 3 && status[3] != ' ') {
@@ -550,8 +589,18 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 	}
 	s := head[eol+1:]
 	n := strings.Count(s, "\r\n")
-	h := make(http.Header, n)
-	vals := make([]string, n)
+	h := st.h
+	if h == nil {
+		h = make(http.Header, n)
+		st.h = h
+	} else {
+		clear(h)
+	}
+	vals := st.vals[:]
+	if n > len(vals) {
+		vals = make([]string, n)
+	}
+	clear(vals)
 	clen = -1
 	closeConn := false
 	for s != "" {
@@ -585,7 +634,7 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 	if closeConn {
 		delete(h, "Connection") // as net/http's reader does
 	}
-	return &http.Response{
+	st.res = http.Response{
 		Status:        status,
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
@@ -595,7 +644,8 @@ func parseSimpleResponse(raw []byte, req *http.Request) (res *http.Response, cle
 		ContentLength: clen,
 		Close:         closeConn,
 		Request:       req,
-	}, clen, true
+	}
+	return &st.res, clen, true
 }
 
 // alive reports whether the instance has neither closed pc nor sent bytes

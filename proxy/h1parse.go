@@ -21,6 +21,7 @@ var crlfcrlf = []byte("\r\n\r\n")
 type reqHead struct {
 	req  http.Request
 	url  url.URL
+	h    http.Header
 	vals [16]string
 }
 
@@ -34,7 +35,14 @@ func parseRequestHead(raw []byte, remote string) (r *http.Request, ok bool) {
 	if !cleanHead(raw) {
 		return nil, false
 	}
-	head := string(raw[:len(raw)-2]) // one allocation holds every name and value
+	// One allocation holds every name and value.
+	return parseRequestHeadInto(string(raw[:len(raw)-2]), remote, new(reqHead))
+}
+
+// parseRequestHeadInto is parseRequestHead on a head cleanHead vouched
+// for, as a string without its last CRLF (names and values are cut from
+// it), parsed into rh, whose header map is reused when it has one.
+func parseRequestHeadInto(head, remote string, rh *reqHead) (r *http.Request, ok bool) {
 	eol := strings.IndexByte(head, '\n')
 	line := head[:eol-1]
 	var method string
@@ -52,8 +60,13 @@ func parseRequestHead(raw []byte, remote string) (r *http.Request, ok bool) {
 	}
 	s := head[eol+1:] // the fields, each ending with CRLF
 	n := strings.Count(s, "\r\n")
-	rh := new(reqHead)
-	h := make(http.Header, n)
+	h := rh.h
+	if h == nil {
+		h = make(http.Header, n)
+		rh.h = h
+	} else {
+		clear(h)
+	}
 	var vals []string
 	if n <= len(rh.vals) {
 		vals = rh.vals[:n] // the values' backing, as net/http does

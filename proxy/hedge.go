@@ -412,6 +412,9 @@ func (f *inflight) cancel(addr string) int {
 	defer s.mu.Unlock()
 	for a := range s.m {
 		a.cancel(errInstanceLeft)
+		if a.onLeft != nil {
+			a.onLeft(a)
+		}
 	}
 	return len(s.m)
 }
@@ -426,6 +429,7 @@ func (p *Proxy) InstancesLeft(insts []*lb.Instance) int {
 	n := 0
 	for _, in := range insts {
 		p.h1.closeIdleTo(in.HostPort)
+		closeLoopIdle(p, in.HostPort)
 		n += p.inflight.cancel(in.HostPort)
 	}
 	if len(insts) > 0 {

@@ -31,11 +31,14 @@ import (
 // and noticing a client that goes away: its request's context is cancelled
 // at once.
 //
-// Each request the loop parses runs the server's handler (the agent's
-// proxy.Proxy behind its metrics and body limit: the one exchange, so
-// policies, retries, passive health, tracing, access log and metrics live
-// once) on a goroutine started for that request; the response comes back to
-// the loop through AsyncWrite. The loop serves GET and HEAD over HTTP/1.1
+// A request the loop parses is served on the loop itself when
+// LoopOptions.Proxy is set and the request is one loopexchange.go takes (a
+// route without cache, instances in cleartext HTTP/1.1):
+// no goroutine, the upstream connection on the same loop. Any other runs
+// the server's handler (the agent's proxy.Proxy behind its metrics and
+// body limit: the same exchange, so policies, retries, passive health,
+// tracing, access log and metrics live once) on a goroutine started for
+// that request; the response comes back to the loop through AsyncWrite. The loop serves GET and HEAD over HTTP/1.1
 // with no body, no upgrade and no Expect. Anything else (a request body,
 // HTTP/1.0, Expect: 100-continue, an upgrade, HTTP/2 with prior knowledge,
 // a head over 8 KiB or one it would have to refuse) makes it hand the
@@ -57,6 +60,11 @@ type LoopServer struct {
 	started  bool
 
 	maxOutbound atomic.Int64 // largest outbound buffer seen on one connection (tests)
+
+	states sync.Map // gnet.EventLoop → *loopState: upstream connections per loop
+
+	onLoop, offLoop atomic.Int64 // requests served on the loop; bodies it gave a goroutine (tests)
+	logs            accessQueue  // access log lines of the requests served on the loops
 }
 
 // LoopOptions tunes a LoopServer.
@@ -74,9 +82,14 @@ type LoopOptions struct {
 	Detach func(net.Conn) func()
 	// Logger receives the loop engine's own logs; nil discards them.
 	Logger hclog.Logger
-	// CacheHits, if set, answers fresh cache hits on the loop
-	// (loopcache.go).
-	CacheHits *CacheHits
+	// Proxy, if set, is the srv's proxy (behind the agent's wrappers):
+	// the loop then serves the requests it can with no goroutine (GETs
+	// in loopexchange.go, fresh cache hits in loopcache.go), and the rest
+	// through srv's handler.
+	Proxy *Proxy
+	// Observe, if set, is told the status and duration of every request
+	// the loop serves without srv's handler (the agent's metrics).
+	Observe func(status int, d time.Duration)
 }
 
 // loopBufSize is the largest request head the loop parses; a larger one
@@ -107,7 +120,11 @@ func NewLoopServer(srv *http.Server, opts LoopOptions) *LoopServer {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &LoopServer{srv: srv, opts: opts, log: opts.Logger, conns: make(map[*loopConn]struct{}), drained: make(chan struct{})}
+	s := &LoopServer{srv: srv, opts: opts, log: opts.Logger, conns: make(map[*loopConn]struct{}), drained: make(chan struct{})}
+	if opts.Proxy != nil {
+		loopServers.Store(opts.Proxy, s)
+	}
+	return s
 }
 
 // Serve accepts connections on ln until it is closed or Shutdown is called,
@@ -122,6 +139,9 @@ func (s *LoopServer) Serve(ln net.Listener) error {
 	}
 	s.started = true
 	s.ln = ln
+	if p := s.opts.Proxy; p != nil && p.cfg.AccessLog {
+		s.logs.start(p.log)
+	}
 	var hl net.Listener = &handoffListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
 	s.ho = hl.(*handoffListener)
 	if s.opts.WrapHandoff != nil {
@@ -235,11 +255,16 @@ func (s *LoopServer) sweep(stop <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var late []*loopConn
+	var lastPrune time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-t.C:
+			if p := s.opts.Proxy; p != nil && now.Sub(lastPrune) >= time.Second {
+				lastPrune = now
+				s.pruneUpstreams(p.cfg.IdleConnTimeout)
+			}
 			n := now.UnixNano()
 			s.mu.Lock()
 			for lc := range s.conns {
@@ -293,6 +318,7 @@ func (s *LoopServer) Shutdown(ctx context.Context) error {
 	if cli != nil {
 		cli.Stop() // closes what is left
 	}
+	s.logs.stop() // the loops are stopped: no line comes after
 	return err
 }
 
@@ -322,6 +348,9 @@ type loopEvents struct {
 }
 
 func (e *loopEvents) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if uc, ok := c.Context().(*upConn); ok {
+		return nil, uc.opened(c)
+	}
 	lc, ok := c.Context().(*loopConn)
 	if !ok {
 		return nil, gnet.Close
@@ -336,14 +365,20 @@ func (e *loopEvents) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 func (e *loopEvents) OnTraffic(c gnet.Conn) gnet.Action {
 	lc, ok := c.Context().(*loopConn)
 	if !ok {
+		if uc, ok := c.Context().(*upConn); ok {
+			return uc.traffic()
+		}
 		return gnet.Close
 	}
 	return lc.process(c)
 }
 
 func (e *loopEvents) OnClose(c gnet.Conn, _ error) gnet.Action {
-	if lc, ok := c.Context().(*loopConn); ok {
-		lc.onClose()
+	switch v := c.Context().(type) {
+	case *loopConn:
+		v.onClose()
+	case *upConn:
+		v.closed()
 	}
 	return gnet.None
 }
@@ -367,7 +402,7 @@ type loopConn struct {
 	closed    bool
 	handedOff bool
 	cancel    context.CancelFunc // ends the context of the request being served
-	w         loopResponse       // the response being written, reused
+	fx        *loopExchange      // the request the loop serves itself, if any
 
 	drainFn    func(gnet.Conn) // waiting for the outbound buffer to drain
 	drainLow   int
@@ -426,9 +461,13 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 	if end+4 > lc.maxHead() {
 		return lc.handOff(c)
 	}
-	req, ok := parseRequestHead(buf[:end+4], lc.remote)
-	if !ok {
-		return lc.handOff(c)
+	var req *http.Request
+	fx := lc.prepareOnLoop(c, buf[:end+4]) // nil unless the loop serves it itself
+	if fx == nil {
+		var ok bool
+		if req, ok = parseRequestHead(buf[:end+4], lc.remote); !ok {
+			return lc.handOff(c)
+		}
 	}
 	c.Discard(end + 4)
 	lc.armed = false
@@ -437,6 +476,10 @@ func (lc *loopConn) process(c gnet.Conn) gnet.Action {
 		lc.deadline.Store(time.Now().Add(d).UnixNano())
 	} else {
 		lc.deadline.Store(0)
+	}
+	if fx != nil {
+		fx.serve()
+		return gnet.None
 	}
 	if lc.serveFromCache(c, req) {
 		return gnet.None
@@ -609,6 +652,10 @@ func (lc *loopConn) onClose() {
 		return
 	}
 	lc.closed = true
+	if lc.fx != nil {
+		lc.fx.clientGone() // before the cancel: the attempts end here, not on their watch
+		lc.fx = nil
+	}
 	if lc.cancel != nil {
 		lc.cancel() // the client is gone: the request being served stops now
 		lc.cancel = nil
@@ -690,4 +737,17 @@ func (s *LoopServer) noteOutbound(n int) {
 			return
 		}
 	}
+}
+
+// pruneUpstreams closes, on each loop, the upstream connections idle
+// longer than idle.
+func (s *LoopServer) pruneUpstreams(idle time.Duration) {
+	s.states.Range(func(_, v any) bool {
+		ls := v.(*loopState)
+		ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			ls.prune(idle)
+			return nil
+		}))
+		return true
+	})
 }

@@ -46,6 +46,9 @@ func TestLoopBackpressure(t *testing.T) {
 	if err != nil || n != size {
 		t.Fatalf("body: %d bytes, %v; want %d", n, err, size)
 	}
+	if ls.f.onLoop.Load() != 1 || ls.f.offLoop.Load() != 1 {
+		t.Errorf("served on the loop %d, body given to a goroutine %d; want 1 and 1", ls.f.onLoop.Load(), ls.f.offLoop.Load())
+	}
 	// One flush may land on a buffer just under the high-water mark.
 	if got, bound := ls.f.maxOutbound.Load(), int64(loopHighWater+loopFlushSize+64); got > bound {
 		t.Errorf("the loop buffered up to %d bytes for one slow client, want at most %d", got, bound)

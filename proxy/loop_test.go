@@ -93,7 +93,11 @@ func startLoop(t *testing.T, h http.Handler, mod func(*http.Server)) *laneServer
 		t.Fatal(err)
 	}
 	ls.addr = ln.Addr().String()
-	ls.f = NewLoopServer(srv, LoopOptions{})
+	var opts LoopOptions
+	if p, ok := h.(*Proxy); ok {
+		opts.Proxy = p // what the loop can serve it serves itself
+	}
+	ls.f = NewLoopServer(srv, opts)
 	go func() {
 		ls.serveErr = ls.f.Serve(ln)
 		close(ls.served)

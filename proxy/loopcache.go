@@ -12,26 +12,17 @@ import (
 	"github.com/meshlb/meshlb/proxy/httpcache"
 )
 
-// CacheHits lets a LoopServer answer fresh cache hits on its event loops
-// (LoopOptions.CacheHits): a request its route's cache can answer without
-// the origin is served where its head was parsed, with no goroutine, no
-// context and no hand-over through AsyncWrite. Everything else (a miss, a
-// stale entry, a revalidation, only-if-cached without an entry, a route
-// without a cache) runs the handler as before.
+// Fresh cache hits are answered on the event loop (when LoopOptions.Proxy
+// is set): a request its route's cache can answer without the origin is
+// served where its head was parsed, with no goroutine, no context and no
+// hand-over through AsyncWrite. Everything else (a miss, a stale entry, a
+// revalidation, only-if-cached without an entry, a route without a cache)
+// runs the handler as before.
 //
 // A hit served on the loop goes through the same hooks as one served by
 // Proxy.ServeHTTP: the server span (and traceresponse), the request
-// record, the access log line and the cache's counters; Observe stands in
-// for the handler's wrappers (the agent's request metrics).
-type CacheHits struct {
-	// Proxy is the listener's proxy, whose routes and caches are used.
-	// It must be the proxy the server's handler wraps.
-	Proxy *Proxy
-	// Observe, if set, is called once per request answered on the loop
-	// with its status and the time it took, as the agent's metrics
-	// wrapper would have been.
-	Observe func(status int, elapsed time.Duration)
-}
+// record, the access log line and the cache's counters; LoopOptions.Observe
+// stands in for the handler's wrappers (the agent's request metrics).
 
 const (
 	// maxLoopHits bounds the pipelined requests answered from the cache
@@ -70,8 +61,8 @@ var hitPool = sync.Pool{New: func() any { return &loopHit{hw: hitWriter{h: make(
 // It runs after the head was consumed, with lc busy; a true return has
 // finished the request (lc.finished), the next pipelined one included.
 func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
-	hits := lc.s.opts.CacheHits
-	if hits == nil || hits.Proxy == nil || lc.loopHits >= maxLoopHits {
+	p := lc.s.opts.Proxy
+	if p == nil || lc.loopHits >= maxLoopHits {
 		return false
 	}
 	if c.OutboundBuffered() > loopHighWater {
@@ -79,7 +70,6 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 		// goroutine path waits for it before the next answer.
 		return false
 	}
-	p := hits.Proxy
 	// The loop parses only GET and HEAD with no body, upgrade or gRPC
 	// content type: cacheBefore's own preconditions hold.
 	rt := p.routes.Load()
@@ -112,7 +102,7 @@ func (lc *loopConn) serveFromCache(c gnet.Conn, req *http.Request) bool {
 	lh.cs = cacheState{c: cache, key: key, reqCC: reqCC, entry: e}
 	lh.cs.status.Hit = true
 	lh.x.cache = &lh.cs
-	keep, ok := lc.answerHit(c, lh, hits.Observe, plain)
+	keep, ok := lc.answerHit(c, lh, lc.s.opts.Observe, plain)
 	if !ok {
 		c.Close() // as net/http cuts the connection of a handler that panicked
 		return true

@@ -95,11 +95,11 @@ func startHitServer(t *testing.T, cfg Config) *hitServer {
 		t.Fatal(err)
 	}
 	hs.addr = ln.Addr().String()
-	ls := NewLoopServer(srv, LoopOptions{CacheHits: &CacheHits{Proxy: p, Observe: func(status int, _ time.Duration) {
+	ls := NewLoopServer(srv, LoopOptions{Proxy: p, Observe: func(status int, _ time.Duration) {
 		n, _ := hs.codes.LoadOrStore(status, new(atomic.Int64))
 		n.(*atomic.Int64).Add(1)
 		hs.observed.Add(1)
-	}}})
+	}})
 	served := make(chan error, 1)
 	go func() { served <- ls.Serve(ln) }()
 	t.Cleanup(func() {

@@ -189,6 +189,7 @@ func (p *Proxy) SetRoutes(routes []Route) error {
 // CloseIdleConnections closes the idle upstream keep-alive connections.
 func (p *Proxy) CloseIdleConnections() {
 	p.h1.closeIdle()
+	closeLoopIdle(p, "")
 	p.transport.CloseIdleConnections()
 	p.h2c.CloseIdleConnections()
 	p.grpc.CloseIdleConnections()
@@ -224,6 +225,8 @@ type exchange struct {
 	cache *cacheState // nil unless the route caches
 
 	rec *Record // the request's Record, nil without Config.Recorder
+
+	onLoop bool // served by the event loop's exchange (loopexchange.go)
 
 	first attempt // the first attempt's storage
 }

@@ -135,7 +135,8 @@ type attempt struct {
 	stream   streamBody
 	h1       h1Body // the response body when h1Client carried the attempt
 	cancel   context.CancelCauseFunc
-	inflight *inflightSet // while waiting on the response head (hedge.go)
+	inflight *inflightSet   // while waiting on the response head (hedge.go)
+	onLeft   func(*attempt) // the loop exchange's: told when its instance left (loopexchange.go)
 }
 
 // newAttempt builds the upstream request for attempt n on inst.
@@ -160,10 +161,17 @@ func (x *exchange) newAttempt(inst *lb.Instance, n int) *attempt {
 		a.ctrace.WroteHeaders = a.markWrote
 		ctx = httptrace.WithClientTrace(ctx, &a.ctrace)
 	}
-	// Its own context, so that a hedge that answers first or a pool
-	// update can cancel it (hedge.go).
-	ctx, a.cancel = context.WithCancelCause(ctx)
-	a.req = *r.WithContext(ctx)
+	if x.onLoop {
+		// The loop exchange ends its attempts itself (loopexchange.go):
+		// the request's context, and no context per attempt.
+		a.cancel = noCancel
+		a.req = *r
+	} else {
+		// Its own context, so that a hedge that answers first or a pool
+		// update can cancel it (hedge.go).
+		ctx, a.cancel = context.WithCancelCause(ctx)
+		a.req = *r.WithContext(ctx)
+	}
 	a.url = *r.URL
 	a.url.Scheme = upstreamScheme(inst) // "https" for instances tagged TagHTTPS
 	a.url.Host = inst.HostPort
@@ -213,6 +221,9 @@ func (x *exchange) newAttempt(inst *lb.Instance, n int) *attempt {
 }
 
 func (a *attempt) markWrote() { a.wrote.Store(true) }
+
+// noCancel is the cancel of an attempt without a context of its own.
+func noCancel(error) {}
 
 // finish reports the attempt's outcome to the balancer and ends its span,
 // once.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshlb/meshlb/lb"
@@ -64,6 +65,8 @@ type compiledRoute struct {
 
 	tryTimeout time.Duration // Route.TryTimeout
 	hedge      *serviceHedge // the service's, shared by its routes
+
+	loopPool atomic.Pointer[lb.Pool] // the last pool found servable on the loop (loopexchange.go)
 }
 
 // routeTable is an immutable, compiled route set. Matching goes like an

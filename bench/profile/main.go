@@ -38,14 +38,15 @@ func main() {
 	guard := flag.Bool("guard", true, "put internal/httpguard on the listener, as the agent does")
 	cacheMiB := flag.Int("cache-mib", 0, "put an HTTP cache of this many MiB on the route (0: none), as --cache does")
 	path := flag.String("path", "/", "the `PATH` wrk asks for, e.g. /cached?max_age=600 with -cache-mib")
+	onLoop := flag.Bool("on-loop", true, "let the event loop serve GETs itself (proxy.LoopOptions.Proxy), as the agent does; false: every request through the handler on a goroutine")
 	flag.Parse()
-	if err := run(*backends, *out, *wrk, *loops, *guard, *cacheMiB, *path); err != nil {
+	if err := run(*backends, *out, *wrk, *loops, *guard, *cacheMiB, *path, *onLoop); err != nil {
 		fmt.Fprintf(os.Stderr, "profile: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(backends, out, wrk string, loops int, guard bool, cacheMiB int, path string) error {
+func run(backends, out, wrk string, loops int, guard bool, cacheMiB int, path string, onLoop bool) error {
 	if backends == "" {
 		return errors.New("-backends is required: e.g. -backends 127.0.0.1:8071,127.0.0.1:8072")
 	}
@@ -95,7 +96,11 @@ func run(backends, out, wrk string, loops int, guard bool, cacheMiB int, path st
 		srv.ConnState = httpguard.ConnState
 	}
 	if loops > 0 {
-		fs := proxy.NewLoopServer(srv, proxy.LoopOptions{Loops: loops, CacheHits: &proxy.CacheHits{Proxy: p}})
+		opts := proxy.LoopOptions{Loops: loops}
+		if onLoop {
+			opts.Proxy = p
+		}
+		fs := proxy.NewLoopServer(srv, opts)
 		go fs.Serve(ln)
 		defer fs.Shutdown(context.Background())
 	} else {

@@ -498,9 +498,12 @@ func (a *agent) buildServers() error {
 				WrapHandoff: func(ln net.Listener) net.Listener {
 					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.maxHeaderBytes, Logger: a.log})
 				},
-				Detach:    httpguard.Detach,
-				Logger:    a.log.Named("loop").With("listener", l.name),
-				CacheHits: &proxy.CacheHits{Proxy: p, Observe: a.metrics.observer(l.name)},
+				Detach: httpguard.Detach,
+				Logger: a.log.Named("loop").With("listener", l.name),
+				// The requests the loop serves itself (no goroutine)
+				// are counted as instrument counts the others.
+				Proxy:   p,
+				Observe: a.metrics.observer(l.name),
 			})
 		}
 		a.loops = append(a.loops, loop)

@@ -52,7 +52,7 @@ func (m *metrics) instrument(listener string, next http.Handler) http.Handler {
 
 // observer returns what counts and times one request of a listener: the
 // handler's wrapper, and the event loops for the cache hits they answer
-// themselves (proxy.CacheHits).
+// themselves (proxy.LoopOptions.Observe).
 func (m *metrics) observer(listener string) func(status int, elapsed time.Duration) {
 	codes := map[int]prometheus.Counter{}
 	for _, c := range []int{200, 201, 204, 301, 302, 304, 400, 404, 431, 499, 500, 502, 503, 504} {
