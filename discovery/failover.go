@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/meshlb/meshlb/internal/retry"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -324,7 +325,7 @@ func (f *Failover) checkWatches() {
 }
 
 func (f *Failover) runPreparedQuery(ctx context.Context) {
-	failures := 0
+	fails := retry.Outage{Every: logEveryNth}
 	for {
 		qctx, cancel := context.WithTimeout(ctx, preparedQueryTimeout)
 		resp, _, err := f.client.PreparedQuery().Execute(f.cfg.PreparedQuery, (&api.QueryOptions{}).WithContext(qctx))
@@ -333,14 +334,13 @@ func (f *Failover) runPreparedQuery(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			if failures++; failures == 1 || failures%logEveryNth == 0 {
-				f.log.Warn("cannot execute the prepared query; keeping its last answer", "query", f.cfg.PreparedQuery, "failures", failures, "error", err)
+			if log, _ := fails.Fail(time.Now()); log {
+				f.log.Warn("cannot execute the prepared query; keeping its last answer", "query", f.cfg.PreparedQuery, "failures", fails.Failures(), "error", err)
 			}
 		} else {
-			if failures > 0 {
+			if _, _, ok := fails.Recover(time.Now()); ok {
 				f.log.Info("prepared query answers again", "query", f.cfg.PreparedQuery)
 			}
-			failures = 0
 			f.setPreparedQuery(resp)
 		}
 		if sleepCtx(ctx, preparedQueryEvery) != nil {
