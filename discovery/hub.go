@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -110,6 +111,10 @@ type Hub struct {
 	mu       sync.Mutex
 	watchers []*Watcher
 	started  bool
+
+	// busy mirrors the scheduler's busy after each turn of Run's loop, for
+	// tests that must know no read is pending.
+	busy atomic.Bool
 }
 
 // NewHub returns a hub reading through client; add the services with Add,
@@ -301,6 +306,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			wg.Add(1)
 			go func() { defer wg.Done(); results <- h.read(ctx, w) }()
 		}
+		h.busy.Store(sched.busy())
 	}
 }
 

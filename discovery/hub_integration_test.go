@@ -211,18 +211,20 @@ func TestHubIntegration(t *testing.T) {
 		}
 		return out
 	}
-	// settle waits until no read happened for a while: a late full pass
-	// would otherwise be counted in the next step.
+	// settle waits until the hub has no read queued, in flight or
+	// waiting (a full pass waiting for its gap included) and none happened
+	// for a moment: a late full pass would otherwise be counted in the
+	// next step.
 	settle := func() map[string]int {
 		last := health.counts()
 		for {
 			select {
-			case <-time.After(1500 * time.Millisecond): // longer than fullPassGap
+			case <-time.After(300 * time.Millisecond):
 			case <-ctx.Done():
 				t.Fatal("reads never settled")
 			}
 			cur := health.counts()
-			if fmt.Sprint(cur) == fmt.Sprint(last) {
+			if !hub.busy.Load() && fmt.Sprint(cur) == fmt.Sprint(last) {
 				return cur
 			}
 			last = cur

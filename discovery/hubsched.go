@@ -147,6 +147,12 @@ func (s *readScheduler) retried(w *Watcher) {
 	s.mark(w)
 }
 
+// busy: a read is queued, in flight or waiting for its backoff, or a full
+// pass waits for its gap.
+func (s *readScheduler) busy() bool {
+	return len(s.queue) > 0 || len(s.inflight) > 0 || len(s.retryAt) > 0 || s.fullC != nil
+}
+
 // stop stops the timers.
 func (s *readScheduler) stop() {
 	for _, t := range s.retryAt {

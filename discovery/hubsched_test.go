@@ -1,0 +1,97 @@
+package discovery
+
+import (
+	"testing"
+	"time"
+)
+
+func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
+	ws := []*Watcher{{}, {}, {}}
+	s := newReadScheduler(ws, 2)
+	defer s.stop()
+	t0 := time.Unix(1_000_000, 0)
+	drain := func(now time.Time) int {
+		n := 0
+		for {
+			w, ok := s.next()
+			if !ok {
+				if len(s.inflight) == 0 {
+					return n
+				}
+				for w := range s.inflight {
+					s.done(readDone{w: w}, now, nil)
+				}
+				continue
+			}
+			n++
+			_ = w
+		}
+	}
+	// The first pass starts at once and takes 2 s.
+	s.fullPass(t0)
+	if got := drain(t0.Add(2 * time.Second)); got != 3 {
+		t.Fatalf("first pass read %d services, want 3", got)
+	}
+	if s.passTook != 2*time.Second {
+		t.Fatalf("pass took %v, want 2s", s.passTook)
+	}
+	// A change 3 s after the pass began must wait for 3 × 2 s.
+	s.fullPass(t0.Add(3 * time.Second))
+	if s.fullDue() == nil || len(s.queue) != 0 {
+		t.Fatal("a full pass asked for before its gap started at once")
+	}
+	if !s.busy() {
+		t.Fatal("a pass waiting for its gap is not busy")
+	}
+	// Asking again while it waits changes nothing.
+	s.fullPass(t0.Add(4 * time.Second))
+	if got := drain(t0.Add(4 * time.Second)); got != 0 {
+		t.Fatalf("read %d services before the gap, want 0", got)
+	}
+	// When the gap ends, one pass reads each service once.
+	s.readAll(t0.Add(6 * time.Second))
+	if s.fullDue() != nil {
+		t.Fatal("the waiting pass's timer survived the pass")
+	}
+	if got := drain(t0.Add(6500 * time.Millisecond)); got != 3 {
+		t.Fatalf("second pass read %d services, want 3", got)
+	}
+	// A cheaper pass shortens the gap (3 × 0.5 s from its start).
+	if s.fullPass(t0.Add(6500*time.Millisecond + fullPassGap)); s.fullDue() != nil {
+		t.Fatal("after a 0.5 s pass, a pass asked for 1.5 s after it began waited")
+	}
+}
+
+func TestReadSchedulerReadsAServiceOnceAndAgainIfMarkedInFlight(t *testing.T) {
+	a, b := &Watcher{}, &Watcher{}
+	s := newReadScheduler([]*Watcher{a, b}, 1)
+	defer s.stop()
+	now := time.Unix(1_000_000, 0)
+	s.mark(a)
+	s.mark(a)
+	s.mark(b)
+	w, _ := s.next()
+	if w != a {
+		t.Fatal("first read is not the first marked")
+	}
+	if _, ok := s.next(); ok {
+		t.Fatal("a second read started beyond the concurrency of 1")
+	}
+	s.mark(a) // changed while read: read again after
+	s.done(readDone{w: a}, now, nil)
+	var order []*Watcher
+	for {
+		w, ok := s.next()
+		if !ok {
+			break
+		}
+		order = append(order, w)
+		s.done(readDone{w: w}, now, nil)
+	}
+	if len(order) != 2 || order[0] != b || order[1] != a {
+		t.Fatalf("reads after the first: %v, want b then a once", order)
+	}
+	if s.busy() {
+		t.Fatal("busy with nothing left")
+	}
+}
