@@ -225,7 +225,9 @@ type readDone struct {
 	// nodes are the nodes of the answer's instances.
 	nodes  []string
 	failed bool
-	retry  time.Duration
+	// skipped: a probe found the service unchanged; nothing was read.
+	skipped bool
+	retry   time.Duration
 }
 
 // Run follows every added service until ctx is done and returns ctx.Err().
@@ -282,14 +284,14 @@ func (h *Hub) Run(ctx context.Context) error {
 		case ev := <-events:
 			h.apply(ev, &polls, tracker, sched, byName, watchers)
 		case <-sched.fullDue():
-			sched.readAll(time.Now())
+			sched.readAll(time.Now(), true)
 		case <-resync.C:
-			sched.readAll(time.Now())
+			sched.readAll(time.Now(), false)
 		case r := <-results:
 			if ctx.Err() != nil {
 				continue
 			}
-			if !r.failed {
+			if !r.failed && !r.skipped {
 				tracker.read(r.w.cfg.Service, r.nodes)
 			}
 			sched.done(r, time.Now(), retry)
@@ -299,12 +301,12 @@ func (h *Hub) Run(ctx context.Context) error {
 		// Reads wait for both polls: a read before the polls' baseline
 		// could miss a change made between the two.
 		for polls.ready() {
-			w, ok := sched.next()
+			w, probe, ok := sched.next()
 			if !ok {
 				break
 			}
 			wg.Add(1)
-			go func() { defer wg.Done(); results <- h.read(ctx, w) }()
+			go func() { defer wg.Done(); results <- h.read(ctx, w, probe) }()
 		}
 		h.busy.Store(sched.busy())
 	}
@@ -339,8 +341,9 @@ func (h *Hub) apply(ev pollEvent, polls *pollsState, tracker *changeTracker, sch
 		return
 	}
 	if ev.baseline {
-		// Something may have changed unseen: read everything.
-		sched.readAll(now)
+		// Something may have changed unseen, Consul may even have
+		// restarted with indexes that start over: read everything.
+		sched.readAll(now, false)
 	}
 	var (
 		dirty []string
@@ -373,10 +376,18 @@ func (h *Hub) apply(ev pollEvent, polls *pollsState, tracker *changeTracker, sch
 }
 
 // read makes one non-blocking read of w's service and feeds the answer to
-// w, as one turn of the Watcher's own loop.
-func (h *Hub) read(ctx context.Context, w *Watcher) readDone {
+// w, as one turn of the Watcher's own loop. With probe it first asks
+// Consul only for the service's index (probeFilter): when that is the
+// index of w's last good read, nothing changed and the read is skipped.
+func (h *Hub) read(ctx context.Context, w *Watcher, probe bool) readDone {
 	qctx, cancel := context.WithTimeout(ctx, requestSlack)
 	defer cancel()
+	if probe {
+		if same, err := h.unchanged(qctx, w); err == nil && same {
+			return readDone{w: w, skipped: true}
+		}
+		// Changed, or the probe failed: the read says which.
+	}
 	q := &api.QueryOptions{Datacenter: h.cfg.Datacenter, AllowStale: w.cfg.Stale, UseCache: w.cfg.Cached}
 	ans, meta, release, err := w.fetch(qctx, q)
 	defer release()
@@ -388,6 +399,33 @@ func (h *Hub) read(ctx context.Context, w *Watcher) readDone {
 	w.readFailing = failed
 	w.mu.Unlock()
 	return readDone{w: w, nodes: answerNodes(ans), failed: failed, retry: retry}
+}
+
+// probeFilter matches no instance (Consul sets a service's ID to its name
+// when it is registered without one, so no ID is empty): a read with it
+// answers [] with the service's own X-Consul-Index, which moves with every
+// change of the service, its checks and its nodes (what a blocking query
+// on the service waits for). Measured at 1,000 services × 10 on a dev
+// agent: 0.6-0.7 of a full read's Consul CPU and 0.5-0.6 of the agent's;
+// at 1,000 instances a service the full read's 0.9 MB are not made, sent
+// or decoded at all.
+const probeFilter = `Service.ID == ""`
+
+// unchanged asks Consul for the index of w's service and reports whether
+// it is that of w's last read, which succeeded.
+func (h *Hub) unchanged(ctx context.Context, w *Watcher) (bool, error) {
+	w.mu.Lock()
+	last, failing := w.status.Index, w.readFailing
+	w.mu.Unlock()
+	if last == 0 || failing {
+		return false, nil
+	}
+	q := (&api.QueryOptions{Datacenter: h.cfg.Datacenter, AllowStale: w.cfg.Stale, Filter: probeFilter}).WithContext(ctx)
+	_, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q)
+	if err != nil {
+		return false, err
+	}
+	return meta != nil && meta.LastIndex == last, nil
 }
 
 // poll runs one of the hub's long polls until ctx is done, with the index

@@ -29,8 +29,11 @@ type readScheduler struct {
 	all         []*Watcher
 	concurrency int
 
-	queue    []*Watcher
-	queued   map[*Watcher]bool
+	queue  []*Watcher
+	queued map[*Watcher]bool
+	// probe: the queued read may be skipped if the service's index has
+	// not moved (a full pass); a mark for a named change clears it.
+	probe    map[*Watcher]bool
 	inflight map[*Watcher]bool
 	again    map[*Watcher]bool // marked while in flight
 	retryAt  map[*Watcher]*time.Timer
@@ -51,7 +54,7 @@ type readScheduler struct {
 func newReadScheduler(all []*Watcher, concurrency int) *readScheduler {
 	return &readScheduler{
 		all: all, concurrency: concurrency,
-		queued: map[*Watcher]bool{}, inflight: map[*Watcher]bool{}, again: map[*Watcher]bool{},
+		queued: map[*Watcher]bool{}, probe: map[*Watcher]bool{}, inflight: map[*Watcher]bool{}, again: map[*Watcher]bool{},
 		retryAt: map[*Watcher]*time.Timer{}, retries: make(chan *Watcher),
 	}
 }
@@ -59,6 +62,20 @@ func newReadScheduler(all []*Watcher, concurrency int) *readScheduler {
 // mark asks for a read of w: queued, or again after the read in flight. A
 // pending retry is replaced by the read.
 func (s *readScheduler) mark(w *Watcher) {
+	delete(s.probe, w)
+	s.enqueue(w)
+}
+
+// markProbe asks for a read of w that may be skipped when its index has
+// not moved; a read already asked for stays a full one.
+func (s *readScheduler) markProbe(w *Watcher) {
+	if !s.queued[w] && !s.inflight[w] {
+		s.probe[w] = true
+	}
+	s.enqueue(w)
+}
+
+func (s *readScheduler) enqueue(w *Watcher) {
 	switch {
 	case s.inflight[w]:
 		s.again[w] = true
@@ -72,15 +89,20 @@ func (s *readScheduler) mark(w *Watcher) {
 	}
 }
 
-// readAll marks every service now (a baseline, a resync, a full pass).
-func (s *readScheduler) readAll(now time.Time) {
+// readAll marks every service now: with probe for a full pass (a read
+// happens only where the index moved), without for a baseline or a resync.
+func (s *readScheduler) readAll(now time.Time, probe bool) {
 	s.lastFull, s.inPass, s.passStart = now, true, now
 	if s.fullTimer != nil {
 		s.fullTimer.Stop()
 		s.fullTimer, s.fullC = nil, nil
 	}
 	for _, w := range s.all {
-		s.mark(w)
+		if probe {
+			s.markProbe(w)
+		} else {
+			s.mark(w)
+		}
 	}
 }
 
@@ -97,7 +119,7 @@ func (s *readScheduler) fullPass(now time.Time) {
 		s.fullC = s.fullTimer.C
 		return
 	}
-	s.readAll(now)
+	s.readAll(now, true)
 }
 
 // fullDue is the channel of a full pass waiting for its gap; nil if none.
@@ -110,17 +132,20 @@ func (s *readScheduler) rereadInflight() {
 	}
 }
 
-// next returns the next service to read, if a read may start.
-func (s *readScheduler) next() (*Watcher, bool) {
+// next returns the next service to read, if a read may start, and
+// whether the read may be skipped when the service's index has not moved.
+func (s *readScheduler) next() (w *Watcher, probe, ok bool) {
 	if len(s.inflight) >= s.concurrency || len(s.queue) == 0 {
-		return nil, false
+		return nil, false, false
 	}
-	w := s.queue[0]
+	w = s.queue[0]
 	s.queue[0] = nil
 	s.queue = s.queue[1:]
 	delete(s.queued, w)
+	probe = s.probe[w]
+	delete(s.probe, w)
 	s.inflight[w] = true
-	return w, true
+	return w, probe, true
 }
 
 // done records the end of a read at now. A failed read is retried after

@@ -13,7 +13,7 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 	drain := func(now time.Time) int {
 		n := 0
 		for {
-			w, ok := s.next()
+			w, _, ok := s.next()
 			if !ok {
 				if len(s.inflight) == 0 {
 					return n
@@ -49,7 +49,7 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 		t.Fatalf("read %d services before the gap, want 0", got)
 	}
 	// When the gap ends, one pass reads each service once.
-	s.readAll(t0.Add(6 * time.Second))
+	s.readAll(t0.Add(6*time.Second), true)
 	if s.fullDue() != nil {
 		t.Fatal("the waiting pass's timer survived the pass")
 	}
@@ -70,18 +70,18 @@ func TestReadSchedulerReadsAServiceOnceAndAgainIfMarkedInFlight(t *testing.T) {
 	s.mark(a)
 	s.mark(a)
 	s.mark(b)
-	w, _ := s.next()
+	w, _, _ := s.next()
 	if w != a {
 		t.Fatal("first read is not the first marked")
 	}
-	if _, ok := s.next(); ok {
+	if _, _, ok := s.next(); ok {
 		t.Fatal("a second read started beyond the concurrency of 1")
 	}
 	s.mark(a) // changed while read: read again after
 	s.done(readDone{w: a}, now, nil)
 	var order []*Watcher
 	for {
-		w, ok := s.next()
+		w, _, ok := s.next()
 		if !ok {
 			break
 		}
@@ -93,5 +93,39 @@ func TestReadSchedulerReadsAServiceOnceAndAgainIfMarkedInFlight(t *testing.T) {
 	}
 	if s.busy() {
 		t.Fatal("busy with nothing left")
+	}
+}
+
+func TestReadSchedulerProbesOnlyInFullPasses(t *testing.T) {
+	a, b, c := &Watcher{}, &Watcher{}, &Watcher{}
+	s := newReadScheduler([]*Watcher{a, b, c}, 3)
+	defer s.stop()
+	now := time.Unix(1_000_000, 0)
+	s.mark(b)            // a named change: read in full
+	s.readAll(now, true) // a full pass: probes, but b stays a full read
+	s.mark(c)            // named while queued for a probe: read in full
+	got := map[*Watcher]bool{}
+	for {
+		w, probe, ok := s.next()
+		if !ok {
+			break
+		}
+		got[w] = probe
+	}
+	if !got[a] || got[b] || got[c] || len(got) != 3 {
+		t.Fatalf("probe per watcher a, b, c = %v, %v, %v (%d read); want true, false, false", got[a], got[b], got[c], len(got))
+	}
+	for w := range got {
+		s.done(readDone{w: w}, now, nil)
+	}
+	s.readAll(now, false) // a baseline or a resync reads everything in full
+	for {
+		w, probe, ok := s.next()
+		if !ok {
+			break
+		}
+		if probe {
+			t.Fatalf("watcher %p probed in a baseline pass", w)
+		}
 	}
 }
