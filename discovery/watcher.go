@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -338,7 +337,7 @@ func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta
 	w.status.Instances = len(insts)
 	w.mu.Unlock()
 	w.log.Debug("pool changed", "instances", len(insts), "index", got)
-	w.onUpdate(slices.Clone(insts))
+	w.onUpdate(insts) // fresh from the builder, which keeps no reference
 	return next, 0, false
 }
 
