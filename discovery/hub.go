@@ -29,6 +29,14 @@ const (
 	DefaultResyncInterval = 5 * time.Minute
 )
 
+// catalogPollInterval paces the hub's catalog long poll under churn: every
+// catalog answer costs Consul a walk over every service instance, and under
+// 20 changes a second at 1,000 services × 10 those answers were a quarter
+// of Consul's CPU (perf, at one answer per 100 ms). What the catalog alone
+// tells (tags, services appearing or leaving without a check) can wait
+// half a second; checks come through the other poll at the full pace.
+const catalogPollInterval = 500 * time.Millisecond
+
 // HubConfig configures a Hub. Per-service settings (tag, logger) come with
 // each Add.
 type HubConfig struct {
@@ -434,7 +442,11 @@ func (h *Hub) unchanged(ctx context.Context, w *Watcher) (bool, error) {
 // Nth, and the recovery.
 func (h *Hub) poll(ctx context.Context, kind pollKind, out chan<- pollEvent) {
 	log := h.log.With("query", kind.String())
-	limit := newLimiter(h.cfg.QueryInterval, queryBurst, nil)
+	interval := h.cfg.QueryInterval
+	if kind == pollCatalog {
+		interval = max(interval, catalogPollInterval)
+	}
+	limit := newLimiter(interval, queryBurst, nil)
 	fails := newReadFailures(h.cfg.MinBackoff, h.cfg.MaxBackoff)
 	var index uint64
 	send := func(ev pollEvent) bool {

@@ -35,7 +35,7 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 	if s.passTook != 2*time.Second {
 		t.Fatalf("pass took %v, want 2s", s.passTook)
 	}
-	// A change 3 s after the pass began must wait for 3 × 2 s.
+	// A change 3 s after the pass began must wait for 8 × 2 s, capped.
 	s.fullPass(t0.Add(3 * time.Second))
 	if s.fullDue() == nil || len(s.queue) != 0 {
 		t.Fatal("a full pass asked for before its gap started at once")
@@ -49,16 +49,16 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 		t.Fatalf("read %d services before the gap, want 0", got)
 	}
 	// When the gap ends, one pass reads each service once.
-	s.readAll(t0.Add(6*time.Second), true)
+	s.readAll(t0.Add(maxPassGap), true)
 	if s.fullDue() != nil {
 		t.Fatal("the waiting pass's timer survived the pass")
 	}
-	if got := drain(t0.Add(6500 * time.Millisecond)); got != 3 {
+	if got := drain(t0.Add(maxPassGap + 100*time.Millisecond)); got != 3 {
 		t.Fatalf("second pass read %d services, want 3", got)
 	}
-	// A cheaper pass shortens the gap (3 × 0.5 s from its start).
-	if s.fullPass(t0.Add(6500*time.Millisecond + fullPassGap)); s.fullDue() != nil {
-		t.Fatal("after a 0.5 s pass, a pass asked for 1.5 s after it began waited")
+	// A cheaper pass shortens the gap (8 × 0.1 s, raised to fullPassGap).
+	if s.fullPass(t0.Add(maxPassGap + fullPassGap)); s.fullDue() != nil {
+		t.Fatal("after a 0.1 s pass, a pass asked for fullPassGap after it began waited")
 	}
 }
 
