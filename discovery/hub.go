@@ -235,7 +235,9 @@ type readDone struct {
 	failed bool
 	// skipped: a probe found the service unchanged; nothing was read.
 	skipped bool
-	retry   time.Duration
+	// probeTook is the time the probe took (0 without one).
+	probeTook time.Duration
+	retry     time.Duration
 }
 
 // Run follows every added service until ctx is done and returns ctx.Err().
@@ -390,9 +392,13 @@ func (h *Hub) apply(ev pollEvent, polls *pollsState, tracker *changeTracker, sch
 func (h *Hub) read(ctx context.Context, w *Watcher, probe bool) readDone {
 	qctx, cancel := context.WithTimeout(ctx, requestSlack)
 	defer cancel()
+	var probeTook time.Duration
 	if probe {
-		if same, err := h.unchanged(qctx, w); err == nil && same {
-			return readDone{w: w, skipped: true}
+		start := time.Now()
+		same, err := h.unchanged(qctx, w)
+		probeTook = time.Since(start)
+		if err == nil && same {
+			return readDone{w: w, skipped: true, probeTook: probeTook}
 		}
 		// Changed, or the probe failed: the read says which.
 	}
@@ -400,13 +406,13 @@ func (h *Hub) read(ctx context.Context, w *Watcher, probe bool) readDone {
 	ans, meta, release, err := w.fetch(qctx, q)
 	defer release()
 	if ctx.Err() != nil {
-		return readDone{w: w, failed: true}
+		return readDone{w: w, failed: true, probeTook: probeTook}
 	}
 	_, retry, failed := w.handle(0, ans, meta, err)
 	w.mu.Lock()
 	w.readFailing = failed
 	w.mu.Unlock()
-	return readDone{w: w, nodes: answerNodes(ans), failed: failed, retry: retry}
+	return readDone{w: w, nodes: answerNodes(ans), failed: failed, retry: retry, probeTook: probeTook}
 }
 
 // probeFilter matches no instance (Consul sets a service's ID to its name

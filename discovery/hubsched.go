@@ -10,9 +10,9 @@ import (
 // and reads only those whose index moved (Hub.read). Churn in a big catalog
 // would make that a request per service per change, so passes are spaced:
 // at least fullPassGap apart, and at least passGapFactor times as long as
-// the last pass took (so that passes take at most a ninth of the hub's
-// request capacity however slow Consul or the agent are), but never more
-// than maxPassGap. Measured with bench/discovery -churn at 1,000 services
+// the last pass's probes took (so that probes take at most a ninth of the
+// hub's request capacity however slow Consul or the agent are), but never
+// more than maxPassGap. Measured with bench/discovery -churn at 1,000 services
 // × 10 (20 changes/s, load 14): a pass a second cost Consul 0.34 cores and
 // requests under churn fell to 0.48 of calm. Changes that name their
 // services (a check, a tag, a service appearing or leaving) are read at
@@ -32,6 +32,11 @@ type readScheduler struct {
 	all         []*Watcher
 	concurrency int
 
+	// urgent holds the services named by a change, queue those of full
+	// passes: a named change is read before a pass's probes (at 100
+	// services × 1,000, a join waited up to 5 s behind a pass's reads).
+	// A watcher moved to urgent leaves a stale entry in queue, skipped.
+	urgent []*Watcher
 	queue  []*Watcher
 	queued map[*Watcher]bool
 	// probe: the queued read may be skipped if the service's index has
@@ -46,12 +51,13 @@ type readScheduler struct {
 	// Full passes: when the last began, whether one is under way (and
 	// when it began), the timer of one asked for too early, and how long
 	// the last one took.
-	lastFull  time.Time
-	inPass    bool
-	passStart time.Time
-	passTook  time.Duration
-	fullTimer *time.Timer
-	fullC     <-chan time.Time
+	lastFull   time.Time
+	inPass     bool
+	probePass  bool
+	passProbes time.Duration // the probes' time in the pass under way
+	passTook   time.Duration
+	fullTimer  *time.Timer
+	fullC      <-chan time.Time
 }
 
 func newReadScheduler(all []*Watcher, concurrency int) *readScheduler {
@@ -65,8 +71,13 @@ func newReadScheduler(all []*Watcher, concurrency int) *readScheduler {
 // mark asks for a read of w: queued, or again after the read in flight. A
 // pending retry is replaced by the read.
 func (s *readScheduler) mark(w *Watcher) {
+	if s.queued[w] && s.probe[w] {
+		delete(s.probe, w)
+		s.urgent = append(s.urgent, w)
+		return
+	}
 	delete(s.probe, w)
-	s.enqueue(w)
+	s.enqueue(w, true)
 }
 
 // markProbe asks for a read of w that may be skipped when its index has
@@ -75,10 +86,10 @@ func (s *readScheduler) markProbe(w *Watcher) {
 	if !s.queued[w] && !s.inflight[w] {
 		s.probe[w] = true
 	}
-	s.enqueue(w)
+	s.enqueue(w, false)
 }
 
-func (s *readScheduler) enqueue(w *Watcher) {
+func (s *readScheduler) enqueue(w *Watcher, urgent bool) {
 	switch {
 	case s.inflight[w]:
 		s.again[w] = true
@@ -88,14 +99,18 @@ func (s *readScheduler) enqueue(w *Watcher) {
 			delete(s.retryAt, w)
 		}
 		s.queued[w] = true
-		s.queue = append(s.queue, w)
+		if urgent {
+			s.urgent = append(s.urgent, w)
+		} else {
+			s.queue = append(s.queue, w)
+		}
 	}
 }
 
 // readAll marks every service now: with probe for a full pass (a read
 // happens only where the index moved), without for a baseline or a resync.
 func (s *readScheduler) readAll(now time.Time, probe bool) {
-	s.lastFull, s.inPass, s.passStart = now, true, now
+	s.lastFull, s.inPass, s.probePass, s.passProbes = now, true, probe, 0
 	if s.fullTimer != nil {
 		s.fullTimer.Stop()
 		s.fullTimer, s.fullC = nil, nil
@@ -138,12 +153,27 @@ func (s *readScheduler) rereadInflight() {
 // next returns the next service to read, if a read may start, and
 // whether the read may be skipped when the service's index has not moved.
 func (s *readScheduler) next() (w *Watcher, probe, ok bool) {
-	if len(s.inflight) >= s.concurrency || len(s.queue) == 0 {
+	for len(s.inflight) < s.concurrency {
+		switch {
+		case len(s.urgent) > 0:
+			w = s.urgent[0]
+			s.urgent[0] = nil
+			s.urgent = s.urgent[1:]
+		case len(s.queue) > 0:
+			w = s.queue[0]
+			s.queue[0] = nil
+			s.queue = s.queue[1:]
+		default:
+			return nil, false, false
+		}
+		if s.queued[w] {
+			break
+		}
+		// A stale entry: read already, from the other queue.
+	}
+	if w == nil || !s.queued[w] {
 		return nil, false, false
 	}
-	w = s.queue[0]
-	s.queue[0] = nil
-	s.queue = s.queue[1:]
 	delete(s.queued, w)
 	probe = s.probe[w]
 	delete(s.probe, w)
@@ -163,9 +193,15 @@ func (s *readScheduler) done(r readDone, now time.Time, retry func(w *Watcher, a
 	case r.failed:
 		s.retryAt[r.w] = retry(r.w, r.retry)
 	}
-	if s.inPass && len(s.queue) == 0 && len(s.inflight) == 0 {
+	s.passProbes += r.probeTook
+	if s.inPass && len(s.queued) == 0 && len(s.inflight) == 0 {
 		s.inPass = false
-		s.passTook = now.Sub(s.passStart)
+		if s.probePass {
+			// What the probes cost, as if run side by side; the reads
+			// of the services that changed are the changes' own cost,
+			// not the pass's.
+			s.passTook = s.passProbes / time.Duration(s.concurrency)
+		}
 	}
 }
 
@@ -178,7 +214,7 @@ func (s *readScheduler) retried(w *Watcher) {
 // busy: a read is queued, in flight or waiting for its backoff, or a full
 // pass waits for its gap.
 func (s *readScheduler) busy() bool {
-	return len(s.queue) > 0 || len(s.inflight) > 0 || len(s.retryAt) > 0 || s.fullC != nil
+	return len(s.queued) > 0 || len(s.inflight) > 0 || len(s.retryAt) > 0 || s.fullC != nil
 }
 
 // stop stops the timers.

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -10,7 +11,8 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 	s := newReadScheduler(ws, 2)
 	defer s.stop()
 	t0 := time.Unix(1_000_000, 0)
-	drain := func(now time.Time) int {
+	// drain reads everything queued, each probe taking probe.
+	drain := func(now time.Time, probe time.Duration) int {
 		n := 0
 		for {
 			w, _, ok := s.next()
@@ -19,7 +21,7 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 					return n
 				}
 				for w := range s.inflight {
-					s.done(readDone{w: w}, now, nil)
+					s.done(readDone{w: w, probeTook: probe}, now, nil)
 				}
 				continue
 			}
@@ -27,12 +29,13 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 			_ = w
 		}
 	}
-	// The first pass starts at once and takes 2 s.
+	// The first pass starts at once; its probes take 4/3 s each, 2 s
+	// side by side (concurrency 2).
 	s.fullPass(t0)
-	if got := drain(t0.Add(2 * time.Second)); got != 3 {
+	if got := drain(t0.Add(2*time.Second), 4*time.Second/3); got != 3 {
 		t.Fatalf("first pass read %d services, want 3", got)
 	}
-	if s.passTook != 2*time.Second {
+	if s.passTook < 1999*time.Millisecond || s.passTook > 2*time.Second {
 		t.Fatalf("pass took %v, want 2s", s.passTook)
 	}
 	// A change 3 s after the pass began must wait for 8 × 2 s, capped.
@@ -45,7 +48,7 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 	}
 	// Asking again while it waits changes nothing.
 	s.fullPass(t0.Add(4 * time.Second))
-	if got := drain(t0.Add(4 * time.Second)); got != 0 {
+	if got := drain(t0.Add(4*time.Second), 0); got != 0 {
 		t.Fatalf("read %d services before the gap, want 0", got)
 	}
 	// When the gap ends, one pass reads each service once.
@@ -53,7 +56,7 @@ func TestReadSchedulerSpacesFullPassesByTheirCost(t *testing.T) {
 	if s.fullDue() != nil {
 		t.Fatal("the waiting pass's timer survived the pass")
 	}
-	if got := drain(t0.Add(maxPassGap + 100*time.Millisecond)); got != 3 {
+	if got := drain(t0.Add(maxPassGap+100*time.Millisecond), 50*time.Millisecond); got != 3 {
 		t.Fatalf("second pass read %d services, want 3", got)
 	}
 	// A cheaper pass shortens the gap (8 × 0.1 s, raised to fullPassGap).
@@ -127,5 +130,33 @@ func TestReadSchedulerProbesOnlyInFullPasses(t *testing.T) {
 		if probe {
 			t.Fatalf("watcher %p probed in a baseline pass", w)
 		}
+	}
+}
+
+func TestReadSchedulerReadsNamedChangesBeforeAPass(t *testing.T) {
+	ws := []*Watcher{{}, {}, {}, {}}
+	s := newReadScheduler(ws, 1)
+	defer s.stop()
+	s.readAll(time.Unix(1_000_000, 0), true) // a pass: probes of all four
+	s.mark(ws[3])                            // then a named change of the last
+	w, probe, _ := s.next()
+	if w != ws[3] || probe {
+		t.Fatalf("first read: watcher %d, probe %v; want the named one (3), in full", slices.Index(ws, w), probe)
+	}
+	s.done(readDone{w: w}, time.Unix(1_000_000, 0), nil)
+	var rest []int
+	for {
+		w, probe, ok := s.next()
+		if !ok {
+			break
+		}
+		if !probe {
+			t.Errorf("watcher %d of the pass read in full", slices.Index(ws, w))
+		}
+		rest = append(rest, slices.Index(ws, w))
+		s.done(readDone{w: w}, time.Unix(1_000_000, 0), nil)
+	}
+	if !slices.Equal(rest, []int{0, 1, 2}) {
+		t.Fatalf("then %v, want 0, 1, 2 once each", rest)
 	}
 }
