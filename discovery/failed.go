@@ -4,12 +4,14 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 // DrainNote starts the output of the critical check a registrar sets when
 // it drains its instance: the instance is going away on purpose and
-// finishes the requests it has.
-const DrainNote = "draining"
+// finishes the requests it has. It is internal/wire's.
+const DrainNote = wire.DrainNote
 
 // failedInAnswer returns the IDs of the instances that Consul reports
 // failed (see checksFailed): requests in flight on them will not be

@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
 	"github.com/meshlb/meshlb/lb"
 )
 

@@ -18,8 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // findPorts returns a base for which every offset in offsets is a free
@@ -65,7 +64,7 @@ func TestDemoFivePIDsAndCleanCtrlC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := consultest.RepoRoot()
+	root, err := testproc.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +161,7 @@ func TestDemoFivePIDsAndCleanCtrlC(t *testing.T) {
 // Tornado process that answered; the closing text names the tools to look
 // inside; Ctrl-C frees every port, Jaeger's included.
 func TestDemoTraceShowsServingPID(t *testing.T) {
-	root, err := consultest.RepoRoot()
+	root, err := testproc.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

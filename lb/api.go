@@ -11,13 +11,6 @@ import (
 // maps it to 503.
 var ErrNoInstance = errors.New("lb: no instance available")
 
-// Picker picks one instance from an immutable snapshot. It must never block
-// and must not allocate on the hot path. tried lists instances already
-// attempted for this request (retries go elsewhere); it is usually nil.
-type Picker interface {
-	Pick(r *http.Request, tried []*Instance) (*Instance, error)
-}
-
 // Result is what the proxy reports back after an attempt on an instance.
 type Result struct {
 	// Err is non-nil when the attempt failed at the transport level

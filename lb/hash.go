@@ -1,10 +1,71 @@
 package lb
 
 import (
+	"errors"
 	"net/http"
+	"net/textproto"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
+
+// The consistent hash policies, nginx's "hash KEY consistent": the key is a
+// header, a cookie or the client's address.
+var (
+	hashHeader = policyDef{
+		name: "hash:header:", arg: "NAME",
+		parseArg: func(name string) (string, error) {
+			if !isToken(name) {
+				return "", errors.New("the header name must be a non-empty HTTP token")
+			}
+			return textproto.CanonicalMIMEHeaderKey(name), nil
+		},
+		hashKey: headerKey,
+		pick:    pickHashed,
+	}
+	hashCookie = policyDef{
+		name: "hash:cookie:", arg: "NAME",
+		parseArg: func(name string) (string, error) {
+			if !isToken(name) {
+				return "", errors.New("the cookie name must be a non-empty HTTP token")
+			}
+			return name, nil
+		},
+		hashKey: func(r *http.Request, name string) (string, bool) { return cookieValue(r.Header["Cookie"], name) },
+		pick:    pickHashed,
+	}
+	hashIP = policyDef{
+		name:    "hash:ip",
+		hashKey: func(r *http.Request, _ string) (string, bool) { return remoteHost(r.RemoteAddr) },
+		pick:    pickHashed,
+	}
+)
+
+// pickHashed is the pick of every hash policy: the ring's owner of the
+// request's key, or round robin for a request without one.
+func pickHashed(p *Pool, r *http.Request, tried []*Instance) *Instance {
+	var c clock
+	if key, ok := p.policy.hashKey(r); ok {
+		return p.pickHash(key, tried, &c)
+	}
+	return p.pickRR(tried, &c)
+}
+
+// headerKey is the value of the header name (canonical), or the Host.
+func headerKey(r *http.Request, name string) (string, bool) {
+	if name == "Host" { // net/http moves Host out of the header map
+		return r.Host, r.Host != ""
+	}
+	if v := r.Header[name]; len(v) > 0 && v[0] != "" {
+		return v[0], true
+	}
+	return "", false
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token, which is what a
+// header field name or a cookie name must be.
+func isToken(s string) bool { return httpguts.ValidHeaderFieldName(s) }
 
 // Consistent hashing: a ring of virtual nodes, ketama style, 160 points per
 // unit of weight, capped at ringMaxPoints points in all. A point's position
@@ -96,28 +157,6 @@ func (p *Pool) pickHash(key string, tried []*Instance, c *clock) *Instance {
 		}
 	}
 	return p.scan(tried, c, costNone)
-}
-
-// hashKey extracts the hash key of r; false when it has none (the pick then
-// falls back to round robin). It does not allocate.
-func (pol *policy) hashKey(r *http.Request) (string, bool) {
-	if r == nil {
-		return "", false
-	}
-	switch pol.kind {
-	case kindHashHeader:
-		if pol.key == "Host" { // net/http moves Host out of the header map
-			return r.Host, r.Host != ""
-		}
-		if v := r.Header[pol.key]; len(v) > 0 && v[0] != "" {
-			return v[0], true
-		}
-	case kindHashCookie:
-		return cookieValue(r.Header["Cookie"], pol.key)
-	case kindHashIP:
-		return remoteHost(r.RemoteAddr)
-	}
-	return "", false
 }
 
 // cookieValue finds the cookie name in Cookie header lines, as

@@ -195,7 +195,7 @@ func TestHashKeySources(t *testing.T) {
 			}
 		})
 	}
-	if _, ok := (&policy{kind: kindHashIP}).hashKey(nil); ok {
+	if _, ok := (&policy{def: &hashIP}).hashKey(nil); ok {
 		t.Error("a nil request has a key")
 	}
 }

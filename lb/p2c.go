@@ -3,6 +3,31 @@ package lb
 import (
 	"math"
 	"math/rand/v2"
+	"net/http"
+)
+
+// Power of two random choices, nginx's "random two least_conn" and, with a
+// latency EWMA for cost, Finagle's and Linkerd's p2c_ewma.
+const (
+	PolicyRandomTwo = "random_two"
+	PolicyP2CEWMA   = "p2c_ewma"
+)
+
+var (
+	randomTwo = policyDef{
+		name: PolicyRandomTwo,
+		pick: func(p *Pool, _ *http.Request, tried []*Instance) *Instance {
+			var c clock
+			return p.pickTwo(tried, &c, costLoad)
+		},
+	}
+	p2cEWMA = policyDef{
+		name: PolicyP2CEWMA,
+		pick: func(p *Pool, _ *http.Request, tried []*Instance) *Instance {
+			var c clock
+			return p.pickTwo(tried, &c, costEWMA)
+		},
+	}
 )
 
 // unknownLatencyCost is the cost of a busy instance that has no latency

@@ -1,33 +1,57 @@
 package lb
 
 import (
+	"errors"
 	"fmt"
-	"net/textproto"
+	"net/http"
 	"strings"
-
-	"golang.org/x/net/http/httpguts"
 )
 
-// Policy names, as nginx users know them.
-const (
-	PolicyRoundRobin = "round_robin"
-	PolicyLeastConn  = "least_conn"
-	PolicyRandomTwo  = "random_two"
-	PolicyP2CEWMA    = "p2c_ewma"
+// policies is the registry of balancing policies, in the order --help lists
+// them. Adding a policy is a new file in this package that declares its
+// policyDef and a line here: ValidPolicies (and so the agent's --help),
+// ValidatePolicy's errors and the pick dispatch all come from this list.
+var policies = []*policyDef{
+	&roundRobin,
+	&leastConn,
+	&randomTwo,
+	&p2cEWMA,
+	&hashHeader,
+	&hashCookie,
+	&hashIP,
+}
 
-	hashHeaderPrefix = "hash:header:"
-	hashCookiePrefix = "hash:cookie:"
-	policyHashIP     = "hash:ip"
-)
+// policyDef is one balancing policy: how it is written, and how it picks.
+type policyDef struct {
+	// name is the spec ("least_conn"), or its prefix when the policy takes
+	// an argument ("hash:header:").
+	name string
+	// arg stands for the argument in help texts ("NAME"); "" when the
+	// policy takes none.
+	arg string
+	// parseArg checks the argument and returns the key the policy keeps
+	// (a canonical header name, a cookie name); nil when there is no
+	// argument. Its error says what the argument must be.
+	parseArg func(arg string) (string, error)
+	// hashKey, for hash policies, returns the request's key and false when
+	// it has none; a pool of a policy with a hashKey gets a hash ring.
+	hashKey func(r *http.Request, key string) (string, bool)
+	// pick returns an instance of p, not one in tried, or nil when none can
+	// serve. It never blocks and must not allocate. Being called through a
+	// function value, it makes tried escape: a caller's tried buffer lives
+	// on the heap (the proxy's does anyway, for its hedges).
+	pick func(p *Pool, r *http.Request, tried []*Instance) *Instance
+}
 
 // ValidPolicies lists the policy names accepted by ValidatePolicy and
 // NewBalancer, for --help texts and error messages. NAME stands for a header
 // or cookie name.
 func ValidPolicies() []string {
-	return []string{
-		PolicyRoundRobin, PolicyLeastConn, PolicyRandomTwo, PolicyP2CEWMA,
-		hashHeaderPrefix + "NAME", hashCookiePrefix + "NAME", policyHashIP,
+	names := make([]string, len(policies))
+	for i, d := range policies {
+		names[i] = d.name + d.arg
 	}
+	return names
 }
 
 // ValidatePolicy returns nil when spec names a policy (the empty string means
@@ -37,63 +61,48 @@ func ValidatePolicy(spec string) error {
 	return err
 }
 
-type policyKind uint8
-
-const (
-	kindRoundRobin policyKind = iota
-	kindLeastConn
-	kindRandomTwo
-	kindP2CEWMA
-	kindHashHeader
-	kindHashCookie
-	kindHashIP
-)
-
-// policy is a parsed policy spec.
+// policy is a parsed policy spec: what a Balancer and its snapshots keep.
 type policy struct {
-	kind policyKind
+	def *policyDef
 	// spec is the normalized spec ("" becomes round_robin).
 	spec string
-	// key is the canonical header name or the cookie name of a hash policy.
+	// key is what the policy's argument parsed to (see parseArg).
 	key string
 }
 
-func (p policy) hashed() bool {
-	return p.kind == kindHashHeader || p.kind == kindHashCookie || p.kind == kindHashIP
+func (p policy) hashed() bool { return p.def.hashKey != nil }
+
+// hashKey extracts the hash key of r; false when it has none (the pick then
+// falls back to round robin). It does not allocate.
+func (p *policy) hashKey(r *http.Request) (string, bool) {
+	if r == nil || p.def.hashKey == nil {
+		return "", false
+	}
+	return p.def.hashKey(r, p.key)
 }
 
 func parsePolicy(spec string) (policy, error) {
-	switch spec {
-	case "", PolicyRoundRobin:
-		return policy{kind: kindRoundRobin, spec: PolicyRoundRobin}, nil
-	case PolicyLeastConn:
-		return policy{kind: kindLeastConn, spec: spec}, nil
-	case PolicyRandomTwo:
-		return policy{kind: kindRandomTwo, spec: spec}, nil
-	case PolicyP2CEWMA:
-		return policy{kind: kindP2CEWMA, spec: spec}, nil
-	case policyHashIP:
-		return policy{kind: kindHashIP, spec: spec}, nil
+	if spec == "" {
+		spec = roundRobin.name
 	}
-	if name, ok := strings.CutPrefix(spec, hashHeaderPrefix); ok {
-		if !isToken(name) {
-			return policy{}, badPolicy(spec, "the header name must be a non-empty HTTP token")
+	for _, d := range policies {
+		if d.parseArg == nil {
+			if spec == d.name {
+				return policy{def: d, spec: spec}, nil
+			}
+			continue
 		}
-		return policy{kind: kindHashHeader, spec: spec, key: textproto.CanonicalMIMEHeaderKey(name)}, nil
-	}
-	if name, ok := strings.CutPrefix(spec, hashCookiePrefix); ok {
-		if !isToken(name) {
-			return policy{}, badPolicy(spec, "the cookie name must be a non-empty HTTP token")
+		if arg, ok := strings.CutPrefix(spec, d.name); ok {
+			key, err := d.parseArg(arg)
+			if err != nil {
+				return policy{}, badPolicy(spec, err)
+			}
+			return policy{def: d, spec: spec, key: key}, nil
 		}
-		return policy{kind: kindHashCookie, spec: spec, key: name}, nil
 	}
-	return policy{}, badPolicy(spec, "unknown policy")
+	return policy{}, badPolicy(spec, errors.New("unknown policy"))
 }
 
-func badPolicy(spec, why string) error {
-	return fmt.Errorf("lb: invalid balancing policy %q: %s (valid: %s)", spec, why, strings.Join(ValidPolicies(), ", "))
+func badPolicy(spec string, why error) error {
+	return fmt.Errorf("lb: invalid balancing policy %q: %v (valid: %s)", spec, why, strings.Join(ValidPolicies(), ", "))
 }
-
-// isToken reports whether s is a non-empty RFC 9110 token, which is what a
-// header field name or a cookie name must be.
-func isToken(s string) bool { return httpguts.ValidHeaderFieldName(s) }

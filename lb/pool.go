@@ -57,80 +57,10 @@ func newPool(service string, insts []*Instance, version uint64, pol policy, prev
 	return p
 }
 
-// pick dispatches on the policy with a switch rather than an interface, so
-// that r, tried and the stack clock never escape: a pick does not allocate.
+// pick asks the snapshot's policy (policy.go's registry) for an instance.
 func (p *Pool) pick(r *http.Request, tried []*Instance) *Instance {
 	if len(p.Instances) == 0 {
 		return nil
 	}
-	var c clock
-	switch p.policy.kind {
-	case kindLeastConn:
-		return p.scan(tried, &c, costLoad)
-	case kindRandomTwo:
-		return p.pickTwo(tried, &c, costLoad)
-	case kindP2CEWMA:
-		return p.pickTwo(tried, &c, costEWMA)
-	case kindHashHeader, kindHashCookie, kindHashIP:
-		if key, ok := p.policy.hashKey(r); ok {
-			return p.pickHash(key, tried, &c)
-		}
-	}
-	return p.pickRR(tried, &c)
+	return p.policy.def.pick(p, r, tried)
 }
-
-// Ranks order the candidates of a pick: a policy returns the first
-// rankReady instance it finds and otherwise the best rank below rankNone.
-const (
-	rankReady   = iota // not tried, not draining, not ejected, not backing off
-	rankBackoff        // asked us to back off (Retry-After): a soft preference
-	rankEjected        // ejected: picked only when all others are (never eject all)
-	rankNone           // tried or draining: never picked
-)
-
-func rank(in *Instance, tried []*Instance, c *clock) int {
-	st := in.Stats
-	if st.Draining.Load() || isTried(in, tried) {
-		return rankNone
-	}
-	if u := st.EjectedUntil.Load(); u != 0 && u > c.now() {
-		return rankEjected
-	}
-	if u := st.BackoffUntil.Load(); u != 0 && u > c.now() {
-		return rankBackoff
-	}
-	return rankReady
-}
-
-// isTried compares Stats too: tried may hold instances of an older snapshot.
-func isTried(in *Instance, tried []*Instance) bool {
-	for _, t := range tried {
-		if t == in || (t != nil && t.Stats == in.Stats) {
-			return true
-		}
-	}
-	return false
-}
-
-// clock reads the time at most once per pick, and only when an instance
-// carries a deadline or the policy needs it: round robin's common path reads
-// no clock at all.
-type clock struct{ ns int64 }
-
-func (c *clock) now() int64 {
-	if c.ns == 0 {
-		c.ns = nanotime()
-	}
-	return c.ns
-}
-
-// Deadlines are unix nanoseconds, read as the wall time at start plus the
-// monotonic time since: time.Now reads two clocks, time.Since one, 55 vs
-// 30 ns a call on the 2-core kvm-clock VM this was measured on, which is a
-// sixth of a p2c_ewma pick. Periods also stay right across wall clock steps.
-var (
-	epoch     = time.Now()
-	epochUnix = epoch.UnixNano()
-)
-
-func nanotime() int64 { return epochUnix + int64(time.Since(epoch)) }

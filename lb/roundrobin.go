@@ -1,5 +1,19 @@
 package lb
 
+import "net/http"
+
+// PolicyRoundRobin is smooth weighted round robin, nginx's default; the
+// empty spec means it too.
+const PolicyRoundRobin = "round_robin"
+
+var roundRobin = policyDef{
+	name: PolicyRoundRobin,
+	pick: func(p *Pool, _ *http.Request, tried []*Instance) *Instance {
+		var c clock
+		return p.pickRR(tried, &c)
+	},
+}
+
 // maxSchedule bounds the length of a smooth weighted round robin schedule
 // (4 bytes an entry). Weights whose gcd-reduced sum exceeds it are scaled
 // down proportionally (each keeping at least 1), which approximates extreme

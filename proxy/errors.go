@@ -1,12 +1,10 @@
 package proxy
 
 import (
-	"context"
 	"errors"
-	"io"
 	"net/http"
-	"syscall"
 
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -84,24 +82,18 @@ func isTimeout(err error) bool {
 	return ok && t.Timeout()
 }
 
-// errorType is the low-cardinality error.type of a span.
+// errorType is the low-cardinality error.type of a span, in internal/wire's
+// words: the sidecar names the same failure the same way.
 func errorType(err error) string {
+	t := wire.ErrorType(err)
 	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case isTimeout(err):
-		return "timeout"
+	case t == wire.ErrCanceled, t == wire.ErrTimeout:
+		return t
+	case errors.Is(err, lb.ErrNoInstance), errors.Is(err, lb.ErrNoPool):
+		return wire.ErrNoInstance
 	}
 	if _, ok := errors.AsType[*DialError](err); ok {
-		return "dial_error"
+		return wire.ErrDial
 	}
-	switch {
-	case errors.Is(err, syscall.ECONNRESET):
-		return "connection_reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection_closed"
-	case errors.Is(err, lb.ErrNoInstance), errors.Is(err, lb.ErrNoPool):
-		return "no_instance"
-	}
-	return "_OTHER"
+	return t
 }

@@ -9,11 +9,6 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// DrainingHeader is the response header by which an instance says first-hand
-// that it is draining (the registrar's mesh mode sets it to "1"). The proxy
-// marks the instance draining in its balancer and never forwards the header.
-const DrainingHeader = "X-Meshlb-Draining"
-
 // hopHeaders are the hop-by-hop headers (RFC 9110 section 7.6.1, plus the
 // historical ones of RFC 2616) a proxy must not forward, in canonical form.
 var hopHeaders = [...]string{

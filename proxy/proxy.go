@@ -25,6 +25,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -388,15 +389,15 @@ func (x *exchange) fastPath(inst *lb.Instance) bool {
 }
 
 // drainSignal reports whether the instance said first-hand that it is
-// draining (DrainingHeader: 1), marks it so in the balancer, and strips the
+// draining (wire.DrainingHeader), marks it so in the balancer, and strips the
 // header from res.
 func (x *exchange) drainSignal(inst *lb.Instance, res *http.Response) bool {
-	v, ok := res.Header[DrainingHeader]
+	v, ok := res.Header[wire.DrainingHeader]
 	if !ok {
 		return false
 	}
-	delete(res.Header, DrainingHeader)
-	if len(v) == 0 || strings.TrimSpace(v[0]) != "1" {
+	delete(res.Header, wire.DrainingHeader)
+	if len(v) == 0 || strings.TrimSpace(v[0]) != wire.DrainingValue {
 		return false
 	}
 	if err := x.route.balancer.SetDraining(inst.ID, true); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -268,7 +269,7 @@ func TestDrainingHeader(t *testing.T) {
 			ctx := testCtx(t)
 			draining := newUpstream(t, "draining", func(w http.ResponseWriter, r *http.Request) {
 				io.Copy(io.Discard, r.Body)
-				w.Header().Set(DrainingHeader, "1")
+				w.Header().Set(wire.DrainingHeader, "1")
 				w.WriteHeader(tt.status)
 				io.WriteString(w, "draining")
 			})
@@ -288,7 +289,7 @@ func TestDrainingHeader(t *testing.T) {
 				}
 				res, _ := f.do(t, ctx, tt.method, "/", body, nil)
 				got[res.StatusCode]++
-				if res.Header.Get(DrainingHeader) != "" {
+				if res.Header.Get(wire.DrainingHeader) != "" {
 					t.Errorf("the drain header reached the client")
 				}
 			}

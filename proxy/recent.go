@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 // Recorder keeps the Records of finished requests: the agent's ring of
@@ -177,9 +179,9 @@ func parseTraceparent(v string) (trace.TraceID, bool) {
 // index there. It runs on the goroutine that starts attempts.
 func (x *exchange) recordAttempt(a *attempt) int {
 	inst := a.inst
-	ar := AttemptRecord{N: a.n, InstanceID: inst.ID, Address: inst.HostPort, Host: inst.Meta["host"], Outcome: OutcomePending,
+	ar := AttemptRecord{N: a.n, InstanceID: inst.ID, Address: inst.HostPort, Host: inst.Meta[wire.MetaHost], Outcome: OutcomePending,
 		Datacenter: inst.Datacenter, Backup: inst.Backup}
-	if pid, err := strconv.Atoi(inst.Meta["pid"]); err == nil {
+	if pid, err := strconv.Atoi(inst.Meta[wire.MetaPID]); err == nil {
 		ar.PID = pid
 	}
 	x.rec.mu.Lock()
@@ -208,7 +210,7 @@ func (a *attempt) recordFinish(status int, err error) {
 		ar.Outcome = OutcomeLost
 		ar.Latency = time.Since(a.start)
 	case err != nil:
-		if ar.Outcome = errorType(err); ar.Outcome == "_OTHER" {
+		if ar.Outcome = errorType(err); ar.Outcome == wire.ErrOther {
 			ar.Outcome = "error"
 		}
 		if ar.Latency == 0 {

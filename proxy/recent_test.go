@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/proxy/httpcache"
 )
 
@@ -136,7 +137,7 @@ func TestRecordDrainingAndFailure(t *testing.T) {
 	ctx := testCtx(t)
 	rec := make(chanRecorder, 8)
 	draining := newUpstream(t, "d", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(DrainingHeader, "1")
+		w.Header().Set(wire.DrainingHeader, "1")
 		w.WriteHeader(http.StatusServiceUnavailable)
 	})
 	up := nameUpstream(t, "b")

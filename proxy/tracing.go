@@ -12,21 +12,12 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 // tracerName is the instrumentation scope of the proxy's spans.
 const tracerName = "github.com/meshlb/meshlb/proxy"
-
-// Attribute keys meshlb adds to the upstream attempt spans.
-const (
-	attrService      = attribute.Key("meshlb.service")
-	attrInstancePID  = attribute.Key("meshlb.instance.pid")
-	attrInstanceHost = attribute.Key("meshlb.instance.host")
-	attrPolicy       = attribute.Key("meshlb.lb.policy")
-	attrAttempt      = attribute.Key("meshlb.attempt")
-	attrInstanceDC   = attribute.Key("meshlb.instance.datacenter")
-	attrInstanceTier = attribute.Key("meshlb.instance.tier")
-)
 
 func newTracer() trace.Tracer {
 	return otel.GetTracerProvider().Tracer(tracerName, trace.WithSchemaURL(semconv.SchemaURL))
@@ -45,7 +36,7 @@ func (x *exchange) startServerSpan() {
 	// Start bare and add attributes only to a span that records: an
 	// unsampled request then costs no attribute work (measured: 27 fewer
 	// allocations per request). Samplers see no attributes at start.
-	ctx, span := x.p.tracer.Start(ctx, spanName(r.Method), serverKind)
+	ctx, span := x.p.tracer.Start(ctx, wire.SpanName(r.Method), serverKind)
 	if span.IsRecording() {
 		ip, _, _ := x.p.peer(r.RemoteAddr)
 		span.SetAttributes(
@@ -56,7 +47,7 @@ func (x *exchange) startServerSpan() {
 			semconv.ClientAddress(ip),
 		)
 		if x.route != nil {
-			span.SetAttributes(attrService.String(x.route.service))
+			span.SetAttributes(wire.AttrService.String(x.route.service))
 		}
 	}
 	x.ctx = ctx
@@ -92,7 +83,7 @@ func (x *exchange) endServerSpan() {
 // the server span, naming the instance; it returns the context carrying it.
 func (a *attempt) startClientSpan(ctx context.Context) context.Context {
 	x, inst := a.x, a.inst
-	ctx, a.span = x.p.tracer.Start(ctx, spanName(x.r.Method), clientKind)
+	ctx, a.span = x.p.tracer.Start(ctx, wire.SpanName(x.r.Method), clientKind)
 	if !a.span.IsRecording() {
 		return ctx
 	}
@@ -102,28 +93,28 @@ func (a *attempt) startClientSpan(ctx context.Context) context.Context {
 		semconv.ServerAddress(inst.Address),
 		semconv.ServerPort(inst.Port),
 		semconv.ServiceInstanceID(inst.ID),
-		attrService.String(x.route.service),
-		attrPolicy.String(x.route.policy),
-		attrAttempt.Int(a.n),
+		wire.AttrService.String(x.route.service),
+		wire.AttrPolicy.String(x.route.policy),
+		wire.AttrAttempt.Int(a.n),
 	)
-	if pid := inst.Meta["pid"]; pid != "" {
+	if pid := inst.Meta[wire.MetaPID]; pid != "" {
 		if n, err := strconv.Atoi(pid); err == nil {
-			attrs = append(attrs, attrInstancePID.Int(n))
+			attrs = append(attrs, wire.AttrInstancePID.Int(n))
 		} else {
-			attrs = append(attrs, attrInstancePID.String(pid))
+			attrs = append(attrs, wire.AttrInstancePID.String(pid))
 		}
 	}
-	if host := inst.Meta["host"]; host != "" {
-		attrs = append(attrs, attrInstanceHost.String(host))
+	if host := inst.Meta[wire.MetaHost]; host != "" {
+		attrs = append(attrs, wire.AttrInstanceHost.String(host))
 	}
 	if a.n > 1 {
 		attrs = append(attrs, semconv.HTTPRequestResendCount(a.n-1))
 	}
 	if inst.Datacenter != "" {
-		attrs = append(attrs, attrInstanceDC.String(inst.Datacenter))
+		attrs = append(attrs, wire.AttrInstanceDC.String(inst.Datacenter))
 	}
 	if inst.Backup {
-		attrs = append(attrs, attrInstanceTier.String("backup"))
+		attrs = append(attrs, wire.AttrInstanceTier.String("backup"))
 	}
 	a.span.SetAttributes(attrs...)
 	return ctx
@@ -229,13 +220,4 @@ func methodAttr(m string) attribute.KeyValue {
 		return semconv.HTTPRequestMethodKey.String(m)
 	}
 	return semconv.HTTPRequestMethodOther
-}
-
-// spanName is the span name the semantic conventions give an HTTP span
-// without a route template: the method, or "HTTP" for unknown ones.
-func spanName(m string) string {
-	if methodAttr(m) == semconv.HTTPRequestMethodOther {
-		return "HTTP"
-	}
-	return m
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 
 	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel"

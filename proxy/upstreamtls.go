@@ -3,20 +3,18 @@ package proxy
 import (
 	"crypto/tls"
 
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/lb"
 )
 
-// TagHTTPS is the instance tag by which an instance says its registered
-// port serves TLS (a registrar's mesh port with --mesh-tls-cert): the proxy
-// then speaks HTTPS to it, HTTP/1.1 only, with Config.UpstreamTLS.
-const TagHTTPS = "https"
-
-// usesTLS reports whether inst is tagged TagHTTPS. Such an instance is
+// usesTLS reports whether inst is tagged wire.TagHTTPS (a registrar's mesh
+// port with --mesh-tls-cert): the proxy then speaks HTTPS to it, HTTP/1.1
+// only, with Config.UpstreamTLS. Such an instance is
 // always reached over TLS through the HTTP/1.1 transport, never over h2c
 // nor any cleartext fast path.
 func usesTLS(inst *lb.Instance) bool {
 	for _, t := range inst.Tags {
-		if t == TagHTTPS {
+		if t == wire.TagHTTPS {
 			return true
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -79,7 +80,7 @@ func newTLSUpstream(t *testing.T, clientAuth tls.ClientAuthType) *tlsUpstream {
 // instance is the upstream as the agent sees it, tagged https.
 func (u *tlsUpstream) instance(id string) lb.Instance {
 	in := instanceAt(id, u.srv.Listener.Addr().String())
-	in.Tags = []string{"v1", TagHTTPS}
+	in.Tags = []string{"v1", wire.TagHTTPS}
 	return in
 }
 

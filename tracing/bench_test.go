@@ -10,7 +10,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/meshlb/meshlb/internal/otlptest"
+	"github.com/meshlb/meshlb/internal/testing/otlptest"
 )
 
 // BenchmarkSpan measures what one proxied request pays for its span: extract

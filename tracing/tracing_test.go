@@ -13,14 +13,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 
 	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/meshlb/meshlb/internal/otlptest"
+	"github.com/meshlb/meshlb/internal/testing/otlptest"
 )
 
 // syncBuffer collects log output written from several goroutines.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,13 +15,14 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // agentProc is a running bin/agent whose log is watched for "pool updated"
 // lines: the moment the agent swapped a service's pool in, seen from outside.
 type agentProc struct {
-	cmd   *exec.Cmd
-	done  chan struct{}
+	proc  *testproc.Proc
 	admin string
 
 	mu       sync.Mutex
@@ -56,21 +56,19 @@ var (
 // the "pool updated" lines need) and waits until its admin /healthz
 // answers at all (503 while pools are still empty is fine).
 func startAgent(ctx context.Context, bin, admin string, env []string, args ...string) (*agentProc, error) {
-	a := &agentProc{admin: admin, pools: map[string]poolEvent{}, done: make(chan struct{})}
+	a := &agentProc{admin: admin, pools: map[string]poolEvent{}}
 	args = append(args, "--admin", admin, "--log-level", "info")
-	a.cmd = exec.Command(bin, args...)
-	a.cmd.Env = append(os.Environ(), env...)
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stderr, err := a.cmd.StderrPipe()
+	a.proc = testproc.Prepare(env, bin, args...)
+	a.proc.Cmd.SysProcAttr.Setpgid = true
+	a.proc.Cmd.Stdout, a.proc.Cmd.Stderr = io.Discard, nil
+	stderr, err := a.proc.Cmd.StderrPipe()
 	if err != nil {
 		return nil, err
 	}
-	a.cmd.Stdout = io.Discard
-	if err := a.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	if err := a.proc.Launch(); err != nil {
+		return nil, err
 	}
 	go a.readLog(stderr)
-	go func() { _ = a.cmd.Wait(); close(a.done) }()
 
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(30 * time.Second)
@@ -81,7 +79,7 @@ func startAgent(ctx context.Context, bin, admin string, env []string, args ...st
 			return a, nil
 		}
 		select {
-		case <-a.done:
+		case <-a.proc.Done:
 			return nil, fmt.Errorf("agent exited at start:\n%s", a.logTail())
 		case <-ctx.Done():
 			a.stop()
@@ -148,7 +146,7 @@ func (a *agentProc) waitPool(ctx context.Context, service string, n int, after t
 		return at, nil
 	case <-t.C:
 	case <-ctx.Done():
-	case <-a.done:
+	case <-a.proc.Done:
 		return time.Time{}, fmt.Errorf("agent exited:\n%s", a.logTail())
 	}
 	a.mu.Lock()
@@ -191,23 +189,10 @@ func (a *agentProc) logTail() string {
 	return strings.Join(a.tail, "\n")
 }
 
-func (a *agentProc) pid() int { return a.cmd.Process.Pid }
+func (a *agentProc) pid() int { return a.proc.Cmd.Process.Pid }
 
 // stop sends SIGTERM and waits (SIGKILL after 10 s). Safe to call twice.
-func (a *agentProc) stop() {
-	select {
-	case <-a.done:
-		return
-	default:
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
-		<-a.done
-	}
-}
+func (a *agentProc) stop() { a.proc.Stop(syscall.SIGTERM, 10*time.Second) }
 
 // memKiB returns VmRSS and VmHWM (peak RSS) of pid in KiB.
 func memKiB(pid int) (rss, hwm int, err error) {

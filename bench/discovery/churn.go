@@ -18,7 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
 )
 
 // The churn figures (issue 19): at a given shape (services × instances),

@@ -3,7 +3,7 @@
 // request the agent sends it, and from its removal to the last; the agent's
 // memory and pool-update time with 10,000 instances of one service and with
 // 1,000 services of 10; and the connections the agent holds to its Consul
-// agent. It starts its own Consul dev agent (internal/consultest) and agent
+// agent. It starts its own Consul dev agent (internal/testing/consultest) and agent
 // processes, prints a markdown report on stdout and progress on stderr. It
 // measures only from outside (logs, /proc, HTTP); it must not import the
 // agent's packages, so it measures the binary users run.
@@ -29,7 +29,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // raisedConnLimit is Consul's limits.http_max_conns_per_client for the
@@ -321,7 +322,7 @@ func load(ctx context.Context, url string, requests, failed *atomic.Int64) *sync
 }
 
 func freePorts(n int) ([]string, error) {
-	ports, err := consultest.FreePorts(n)
+	ports, err := testproc.FreePorts(n)
 	if err != nil {
 		return nil, err
 	}
@@ -630,7 +631,7 @@ func waitLoaded(ctx context.Context, a *agentProc, want map[string]int, start ti
 		select {
 		case <-ctx.Done():
 			return time.Time{}, ctx.Err()
-		case <-a.done:
+		case <-a.proc.Done:
 			return time.Time{}, fmt.Errorf("agent exited:\n%s", a.logTail())
 		case <-tick.C:
 		}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 func TestPct(t *testing.T) {
@@ -67,7 +69,7 @@ func TestReadLog(t *testing.T) {
 			"2026-11-29T03:37:28.419Z [INFO]  agent: pool updated: service=s1 instances=3\n", "s1", 3, true, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := &agentProc{pools: map[string]poolEvent{}, done: make(chan struct{})}
+			a := &agentProc{pools: map[string]poolEvent{}, proc: &testproc.Proc{Done: make(chan struct{})}}
 			a.readLog(strings.NewReader(tc.lines))
 			_, err := a.waitPool(ctx, tc.service, tc.instances, time.Time{}, 50*time.Millisecond)
 			if found := err == nil; found != tc.wantFound {

@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -26,7 +25,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 func main() {
@@ -46,34 +47,16 @@ func main() {
 	}
 }
 
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func start(env []string, name string, args ...string) (*proc, error) {
-	p := &proc{cmd: exec.Command(name, args...), done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	return p, nil
-}
-
-func (p *proc) stop(sig syscall.Signal) {
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+// start runs name with args, its output discarded, as the soak's
+// registrars and agent.
+func start(env []string, name string, args ...string) (*testproc.Proc, error) {
+	p := testproc.Prepare(env, name, args...)
+	p.Cmd.Stdout, p.Cmd.Stderr = nil, nil
+	return p, p.Launch()
 }
 
 func run(duration time.Duration, n, getters, posters int, churn time.Duration) error {
-	root, err := consultest.RepoRoot()
+	root, err := testproc.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -96,13 +79,14 @@ func run(duration time.Duration, n, getters, posters int, churn time.Duration) e
 	env := srv.Env()
 
 	var mu sync.Mutex
-	regs := map[int]*proc{}
+	regs := map[int]*testproc.Proc{}
 	addInstance := func() error {
-		port, err := consultest.FreePort()
+		ports, err := testproc.FreePorts(1)
 		if err != nil {
 			return err
 		}
-		argv, err := consultest.AppCommand(port)
+		port := ports[0]
+		argv, err := tornadotest.Command(port)
 		if err != nil {
 			return err
 		}
@@ -121,7 +105,7 @@ func run(duration time.Duration, n, getters, posters int, churn time.Duration) e
 		mu.Lock()
 		defer mu.Unlock()
 		for _, p := range regs {
-			p.stop(syscall.SIGTERM)
+			p.Stop(syscall.SIGTERM, 20*time.Second)
 		}
 	}()
 	for range n {
@@ -129,14 +113,17 @@ func run(duration time.Duration, n, getters, posters int, churn time.Duration) e
 			return err
 		}
 	}
-	lport, _ := consultest.FreePort()
-	aport, _ := consultest.FreePort()
+	ports, err := testproc.FreePorts(2)
+	if err != nil {
+		return err
+	}
+	lport, aport := ports[0], ports[1]
 	addr, admin := fmt.Sprintf("127.0.0.1:%d", lport), fmt.Sprintf("127.0.0.1:%d", aport)
 	agent, err := start(env, agentBin, "--listen", addr, "--service", "soak", "--admin", admin, "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	defer agent.stop(syscall.SIGTERM)
+	defer agent.Stop(syscall.SIGTERM, 20*time.Second)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -206,7 +193,7 @@ func run(duration time.Duration, n, getters, posters int, churn time.Duration) e
 	var samples []sample
 	began := time.Now()
 	take := func() {
-		samples = append(samples, sample{time.Since(began).Round(time.Second), rss(agent.cmd.Process.Pid), goroutines(client, admin)})
+		samples = append(samples, sample{time.Since(began).Round(time.Second), rss(agent.Cmd.Process.Pid), goroutines(client, admin)})
 	}
 	take()
 	churnT := time.NewTicker(churn)
@@ -237,7 +224,7 @@ loop:
 				killApp(p)
 				killed++
 			} else {
-				go p.stop(syscall.SIGTERM) // rolling replacement: drain, stop, deregister
+				go p.Stop(syscall.SIGTERM, 20*time.Second) // rolling replacement: drain, stop, deregister
 				replaced++
 			}
 		}
@@ -266,8 +253,8 @@ loop:
 
 // killApp SIGKILLs the app a registrar wrapped (its registrar then
 // deregisters and exits, as a crash under a supervisor would look).
-func killApp(p *proc) {
-	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.cmd.Process.Pid, p.cmd.Process.Pid))
+func killApp(p *testproc.Proc) {
+	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.Cmd.Process.Pid, p.Cmd.Process.Pid))
 	for _, f := range strings.Fields(string(children)) {
 		if pid, err := strconv.Atoi(f); err == nil {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -275,9 +262,9 @@ func killApp(p *proc) {
 	}
 	go func() {
 		select {
-		case <-p.done:
+		case <-p.Done:
 		case <-time.After(20 * time.Second):
-			p.stop(syscall.SIGKILL)
+			p.Stop(syscall.SIGKILL, 20*time.Second)
 		}
 	}()
 }

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // cacheCluster is one Tornado instance behind an agent with --cache: every

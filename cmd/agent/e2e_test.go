@@ -20,8 +20,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 var (
@@ -98,7 +99,7 @@ func (c *cluster) addInstance(extra ...string) int {
 	c.t.Helper()
 	port := testproc.FreePort(c.t)
 	args := append([]string{"--service", c.service, "--port", strconv.Itoa(port), "--drain", "1s", "--log-level", "warn"}, extra...)
-	app := append(testproc.App(c.t, port), "--logging=warning")
+	app := append(tornadotest.App(c.t, port), "--logging=warning")
 	if c.journal != "" {
 		app = append(app, fmt.Sprintf("--journal=%s/%d.journal", c.journal, port))
 	}
@@ -114,7 +115,7 @@ func (c *cluster) startAgent(extra ...string) {
 	c.admin = fmt.Sprintf("127.0.0.1:%d", aport)
 	args := append([]string{"--listen", c.addr, "--service", c.service, "--admin", c.admin}, extra...)
 	c.agent = testproc.Start(c.t, c.env, bin(c.t, "agent"), args...)
-	if err := consultest.WaitListening(c.addr, 10*time.Second); err != nil {
+	if err := testproc.WaitListening(c.addr, 10*time.Second); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -229,7 +230,7 @@ func TestRoundRobinTenRequestsFivePIDsTwiceEach(t *testing.T) {
 func TestNewInstanceServedWithinASecond(t *testing.T) {
 	c := newCluster(t, "join", 2)
 	port := testproc.FreePort(t)
-	app := testproc.StartApp(t, port)
+	app := tornadotest.Start(t, port)
 	pid := app.Cmd.Process.Pid
 	agent := c.consul.Client().Agent()
 	const trials = 20
@@ -503,7 +504,7 @@ func TestBeforeFirstPoolAnswers503(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", lport)
 	testproc.Start(t, []string{fmt.Sprintf("CONSUL_HTTP_ADDR=127.0.0.1:%d", port)}, bin(t, "agent"),
 		"--listen", addr, "--service", "nothing", "--admin", fmt.Sprintf("127.0.0.1:%d", aport))
-	if err := consultest.WaitListening(addr, 10*time.Second); err != nil {
+	if err := testproc.WaitListening(addr, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get("http://" + addr + "/")

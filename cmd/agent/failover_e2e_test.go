@@ -19,8 +19,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 // Tests of the backup tier and of failover across Consul datacenters, with
@@ -52,7 +53,7 @@ func launchApp(t *testing.T, env []string, service, dir string, tags ...string) 
 	for _, tag := range tags {
 		args = append(args, "--tag", tag)
 	}
-	args = append(append(args, "--"), append(testproc.App(t, port), "--logging=warning", "--journal="+a.journal)...)
+	args = append(append(args, "--"), append(tornadotest.App(t, port), "--logging=warning", "--journal="+a.journal)...)
 	a.reg = testproc.Start(t, env, bin(t, "registrar"), args...)
 	return a
 }
@@ -61,7 +62,7 @@ func launchApp(t *testing.T, env []string, service, dir string, tags ...string) 
 func (a *app) ready(t *testing.T) *app {
 	t.Helper()
 	port := a.port
-	if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+	if err := testproc.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
@@ -118,7 +119,7 @@ func edge(t *testing.T, env []string, service string, extra ...string) (*testpro
 		args = append(args, "--listen", addr, "--service", service)
 	}
 	p := testproc.Start(t, env, bin(t, "agent"), append(args, extra...)...)
-	if err := consultest.WaitListening(addr, 10*time.Second); err != nil && !slices.Contains(extra, "--config") {
+	if err := testproc.WaitListening(addr, 10*time.Second); err != nil && !slices.Contains(extra, "--config") {
 		t.Fatal(err)
 	}
 	return p, addr
@@ -584,7 +585,7 @@ listener "web" {
 		t.Fatal(err)
 	}
 	agent, _ := edge(t, dcs[0].Env(), svc, "--config", cfgFile)
-	if err := consultest.WaitListening(listen, 10*time.Second); err != nil {
+	if err := testproc.WaitListening(listen, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	testproc.WaitFor(t, 20*time.Second, "both datacenters passing", func() bool {

@@ -12,15 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // h2specBin finds h2spec: bin/h2spec in the repository (make deps links it
 // there, see scripts/ensure-h2spec.sh), else on PATH.
 func h2specBin(t *testing.T) string {
 	t.Helper()
-	if root, err := consultest.RepoRoot(); err == nil {
+	if root, err := testproc.RepoRoot(); err == nil {
 		if p := filepath.Join(root, "bin", "h2spec"); fileExists(p) {
 			return p
 		}
@@ -72,7 +71,7 @@ listener "clear" {
 	consul := fmt.Sprintf("CONSUL_HTTP_ADDR=127.0.0.1:%d", testproc.FreePort(t))
 	testproc.Start(t, []string{consul}, bin(t, "agent"), "--config", file, "--log-level", "error")
 	for _, port := range []int{tlsPort, clearPort} {
-		if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
+		if err := testproc.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/meshlb/meshlb/discovery"
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // TestHubFollowsManyServices runs the agent with more services than
@@ -46,7 +46,7 @@ func TestHubFollowsManyServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.agent = testproc.Start(t, c.env, bin(t, "agent"), "--config", cfg, "--admin", "off")
-	if err := consultest.WaitListening(c.addr, 10*time.Second); err != nil {
+	if err := testproc.WaitListening(c.addr, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // TestInstanceLeavingResendsOnlyWhenFailed holds requests on an instance

@@ -15,10 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testpki"
-	"github.com/meshlb/meshlb/internal/testproc"
-	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testpki"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 // directClient calls a mesh port itself: trusting ca, presenting cert (a
@@ -65,7 +66,7 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 	appPort, meshPort := testproc.FreePort(t), testproc.FreePort(t)
 	args := append([]string{"--service", "secure", "--port", strconv.Itoa(appPort), "--mesh-port", strconv.Itoa(meshPort),
 		"--mesh-tls-cert", sidecarCert, "--mesh-tls-key", sidecarKey, "--mesh-tls-client-ca", ca.File,
-		"--drain", "200ms", "--log-level", "warn", "--"}, append(testproc.App(t, appPort), "--logging=warning")...)
+		"--drain", "200ms", "--log-level", "warn", "--"}, append(tornadotest.App(t, appPort), "--logging=warning")...)
 	c.regs[appPort] = testproc.Start(t, c.env, bin(t, "registrar"), args...)
 	testproc.WaitFor(t, 20*time.Second, "the instance passing in Consul", func() bool { return len(c.passingPIDs()) == 1 })
 	entries, _, err := c.capi.Health().Service("secure", "", true, nil)
@@ -73,8 +74,8 @@ func TestMTLSAgentToMeshSidecar(t *testing.T) {
 		t.Fatalf("instances %v, %v", entries, err)
 	}
 	svc := entries[0].Service
-	if !slices.Contains(svc.Tags, proxy.TagHTTPS) || svc.Port != meshPort {
-		t.Fatalf("registered tags %v port %d; want the %q tag and the mesh port %d", svc.Tags, svc.Port, proxy.TagHTTPS, meshPort)
+	if !slices.Contains(svc.Tags, wire.TagHTTPS) || svc.Port != meshPort {
+		t.Fatalf("registered tags %v port %d; want the %q tag and the mesh port %d", svc.Tags, svc.Port, wire.TagHTTPS, meshPort)
 	}
 	hello := "Hello from Process Id = " + svc.Meta["pid"]
 	meshURL := "https://127.0.0.1:" + strconv.Itoa(meshPort)

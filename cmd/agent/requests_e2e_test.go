@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/browsertest"
+	"github.com/meshlb/meshlb/internal/testing/browsertest"
 )
 
 // requestLine is the part of an `agent requests --json` line the test

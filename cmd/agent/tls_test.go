@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 named cn.

@@ -12,9 +12,10 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/otlptest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/otlptest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 // TestTraceCrossesAgentAndSidecar sends a request with a known traceparent
@@ -32,7 +33,7 @@ func TestTraceCrossesAgentAndSidecar(t *testing.T) {
 		client: &http.Client{Timeout: 10 * time.Second}}
 	appPort, meshPort := testproc.FreePort(t), testproc.FreePort(t)
 	args := append([]string{"--service", "traced", "--port", strconv.Itoa(appPort), "--mesh-port", strconv.Itoa(meshPort), "--drain", "200ms", "--"},
-		append(testproc.App(t, appPort), "--logging=warning")...)
+		append(tornadotest.App(t, appPort), "--logging=warning")...)
 	c.regs[appPort] = testproc.Start(t, env, bin(t, "registrar"), args...)
 	c.startAgent()
 	pids := c.waitPool(1)

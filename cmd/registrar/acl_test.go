@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 func TestACLMinimalTokenAndRefusedToken(t *testing.T) {
@@ -16,9 +17,9 @@ func TestACLMinimalTokenAndRefusedToken(t *testing.T) {
 
 	t.Run("service:write is enough", func(t *testing.T) {
 		secret := consultest.Token(t, mgmt, "registrar-acl", `service "acl" { policy = "write" }`)
-		port := freePort(t)
+		port := testproc.FreePort(t)
 		reg := start(t, append(srv.Env(), "CONSUL_HTTP_TOKEN="+secret), registrarBin,
-			append([]string{"--service", "acl", "--port", strconv.Itoa(port), "--drain", "200ms", "--"}, appArgs(t, port)...)...)
+			append([]string{"--service", "acl", "--port", strconv.Itoa(port), "--drain", "200ms", "--"}, tornadotest.App(t, port)...)...)
 		testproc.WaitFor(t, 15*time.Second, "instance passing", func() bool {
 			entries, _, err := mgmt.Health().Service("acl", "", true, nil)
 			return err == nil && len(entries) == 1
@@ -38,9 +39,9 @@ func TestACLMinimalTokenAndRefusedToken(t *testing.T) {
 
 	t.Run("a refused token is reported as an ACL problem", func(t *testing.T) {
 		secret := consultest.Token(t, mgmt, "wrong-service", `service "other" { policy = "write" }`)
-		port := freePort(t)
+		port := testproc.FreePort(t)
 		reg := start(t, append(srv.Env(), "CONSUL_HTTP_TOKEN="+secret), registrarBin,
-			append([]string{"--service", "denied", "--port", strconv.Itoa(port), "--"}, appArgs(t, port)...)...)
+			append([]string{"--service", "denied", "--port", strconv.Itoa(port), "--"}, tornadotest.App(t, port)...)...)
 		testproc.WaitFor(t, 10*time.Second, "an ACL error in the log", func() bool {
 			return strings.Contains(reg.Out.String(), "consul refused the token (ACL): registering")
 		})
@@ -52,7 +53,7 @@ func TestACLMinimalTokenAndRefusedToken(t *testing.T) {
 			t.Error("the registrar logged its token")
 		}
 		// The app still runs and serves.
-		if err := consultest.WaitListening("127.0.0.1:"+strconv.Itoa(port), 10*time.Second); err != nil {
+		if err := testproc.WaitListening("127.0.0.1:"+strconv.Itoa(port), 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		if got := hello(t, port); !strings.HasPrefix(got, "Hello from Process Id") {

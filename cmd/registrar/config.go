@@ -12,7 +12,7 @@ import (
 
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/cli"
-	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 const usageHead = `registrar: the meshlb sidecar for one app instance.
@@ -188,7 +188,7 @@ func (c *config) validate() error {
 		return fmt.Errorf("invalid --drain %v: must be >= 0", c.drain)
 	}
 	for k := range c.meta {
-		if k == "pid" || k == "host" {
+		if k == wire.MetaPID || k == wire.MetaHost {
 			return fmt.Errorf("invalid --meta %s=...: %q is set by the registrar", k, k)
 		}
 	}
@@ -220,8 +220,8 @@ func (c *config) validateMeshTLS() error {
 	if c.meshTLSClientCA != "" && c.meshTLSCert == "" {
 		return fmt.Errorf("--mesh-tls-client-ca %q needs --mesh-tls-cert and --mesh-tls-key: client certificates are checked in a TLS handshake", c.meshTLSClientCA)
 	}
-	if c.meshPort != 0 && c.meshTLSCert == "" && slices.Contains(c.tags, proxy.TagHTTPS) {
-		return fmt.Errorf("invalid --tag %q: the mesh port serves plain HTTP without --mesh-tls-cert and --mesh-tls-key (the registrar adds the tag itself when they are given)", proxy.TagHTTPS)
+	if c.meshPort != 0 && c.meshTLSCert == "" && slices.Contains(c.tags, wire.TagHTTPS) {
+		return fmt.Errorf("invalid --tag %q: the mesh port serves plain HTTP without --mesh-tls-cert and --mesh-tls-key (the registrar adds the tag itself when they are given)", wire.TagHTTPS)
 	}
 	return nil
 }
@@ -244,20 +244,20 @@ func (c *config) service_(pid int, host string) discovery.Service {
 		meta[k] = v
 	}
 	if pid > 0 {
-		meta["pid"] = fmt.Sprint(pid)
+		meta[wire.MetaPID] = fmt.Sprint(pid)
 	}
-	meta["host"] = host
+	meta[wire.MetaHost] = host
 	if c.meshPort != 0 {
-		meta["app_port"] = fmt.Sprint(c.port)
+		meta[wire.MetaAppPort] = fmt.Sprint(c.port)
 	}
 	id := c.id
 	if id == "" {
 		id = fmt.Sprintf("%s-%s-%d", c.service, host, c.registeredPort())
 	}
 	tags := []string(c.tags)
-	if c.meshTLSOn() && !slices.Contains(tags, proxy.TagHTTPS) {
+	if c.meshTLSOn() && !slices.Contains(tags, wire.TagHTTPS) {
 		// Edges speak TLS to instances with this tag.
-		tags = append(slices.Clip(tags), proxy.TagHTTPS)
+		tags = append(slices.Clip(tags), wire.TagHTTPS)
 	}
 	svc := discovery.Service{
 		Name: c.service, ID: id, Address: c.address, Port: c.registeredPort(),

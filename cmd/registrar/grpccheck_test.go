@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/meshlb/meshlb/internal/consultest"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
 )
 
 // TestGRPCHealthCheck attaches to a real gRPC server (in this process)

@@ -22,6 +22,7 @@ import (
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/sockpid"
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 // Exit codes besides the app's own status.
@@ -291,7 +292,7 @@ func (r *registrar) refreshPID() {
 func (r *registrar) shutdown(sigs <-chan os.Signal, stopLoops func()) int {
 	start := time.Now()
 	mctx, mcancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if err := r.reg.MarkCritical(mctx, discovery.DrainNote+": registrar received a stop signal"); err != nil {
+	if err := r.reg.MarkCritical(mctx, wire.DrainNote+": registrar received a stop signal"); err != nil {
 		r.log.Warn("could not mark the instance critical; edges learn of it at deregistration", "error", err)
 	}
 	mcancel()

@@ -19,10 +19,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testpki"
-	"github.com/meshlb/meshlb/internal/testproc"
-	"github.com/meshlb/meshlb/proxy"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testpki"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
+	"github.com/meshlb/meshlb/internal/wire"
 )
 
 func TestMeshTLSFlagsRefused(t *testing.T) {
@@ -88,7 +89,7 @@ func TestMeshTLSFlagsInHelpAndHTTPSTag(t *testing.T) {
 		want []string
 	}{
 		{"plain mesh port", append(slices.Clone(mesh), "--tag", "v1"), []string{"v1"}},
-		{"tls mesh port", append(append(slices.Clone(mesh), tlsFlags...), "--tag", "v1"), []string{"v1", proxy.TagHTTPS}},
+		{"tls mesh port", append(append(slices.Clone(mesh), tlsFlags...), "--tag", "v1"), []string{"v1", wire.TagHTTPS}},
 		{"tls with the tag given", append(append(slices.Clone(mesh), tlsFlags...), "--tag", "https,v1"), []string{"https", "v1"}},
 	}
 	for _, tc := range cases {
@@ -268,14 +269,14 @@ func TestMeshTLSReloadsOnSIGHUP(t *testing.T) {
 	clientCert, clientKey := ca.Issue(t, dir, "agent", "agent", false)
 
 	srv := consultest.New(t)
-	appPort, meshPort := freePort(t), freePort(t)
-	app := testproc.StartApp(t, appPort)
+	appPort, meshPort := testproc.FreePort(t), testproc.FreePort(t)
+	app := tornadotest.Start(t, appPort)
 	reg := start(t, srv.Env(), registrarBin, "--service", "tlsreload", "--port", strconv.Itoa(appPort),
 		"--mesh-port", strconv.Itoa(meshPort), "--check", "tcp", "--drain", "200ms",
 		"--mesh-tls-cert", serverCert, "--mesh-tls-key", serverKey, "--mesh-tls-client-ca", ca.File)
 	waitFor(t, 15*time.Second, "instance passing", passing(t, srv.Client(), "tlsreload"))
 	e := lookup(t, srv.Client(), "tlsreload")[0].entry
-	if !slices.Contains(e.Service.Tags, proxy.TagHTTPS) || e.Service.Port != meshPort {
+	if !slices.Contains(e.Service.Tags, wire.TagHTTPS) || e.Service.Port != meshPort {
 		t.Errorf("registered tags %v port %d; want the https tag and the mesh port %d", e.Service.Tags, e.Service.Port, meshPort)
 	}
 

@@ -14,9 +14,10 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/meshlb/meshlb/internal/consultest"
 	"github.com/meshlb/meshlb/internal/sockpid"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 var registrarBin string
@@ -41,10 +42,6 @@ func start(t *testing.T, env []string, name string, args ...string) *testproc.Pr
 	t.Helper()
 	return testproc.Start(t, env, name, args...)
 }
-
-func freePort(t *testing.T) int { return testproc.FreePort(t) }
-
-func appArgs(t *testing.T, port int) []string { return testproc.App(t, port) }
 
 // instance is what Consul's health endpoint says of one service instance.
 type instance struct {
@@ -120,9 +117,9 @@ func hello(t *testing.T, port int) string {
 func TestWrapRegistersWithPortAndPID(t *testing.T) {
 	srv := consultest.New(t)
 	c := srv.Client()
-	port := freePort(t)
+	port := testproc.FreePort(t)
 	reg := start(t, srv.Env(), registrarBin, append([]string{"--service", "hello", "--port", strconv.Itoa(port),
-		"--tag", "v1", "--meta", "version=1.2", "--drain", "500ms", "--"}, appArgs(t, port)...)...)
+		"--tag", "v1", "--meta", "version=1.2", "--drain", "500ms", "--"}, tornadotest.App(t, port)...)...)
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "hello"))
 
 	e := lookup(t, c, "hello")[0].entry
@@ -165,8 +162,8 @@ func TestWrapRegistersWithPortAndPID(t *testing.T) {
 func TestAttachFindsPIDAndLeavesAppRunning(t *testing.T) {
 	srv := consultest.New(t)
 	c := srv.Client()
-	port := freePort(t)
-	app := testproc.StartApp(t, port)
+	port := testproc.FreePort(t)
+	app := tornadotest.Start(t, port)
 	reg := start(t, srv.Env(), registrarBin, "--service", "attached", "--port", strconv.Itoa(port), "--check", "tcp", "--drain", "1s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "attached"))
 	e := lookup(t, c, "attached")[0].entry
@@ -194,8 +191,8 @@ func TestAppKilledStopsPassing(t *testing.T) {
 	t.Run("wrap", func(t *testing.T) {
 		srv := consultest.New(t)
 		c := srv.Client()
-		port := freePort(t)
-		reg := start(t, srv.Env(), registrarBin, append([]string{"--service", "w", "--port", strconv.Itoa(port), "--"}, appArgs(t, port)...)...)
+		port := testproc.FreePort(t)
+		reg := start(t, srv.Env(), registrarBin, append([]string{"--service", "w", "--port", strconv.Itoa(port), "--"}, tornadotest.App(t, port)...)...)
 		waitFor(t, 15*time.Second, "instance passing", passing(t, c, "w"))
 		pid, _ := strconv.Atoi(lookup(t, c, "w")[0].entry.Service.Meta["pid"])
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -213,8 +210,8 @@ func TestAppKilledStopsPassing(t *testing.T) {
 	t.Run("attach", func(t *testing.T) {
 		srv := consultest.New(t)
 		c := srv.Client()
-		port := freePort(t)
-		app := testproc.StartApp(t, port)
+		port := testproc.FreePort(t)
+		app := tornadotest.Start(t, port)
 		start(t, srv.Env(), registrarBin, "--service", "a", "--port", strconv.Itoa(port))
 		waitFor(t, 15*time.Second, "instance passing", passing(t, c, "a"))
 		_ = app.Cmd.Process.Kill()
@@ -226,8 +223,8 @@ func TestAppKilledStopsPassing(t *testing.T) {
 func TestRegistrarKilledGoesCriticalWithinTTL(t *testing.T) {
 	srv := consultest.New(t)
 	c := srv.Client()
-	port := freePort(t)
-	testproc.StartApp(t, port)
+	port := testproc.FreePort(t)
+	tornadotest.Start(t, port)
 	reg := start(t, srv.Env(), registrarBin, "--service", "k", "--port", strconv.Itoa(port), "--ttl", "2s")
 	waitFor(t, 15*time.Second, "instance passing", passing(t, c, "k"))
 	_ = reg.Cmd.Process.Kill()
@@ -237,8 +234,8 @@ func TestRegistrarKilledGoesCriticalWithinTTL(t *testing.T) {
 
 func TestConsulRestartReRegisters(t *testing.T) {
 	srv := consultest.New(t)
-	port := freePort(t)
-	start(t, srv.Env(), registrarBin, append([]string{"--service", "r", "--port", strconv.Itoa(port), "--"}, appArgs(t, port)...)...)
+	port := testproc.FreePort(t)
+	start(t, srv.Env(), registrarBin, append([]string{"--service", "r", "--port", strconv.Itoa(port), "--"}, tornadotest.App(t, port)...)...)
 	waitFor(t, 15*time.Second, "instance passing", passing(t, srv.Client(), "r"))
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
@@ -252,10 +249,10 @@ func TestConsulDownAtStart(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	start(t, srv.Env(), registrarBin, append([]string{"--service", "late", "--port", strconv.Itoa(port), "--"}, appArgs(t, port)...)...)
+	port := testproc.FreePort(t)
+	start(t, srv.Env(), registrarBin, append([]string{"--service", "late", "--port", strconv.Itoa(port), "--"}, tornadotest.App(t, port)...)...)
 	// The app starts and serves without Consul.
-	if err := consultest.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
+	if err := testproc.WaitListening(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if got := hello(t, port); !strings.HasPrefix(got, "Hello from Process Id") {

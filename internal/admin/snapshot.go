@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshlb/meshlb/internal/admin/adminpb"
+	"github.com/meshlb/meshlb/internal/wire"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -36,8 +37,8 @@ func instanceProto(in *lb.Instance, now time.Time) *adminpb.Instance {
 	pi := &adminpb.Instance{
 		Id:      in.ID,
 		Address: in.HostPort,
-		Pid:     in.Meta["pid"],
-		Host:    in.Meta["host"],
+		Pid:     in.Meta[wire.MetaPID],
+		Host:    in.Meta[wire.MetaHost],
 		State:   instanceState(in, now),
 		Weight:  int32(min(in.Weight, 1<<30)),
 		Tags:    in.Tags,

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/browsertest"
+	"github.com/meshlb/meshlb/internal/testing/browsertest"
 	"github.com/meshlb/meshlb/lb"
 )
 
@@ -57,7 +57,7 @@ func TestStatusPageLive(t *testing.T) {
 		 document.querySelector('tr[data-instance="web-c"]').textContent.includes("backup")`)
 }
 
-// The browser itself is internal/browsertest; these adapters keep the
+// The browser itself is internal/testing/browsertest; these adapters keep the
 // admin tests' short names.
 type browser struct{ *browsertest.Browser }
 

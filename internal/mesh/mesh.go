@@ -10,8 +10,6 @@
 package mesh
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,7 +18,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,11 +28,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/meshlb/meshlb/internal/retry"
+	"github.com/meshlb/meshlb/internal/wire"
 )
-
-// DrainingHeader is set to "1" on every response while the instance drains;
-// the edge agent stops picking the instance when it sees it.
-const DrainingHeader = "X-Meshlb-Draining"
 
 // tracerName is the instrumentation scope of the spans this package makes.
 const tracerName = "github.com/meshlb/meshlb/internal/mesh"
@@ -141,7 +135,7 @@ func isNil(tp trace.TracerProvider) bool {
 }
 
 // SetDraining turns draining on or off. While on, every response carries
-// DrainingHeader: 1 and Connection: close, so the edge marks the instance
+// wire.DrainingHeader and Connection: close, so the edge marks the instance
 // draining and moves its keep-alive connections elsewhere; requests are
 // still served, in-flight and late ones alike.
 func (h *Handler) SetDraining(on bool) { h.draining.Store(on) }
@@ -164,7 +158,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	draining := h.draining.Load()
 	if draining {
 		hdr := w.Header()
-		hdr.Set(DrainingHeader, "1")
+		hdr.Set(wire.DrainingHeader, wire.DrainingValue)
 		if r.Header.Get("Upgrade") == "" { // an upgraded connection is not ours to close
 			hdr.Set("Connection", "close")
 		}
@@ -175,7 +169,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	ctx := h.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := h.tracer.Start(ctx, spanName(r.Method),
+	ctx, span := h.tracer.Start(ctx, wire.SpanName(r.Method),
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(requestAttrs(r, draining)...))
 	sw := &statusWriter{ResponseWriter: w}
@@ -185,7 +179,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// of the response body fails; end the span, then let the
 			// server abort the connection as it would.
 			span.SetStatus(codes.Error, "response aborted")
-			span.SetAttributes(semconv.ErrorTypeKey.String("response_aborted"))
+			span.SetAttributes(semconv.ErrorTypeKey.String(wire.ErrResponseAborted))
 			endSpan(span, sw)
 			panic(p)
 		}
@@ -244,14 +238,14 @@ func (h *Handler) appAnswered(*http.Response) error {
 // proxyError answers 502 when the app cannot be reached or the exchange
 // failed before the response headers.
 func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	kind := errorType(err)
+	kind := wire.ErrorType(err)
 	span := trace.SpanFromContext(r.Context())
 	span.SetAttributes(semconv.ErrorTypeKey.String(kind))
 	span.SetStatus(codes.Error, err.Error())
 	if sw, ok := w.(*statusWriter); ok {
 		sw.errorTyped = true
 	}
-	if kind == "canceled" {
+	if kind == wire.ErrCanceled {
 		// The client (the edge) gave up; nobody reads this answer.
 		h.log.Debug("request canceled by the client", "path", r.URL.Path, "error", err)
 		w.WriteHeader(http.StatusBadGateway)
@@ -262,23 +256,6 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusBadGateway)
 	_, _ = w.Write([]byte("502 bad gateway: meshlb cannot reach the app\n"))
-}
-
-// errorType is a low-cardinality error.type for a failed exchange.
-func errorType(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection_refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "connection_reset"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	default:
-		return "_OTHER"
-	}
 }
 
 // appErrorLog logs "cannot reach the app" at once, then at most once per
@@ -325,15 +302,6 @@ var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 
 func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { buffers.Put(&b) }
-
-// spanName is the HTTP semantic conventions' name for a server span without
-// a route: the method, or "HTTP" for an unknown method.
-func spanName(method string) string {
-	if _, ok := knownMethods[method]; ok {
-		return method
-	}
-	return "HTTP"
-}
 
 var knownMethods = map[string]attribute.KeyValue{
 	http.MethodConnect: semconv.HTTPRequestMethodConnect,
@@ -390,7 +358,7 @@ func requestAttrs(r *http.Request, draining bool) []attribute.KeyValue {
 		attrs = append(attrs, semconv.NetworkProtocolVersion("2"))
 	}
 	if draining {
-		attrs = append(attrs, attribute.Bool("meshlb.draining", true))
+		attrs = append(attrs, wire.AttrDraining.Bool(true))
 	}
 	return attrs
 }

@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/wire"
 
 	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel/attribute"
@@ -317,12 +318,12 @@ func TestDraining(t *testing.T) {
 			if resp.StatusCode != tt.status {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
 			}
-			got := resp.Header.Get(DrainingHeader)
+			got := resp.Header.Get(wire.DrainingHeader)
 			if tt.draining && (got != "1" || !resp.Close) {
-				t.Errorf("%s=%q close=%v, want 1 and Connection: close", DrainingHeader, got, resp.Close)
+				t.Errorf("%s=%q close=%v, want 1 and Connection: close", wire.DrainingHeader, got, resp.Close)
 			}
 			if !tt.draining && (got != "" || resp.Close) {
-				t.Errorf("%s=%q close=%v while serving, want neither", DrainingHeader, got, resp.Close)
+				t.Errorf("%s=%q close=%v while serving, want neither", wire.DrainingHeader, got, resp.Close)
 			}
 			if d := attrs(onlySpan(t, sr))["meshlb.draining"]; (d == "true") != tt.draining {
 				t.Errorf("span meshlb.draining=%q, want it only while draining", d)
@@ -417,8 +418,8 @@ func TestAppUnreachable(t *testing.T) {
 	}
 	span := sr.Ended()[0]
 	a := attrs(span)
-	if span.Status().Code != codes.Error || a["error.type"] != "connection_refused" || a["http.response.status_code"] != "502" {
-		t.Errorf("span status %v attributes %v, want error, connection_refused, 502", span.Status(), a)
+	if span.Status().Code != codes.Error || a["error.type"] != wire.ErrDial || a["http.response.status_code"] != "502" {
+		t.Errorf("span status %v attributes %v, want error, dial_error, 502", span.Status(), a)
 	}
 
 	// The app comes up on its port: the next request succeeds and the

@@ -8,19 +8,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // Server is a running Consul dev agent.
@@ -37,9 +36,7 @@ type Server struct {
 	client   *api.Client
 	clientMu sync.Once
 	mu       sync.Mutex
-	cmd      *exec.Cmd
-	done     chan struct{}
-	log      *lockedBuffer
+	proc     *testproc.Proc
 }
 
 // Options tune the agent.
@@ -54,7 +51,7 @@ func Binary() (string, error) {
 	if b := os.Getenv("CONSUL_BIN"); b != "" {
 		return b, nil
 	}
-	if root, err := RepoRoot(); err == nil {
+	if root, err := testproc.RepoRoot(); err == nil {
 		p := filepath.Join(root, "bin", "consul")
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
@@ -64,91 +61,6 @@ func Binary() (string, error) {
 		return p, nil
 	}
 	return "", errors.New("consul binary not found: run `deploy/consul/install.sh` (or `make test`, which runs it), or set CONSUL_BIN")
-}
-
-// RepoRoot returns the folder holding go.mod.
-func RepoRoot() (string, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("consultest: cannot locate source")
-	}
-	dir := filepath.Dir(file)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("consultest: go.mod not found")
-		}
-		dir = parent
-	}
-}
-
-// FreePort returns a TCP port that was free a moment ago on 127.0.0.1.
-// It is taken below Linux's ephemeral range (ip_local_port_range), where the
-// kernel never hands a port to an outgoing connection: a port picked inside
-// that range can be taken by another test's connect between the check and
-// the bind ("address already in use").
-func FreePort() (int, error) {
-	ports, err := FreePorts(1)
-	if err != nil {
-		return 0, err
-	}
-	return ports[0], nil
-}
-
-// FreePorts returns n distinct TCP ports that were free a moment ago, below
-// the ephemeral range (see FreePort): all listeners are held until all are
-// chosen, so no port is returned twice.
-func FreePorts(n int) ([]int, error) {
-	lo, hi := portRange()
-	ports := make([]int, 0, n)
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 1000 {
-			return nil, fmt.Errorf("consultest: no free port in %d-%d after %d tries", lo, hi, tries)
-		}
-		p := lo + rand.IntN(hi-lo+1)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue // taken
-		}
-		defer l.Close()
-		ports = append(ports, p)
-	}
-	return ports, nil
-}
-
-// portRange is where FreePorts picks: from 10000 up to just below the
-// kernel's ephemeral range (32768-60999 by default).
-func portRange() (lo, hi int) {
-	lo, hi = 10000, 32767
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		var eLo, eHi int
-		if _, err := fmt.Sscan(string(b), &eLo, &eHi); err == nil && eLo-1 > lo+1000 {
-			hi = eLo - 1
-		}
-	}
-	return lo, hi
-}
-
-// lockedBuffer is a bytes.Buffer safe for the exec copy goroutine writing
-// while a test reads the log.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TB is the part of testing.TB the harness needs.
@@ -185,7 +97,7 @@ func Start(dir string, opts ...Options) (*Server, error) {
 	for _, o := range opts {
 		s.extraHCL += o.ExtraHCL + "\n"
 	}
-	ports, err := FreePorts(4)
+	ports, err := testproc.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -202,25 +114,19 @@ func (s *Server) start() error {
 	defer s.mu.Unlock()
 	hcl := fmt.Sprintf(`ports { http = %d, serf_lan = %d, serf_wan = %d, server = %d, dns = -1, grpc = -1, grpc_tls = -1 }
 %s`, s.HTTPPort, s.SerfLAN, s.SerfWAN, s.ServerPort, s.extraHCL)
-	cmd := exec.Command(s.Binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+	p := testproc.Prepare(nil, s.Binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-node", "consultest", "-log-level", "warn", "-hcl", hcl)
-	s.log = &lockedBuffer{}
-	cmd.Stdout = s.log
-	cmd.Stderr = s.log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", s.Binary, err)
+	p.Cmd.SysProcAttr.Setpgid = true
+	if err := p.Launch(); err != nil {
+		return err
 	}
-	s.cmd = cmd
-	s.done = make(chan struct{})
-	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(s.done)
+	s.proc = p
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := waitLeader(ctx, s.HTTPAddr, s.done); err != nil {
-		_ = cmd.Process.Kill()
-		<-s.done
-		return fmt.Errorf("consul dev agent on %s: %w\n%s", s.HTTPAddr, err, s.log.String())
+	if err := waitLeader(ctx, s.HTTPAddr, p.Done); err != nil {
+		p.Kill()
+		return fmt.Errorf("consul dev agent on %s: %w\n%s", s.HTTPAddr, err, p.Out.String())
 	}
 	return nil
 }
@@ -273,17 +179,11 @@ func (s *Server) Env() []string {
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return nil
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(5 * time.Second):
-		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.done
-	}
-	s.cmd = nil
+	s.proc.Stop(syscall.SIGTERM, 5*time.Second)
+	s.proc = nil
 	return nil
 }
 
@@ -300,8 +200,19 @@ func (s *Server) Restart() error {
 func (s *Server) Log() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.log == nil {
+	if s.proc == nil {
 		return ""
 	}
-	return s.log.String()
+	return s.proc.Out.String()
+}
+
+// PID returns the process ID of the running Consul agent, 0 when it is not
+// running; benchmarks read its CPU time from /proc.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.Cmd.Process.Pid
 }

@@ -42,8 +42,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"golang.org/x/sys/unix"
 
-	"github.com/meshlb/meshlb/internal/consultest"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/consultest"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // Subnet is the topology's network: a /24 of the RFC 2544 benchmarking
@@ -292,24 +292,12 @@ func (h *Host) Start(t testing.TB, env []string, argv ...string) *testproc.Proc 
 	args := append([]string{"netns", "exec", h.NS, "unshare", "--uts", "--",
 		"sh", "-c", `hostname "$1" && shift && exec "$@"`, "sh", h.Hostname}, argv...)
 	// ip netns exec, unshare and sh all exec: the PID is the program's.
-	p := &testproc.Proc{Cmd: exec.Command("ip", args...), Out: &testproc.Buffer{}, Done: make(chan struct{})}
+	p := testproc.Prepare(nil, "ip", args...)
 	p.Cmd.Env = append(cleanEnv(), env...)
-	p.Cmd.Stdout, p.Cmd.Stderr = p.Out, p.Out
-	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.Cmd.Start(); err != nil {
+	if err := p.Launch(); err != nil {
 		t.Fatalf("multihost: start %s on host %q: %v", argv[0], h.Name, err)
 	}
-	go func() { _ = p.Cmd.Wait(); close(p.Done) }()
-	label := h.Hostname + "/" + filepath.Base(argv[0])
-	t.Cleanup(func() {
-		if !p.Exited() {
-			_ = p.Cmd.Process.Kill()
-			<-p.Done
-		}
-		if t.Failed() {
-			t.Logf("output of %s (pid %d):\n%s", label, p.Cmd.Process.Pid, p.Out.String())
-		}
-	})
+	p.KillAtEnd(t, h.Hostname+"/"+filepath.Base(argv[0]))
 	return p
 }
 

@@ -18,8 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlb/meshlb/internal/multihost"
-	"github.com/meshlb/meshlb/internal/testproc"
+	"github.com/meshlb/meshlb/internal/testing/multihost"
+	"github.com/meshlb/meshlb/internal/testing/testproc"
+	"github.com/meshlb/meshlb/internal/testing/tornadotest"
 )
 
 // The topology every test builds: a Consul server, app hosts each running
@@ -136,7 +137,7 @@ func (c *cluster) startInstances(t *testing.T, h *multihost.Host) {
 	for _, port := range appPorts {
 		args := []string{c.bins["registrar"], "--service", service, "--port", strconv.Itoa(port),
 			"--probe-host", h.Addr.String(), "--"}
-		args = append(args, testproc.App(t, port)...)
+		args = append(args, tornadotest.App(t, port)...)
 		args = append(args, "--address="+h.Addr.String(), "--logging=warning",
 			fmt.Sprintf("--journal=%s/%s-%d.journal", c.journal, h.Name, port))
 		h.Start(t, nil, args...)

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlb/meshlb/internal/testing/testproc"
 )
 
 // Cluster is a real Consul cluster on loopback: N servers (raft) and one
@@ -25,9 +25,7 @@ type Node struct {
 	Name     string
 	HTTPAddr string
 	SerfLAN  int
-	cmd      *exec.Cmd
-	done     chan struct{}
-	log      *lockedBuffer
+	proc     *testproc.Proc
 }
 
 // NewCluster starts n servers and a client agent, waits for a leader and
@@ -40,7 +38,7 @@ func NewCluster(t TB, n int) *Cluster {
 	}
 	dir := t.TempDir()
 	c := &Cluster{}
-	ports, err := FreePorts(5 * (n + 1))
+	ports, err := testproc.FreePorts(5 * (n + 1))
 	if err != nil {
 		t.Fatalf("consultest: %v", err)
 	}
@@ -61,14 +59,10 @@ disable_update_check = true`, p[0], p[1], p[2], p[3])}
 		if server {
 			args = append(args, "-server", fmt.Sprintf("-bootstrap-expect=%d", n))
 		}
-		node := &Node{Name: name, HTTPAddr: fmt.Sprintf("127.0.0.1:%d", p[0]), SerfLAN: p[1], log: &lockedBuffer{}, done: make(chan struct{})}
-		node.cmd = exec.Command(bin, args...)
-		node.cmd.Stdout, node.cmd.Stderr = node.log, node.log
-		node.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := node.cmd.Start(); err != nil {
-			t.Fatalf("consultest: start %s: %v", name, err)
+		node := &Node{Name: name, HTTPAddr: fmt.Sprintf("127.0.0.1:%d", p[0]), SerfLAN: p[1], proc: testproc.Prepare(nil, bin, args...)}
+		if err := node.proc.Launch(); err != nil {
+			t.Fatalf("consultest: %s: %v", name, err)
 		}
-		go func() { _ = node.cmd.Wait(); close(node.done) }()
 		if server {
 			c.Servers = append(c.Servers, node)
 		} else {
@@ -111,10 +105,7 @@ func (n *Node) API() *api.Client {
 func (n *Node) Env() []string { return []string{"CONSUL_HTTP_ADDR=" + n.HTTPAddr} }
 
 // Kill stops the node abruptly (SIGKILL), as a crashed host would.
-func (n *Node) Kill() {
-	_ = n.cmd.Process.Kill()
-	<-n.done
-}
+func (n *Node) Kill() { n.proc.Kill() }
 
 // Leader returns the server that is the raft leader now.
 func (c *Cluster) Leader() (*Node, error) {
@@ -142,11 +133,9 @@ func (c *Cluster) Leader() (*Node, error) {
 
 func (c *Cluster) stop() {
 	for _, n := range append(c.Servers, c.Client) {
-		if n == nil || n.cmd.Process == nil {
-			continue
+		if n != nil {
+			n.proc.Kill()
 		}
-		_ = n.cmd.Process.Kill()
-		<-n.done
 	}
 }
 
@@ -154,7 +143,7 @@ func (c *Cluster) logs() string {
 	var b strings.Builder
 	for _, n := range append(c.Servers, c.Client) {
 		if n != nil {
-			fmt.Fprintf(&b, "--- %s\n%s\n", n.Name, n.log.String())
+			fmt.Fprintf(&b, "--- %s\n%s\n", n.Name, n.proc.Out.String())
 		}
 	}
 	return b.String()
