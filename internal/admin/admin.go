@@ -102,11 +102,13 @@ type Server struct {
 	changed chan struct{}                 // closed and replaced when events are added
 
 	// pollMu serializes polls; prev is the state they diff against.
-	pollMu sync.Mutex
-	prev   map[string]map[string]seen
-	// prevPool is the pool each service's prev was taken from.
+	pollMu  sync.Mutex
+	prev    map[string]map[string]seen
+	serving map[string]healthpb.HealthCheckResponse_ServingStatus
+
+	// prevPool is the pool each service's prev was taken from (made by
+	// the first poll).
 	prevPool map[string]*lb.Pool
-	serving  map[string]healthpb.HealthCheckResponse_ServingStatus
 
 	// failures is a lock-free ring of the last failed requests: the proxy
 	// records into it on its request path.
@@ -130,19 +132,18 @@ type seen struct {
 // Balancer, or two with the same name, is a programming error and panics.
 func New(o Options) *Server {
 	s := &Server{
-		byName:   make(map[string]*Service, len(o.Services)),
-		allow:    append([]netip.Prefix(nil), o.AllowRemote...),
-		poll:     o.Poll,
-		log:      o.Logger,
-		kick:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		changed:  make(chan struct{}),
-		prev:     map[string]map[string]seen{},
-		prevPool: map[string]*lb.Pool{},
-		serving:  map[string]healthpb.HealthCheckResponse_ServingStatus{},
-		recent:   o.Recent,
-		traceUI:  o.TraceUI,
-		caches:   o.Caches,
+		byName:  make(map[string]*Service, len(o.Services)),
+		allow:   append([]netip.Prefix(nil), o.AllowRemote...),
+		poll:    o.Poll,
+		log:     o.Logger,
+		kick:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		prev:    map[string]map[string]seen{},
+		serving: map[string]healthpb.HealthCheckResponse_ServingStatus{},
+		recent:  o.Recent,
+		traceUI: o.TraceUI,
+		caches:  o.Caches,
 	}
 	if s.poll <= 0 {
 		s.poll = DefaultPoll

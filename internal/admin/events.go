@@ -28,6 +28,9 @@ func (s *Server) pollOnce(now time.Time) {
 	}
 	for i := range s.services {
 		svc := &s.services[i]
+		if s.prevPool == nil {
+			s.prevPool = map[string]*lb.Pool{}
+		}
 		prev := s.prev[svc.Name]
 		p := svc.Balancer.Pool()
 		if p != nil && p == s.prevPool[svc.Name] {
