@@ -45,16 +45,22 @@ func (c *connCounter) dial(ctx context.Context, network, addr string) (net.Conn,
 	return &countedConn{Conn: conn, c: c}, nil
 }
 
-// countingHealth counts the hub's reads per service.
+// countingHealth counts the hub's reads per service, and apart the probes
+// of its full passes (which ask only for the service's index).
 type countingHealth struct {
 	healthSource
-	mu    sync.Mutex
-	reads map[string]int
+	mu     sync.Mutex
+	reads  map[string]int
+	probes int
 }
 
 func (h *countingHealth) Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	h.mu.Lock()
-	h.reads[service]++
+	if q.Filter == probeFilter {
+		h.probes++
+	} else {
+		h.reads[service]++
+	}
 	h.mu.Unlock()
 	return h.healthSource.Service(service, tag, passingOnly, q)
 }
@@ -211,18 +217,20 @@ func TestHubIntegration(t *testing.T) {
 		}
 		return out
 	}
-	// settle waits until no read happened for a while: a late full pass
-	// would otherwise be counted in the next step.
+	// settle waits until the hub has no read queued, in flight or
+	// waiting (a full pass waiting for its gap included) and none happened
+	// for a moment: a late full pass would otherwise be counted in the
+	// next step.
 	settle := func() map[string]int {
 		last := health.counts()
 		for {
 			select {
-			case <-time.After(1500 * time.Millisecond): // longer than fullPassGap
+			case <-time.After(300 * time.Millisecond):
 			case <-ctx.Done():
 				t.Fatal("reads never settled")
 			}
 			cur := health.counts()
-			if fmt.Sprint(cur) == fmt.Sprint(last) {
+			if !hub.busy.Load() && fmt.Sprint(cur) == fmt.Sprint(last) {
 				return cur
 			}
 			last = cur
@@ -266,6 +274,33 @@ func TestHubIntegration(t *testing.T) {
 		})
 		t.Logf("MEASURE hub: check-less instance registered → pool updated in %v (full pass of %d services)",
 			time.Since(at).Round(time.Millisecond), services)
+	})
+
+	t.Run("a catalog change reads only the service it changed", func(t *testing.T) {
+		before := settle()
+		health.mu.Lock()
+		probes := health.probes
+		health.mu.Unlock()
+		at := time.Now()
+		// A new port, nothing else: no check changes, no tag changes, so
+		// only the full pass can find it, and its probes say where.
+		hubTxn(t, reg, api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: "hub-a",
+			Service: api.AgentService{ID: "s042-1", Service: "s042", Port: 9042}}}})
+		waitPools(t, "s042 on its new port", func(s string, p []lb.Instance, _ bool) bool {
+			return s != "s042" || (len(p) == 1 && p[0].Port == 9042)
+		})
+		took := time.Since(at)
+		settle()
+		health.mu.Lock()
+		probes = health.probes - probes
+		health.mu.Unlock()
+		t.Logf("MEASURE hub: a port changed → pool updated in %v; %d probes", took.Round(time.Millisecond), probes)
+		if got := rereads(before); !slices.Equal(got, []string{"s042"}) {
+			t.Errorf("services read again: %v, want only s042", got)
+		}
+		if probes < services {
+			t.Errorf("%d probes, want one per service (%d) at least", probes, services)
+		}
 	})
 
 	t.Logf("MEASURE hub connections to consul: peak %d open, %d dialled in all (bound %d, %d services)",

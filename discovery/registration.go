@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"regexp"
 	"sort"
 	"strings"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/meshlb/meshlb/internal/retry"
 )
 
 // Consul's limits on service metadata (agent/structs: metaKeyFormat,
@@ -251,8 +252,8 @@ func (r *Registration) Run(ctx context.Context) {
 
 	refresh := st.svc.TTL / 3
 	var (
-		failures int
-		downAt   time.Time
+		fails    = retry.Outage{Every: 10}
+		backoff  = regBackoff(refresh)
 		next     = time.Now() // when the next sync is due
 		lastFull = time.Now()
 	)
@@ -276,7 +277,7 @@ func (r *Registration) Run(ctx context.Context) {
 			if !st.dirty && st.registered {
 				continue
 			}
-			if failures > 0 && time.Now().Before(next) {
+			if fails.Failures() > 0 && time.Now().Before(next) {
 				continue // backing off; the timer will fire
 			}
 		case <-timer.C:
@@ -301,18 +302,16 @@ func (r *Registration) Run(ctx context.Context) {
 		}
 		r.mu.Unlock()
 		if err != nil {
-			failures++
-			if failures == 1 {
-				downAt = time.Now()
+			if log, _ := fails.Fail(time.Now()); log {
+				r.logFailure(fails.Failures(), st.svc, err)
 			}
-			r.logFailure(failures, st.svc, err)
-			next = time.Now().Add(regBackoff(failures, refresh))
+			next = time.Now().Add(backoff.Next())
 		} else {
-			if failures > 0 {
+			if n, lasted, ok := fails.Recover(time.Now()); ok {
 				r.logger.Info("consul reachable again, instance registered", "service_id", st.svc.ID,
-					"failures", failures, "down_for", time.Since(downAt).Round(time.Millisecond))
+					"failures", n, "down_for", lasted.Round(time.Millisecond))
 			}
-			failures = 0
+			backoff.Reset()
 			next = time.Now().Add(refresh)
 		}
 		if !timer.Stop() {
@@ -325,11 +324,9 @@ func (r *Registration) Run(ctx context.Context) {
 	}
 }
 
-// logFailure logs the first failure, then every 10th.
+// logFailure logs the n-th failure of a run (Run logs the first, then
+// every 10th).
 func (r *Registration) logFailure(n int, svc Service, err error) {
-	if n != 1 && n%10 != 0 {
-		return
-	}
 	if IsACLError(err) {
 		r.logger.Error("consul refused the token (ACL): registering service instance; the token needs service:write on the service",
 			"service", svc.Name, "service_id", svc.ID, "failures", n, "error", err)
@@ -339,14 +336,11 @@ func (r *Registration) logFailure(n int, svc Service, err error) {
 		"service_id", svc.ID, "failures", n, "error", err)
 }
 
-// regBackoff is a capped exponential backoff with full jitter: the first
-// retry comes within 250ms so that a restarted agent gets the instance back
-// within seconds; later ones no later than max(refresh, 5s).
-func regBackoff(failures int, refresh time.Duration) time.Duration {
-	ceiling := max(refresh, 5*time.Second)
-	d := 250 * time.Millisecond << min(failures-1, 10)
-	d = min(d, ceiling)
-	return d/2 + rand.N(d/2+1)
+// regBackoff is the registration's backoff: capped exponential with equal
+// jitter, the first retry within 250ms so that a restarted agent gets the
+// instance back within seconds, later ones no later than max(refresh, 5s).
+func regBackoff(refresh time.Duration) *retry.Backoff {
+	return &retry.Backoff{Min: 250 * time.Millisecond, Max: max(refresh, 5*time.Second), Jitter: retry.EqualJitter}
 }
 
 // sync pushes state to Consul: register when needed, else refresh the TTL.

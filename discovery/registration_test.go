@@ -177,8 +177,9 @@ func TestRegistrationLoop(t *testing.T) {
 }
 
 func TestRegBackoffBounds(t *testing.T) {
+	b := regBackoff(time.Second)
 	for n := 1; n < 20; n++ {
-		d := regBackoff(n, time.Second)
+		d := b.Next()
 		ceiling := max(250*time.Millisecond<<min(n-1, 10), 0)
 		ceiling = min(ceiling, 5*time.Second)
 		if d < ceiling/2 || d > ceiling {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,7 +119,9 @@ type Watcher struct {
 	onUpdate func([]lb.Instance)
 	log      hclog.Logger
 	limit    *limiter
-	backoff  *backoff
+	// fails is the failure bookkeeping of the loop feeding the watcher
+	// (Run, or the hub's reads); only that goroutine touches it.
+	fails readFailures
 	// warned holds the instances already logged as unusable, with the
 	// reason; only the Run goroutine touches it.
 	warned map[string]string
@@ -208,7 +209,7 @@ func newWatcher(src healthSource, cfg WatchConfig, onUpdate func([]lb.Instance))
 		onUpdate: onUpdate,
 		log:      log.With("service", cfg.Service),
 		limit:    newLimiter(cfg.QueryInterval, queryBurst, nil),
-		backoff:  newBackoff(cfg.MinBackoff, cfg.MaxBackoff),
+		fails:    newReadFailures(cfg.MinBackoff, cfg.MaxBackoff),
 		warned:   map[string]string{},
 		status:   WatchStatus{Service: cfg.Service},
 	}, nil
@@ -263,9 +264,6 @@ type loopState struct {
 	// builder holds the instances of the last answer, for reuse.
 	builder   *instanceBuilder
 	published bool
-	failures  int
-	downSince time.Time
-	lastACL   bool
 	filtered  bool // the last answer was filtered by ACLs
 }
 
@@ -280,26 +278,15 @@ func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta
 	}
 	if err != nil {
 		now := time.Now()
-		st.failures++
-		if st.failures == 1 {
-			st.downSince = now
-		}
-		acl := IsACLError(err)
-		if acl {
-			err = fmt.Errorf("consul refused the token (ACL): reading health of service %q: %w", w.cfg.Service, err)
-		} else {
-			err = fmt.Errorf("reading health of service %q from consul: %w", w.cfg.Service, err)
-		}
+		f := w.fails.fail(err, fmt.Sprintf("health of service %q", w.cfg.Service), now)
 		w.mu.Lock()
-		w.status.LastError, w.status.LastErrorAt = err, now
+		w.status.LastError, w.status.LastErrorAt = f.err, now
 		w.status.Errors++
-		w.status.DownSince = st.downSince
+		w.status.DownSince = w.fails.downSince()
 		w.mu.Unlock()
-		retry := w.backoff.next()
-		if st.failures == 1 || st.failures%logEveryNth == 0 || acl != st.lastACL {
-			w.logFailure(acl, st.failures, now.Sub(st.downSince), retry, err)
+		if f.log {
+			w.logFailure(f.acl, f.args)
 		}
-		st.lastACL = acl
 		w.forgetIndexes()
 		// Start over with a non-blocking read once Consul answers again:
 		// the agent that answers may have restarted or be another one,
@@ -308,14 +295,11 @@ func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta
 		// for the whole WaitTime before the answer went backwards, and
 		// when the new agent's index reached the old one exactly, the
 		// equal index hid a changed pool until the next write.
-		return 0, retry, true
+		return 0, f.retry, true
 	}
 
-	w.backoff.reset()
-	if st.failures > 0 {
-		w.log.Info("consul answers again: following the service", "failures", st.failures,
-			"down_for", time.Since(st.downSince).Round(time.Millisecond))
-		st.failures, st.lastACL = 0, false
+	if args := w.fails.ok(time.Now()); args != nil {
+		w.log.Info("consul answers again: following the service", args...)
 	}
 	if meta.ResultsFilteredByACLs != st.filtered {
 		st.filtered = meta.ResultsFilteredByACLs
@@ -353,7 +337,7 @@ func (w *Watcher) handle(waitedOn uint64, ans *healthAnswer, meta *api.QueryMeta
 	w.status.Instances = len(insts)
 	w.mu.Unlock()
 	w.log.Debug("pool changed", "instances", len(insts), "index", got)
-	w.onUpdate(slices.Clone(insts))
+	w.onUpdate(insts) // fresh from the builder, which keeps no reference
 	return next, 0, false
 }
 
@@ -401,9 +385,7 @@ func (w *Watcher) convert(ans *healthAnswer) (insts []lb.Instance, changed bool)
 	return insts, changed
 }
 
-func (w *Watcher) logFailure(acl bool, failures int, down, retry time.Duration, err error) {
-	args := []any{"failures", failures, "down_for", down.Round(time.Millisecond),
-		"retry_in", retry.Round(time.Millisecond), "error", err}
+func (w *Watcher) logFailure(acl bool, args []any) {
 	if acl {
 		w.log.Error("consul refused the token (ACL): reading health of service; it needs service:read on the service and node:read; keeping the last known pool", args...)
 		return

@@ -281,8 +281,8 @@ func TestWatchLoop(t *testing.T) {
 		if st.Errors != 2 || st.LastErrorAt.IsZero() || st.DownSince.IsZero() || st.Instances != 2 {
 			t.Errorf("Status() = %+v, want 2 errors, down, still 2 instances", st)
 		}
-		if h.w.backoff.failures != 2 {
-			t.Errorf("backoff failures = %d, want 2", h.w.backoff.failures)
+		if h.w.fails.backoff.Failures() != 2 {
+			t.Errorf("backoff failures = %d, want 2", h.w.fails.backoff.Failures())
 		}
 		if c.q.WaitIndex != 0 {
 			t.Errorf("query after errors waits on %d, want 0 (a fresh read)", c.q.WaitIndex)
@@ -299,8 +299,8 @@ func TestWatchLoop(t *testing.T) {
 		if st.LastError != nil || !st.DownSince.IsZero() || st.Errors != 2 || st.Index != 20 || st.Instances != 0 {
 			t.Errorf("Status() = %+v, want recovered, 2 errors, index 20, 0 instances", st)
 		}
-		if h.w.backoff.failures != 0 {
-			t.Errorf("backoff failures = %d after a success, want 0", h.w.backoff.failures)
+		if h.w.fails.backoff.Failures() != 0 {
+			t.Errorf("backoff failures = %d after a success, want 0", h.w.fails.backoff.Failures())
 		}
 		if n := h.logs.count("consul answers again"); n != 1 || h.logs.count("down_for=") < 2 {
 			t.Errorf("recovery logged %d times, want once with down_for:\n%s", n, h.logs)

@@ -8,6 +8,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/meshlb/meshlb/internal/retry"
 )
 
 // logEvery bounds how often a repeating failure is logged: an unreachable
@@ -16,50 +18,40 @@ import (
 const logEvery = 30 * time.Second
 
 // rateLog logs the first failure of a run at once, then at most one line per
-// logEvery with the count of failures since, then the recovery (if
-// recoverMsg is set): the Nomad service client's pattern.
+// logEvery with the count of failures not logged since, then the recovery
+// (if recoverMsg is set): the Nomad service client's pattern, kept by
+// retry.Outage.
 type rateLog struct {
 	log        hclog.Logger
 	failMsg    string
 	recoverMsg string
-	every      time.Duration
 	now        func() time.Time
 
-	mu         sync.Mutex
-	failing    bool
-	failures   uint64 // in this run of failures
-	suppressed uint64 // since the last line
-	last       time.Time
+	mu     sync.Mutex
+	outage retry.Outage
 }
 
 func newRateLog(log hclog.Logger, failMsg, recoverMsg string) *rateLog {
-	return &rateLog{log: log, failMsg: failMsg, recoverMsg: recoverMsg, every: logEvery, now: time.Now}
+	return &rateLog{log: log, failMsg: failMsg, recoverMsg: recoverMsg, now: time.Now, outage: retry.Outage{Interval: logEvery}}
 }
 
 func (r *rateLog) failure(err error, kv ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.failures++
-	now := r.now()
-	if r.failing && now.Sub(r.last) < r.every {
-		r.suppressed++
+	log, skipped := r.outage.Fail(r.now())
+	if !log {
 		return
 	}
-	args := append([]any{"error", err, "failures", r.failures, "not_logged", r.suppressed}, kv...)
+	args := append([]any{"error", err, "failures", uint64(r.outage.Failures()), "not_logged", uint64(skipped)}, kv...)
 	r.log.Warn(r.failMsg, args...)
-	r.failing, r.last, r.suppressed = true, now, 0
 }
 
 func (r *rateLog) success() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.failing {
-		return
+	if n, _, ok := r.outage.Recover(r.now()); ok && r.recoverMsg != "" {
+		r.log.Info(r.recoverMsg, "failures", uint64(n))
 	}
-	if r.recoverMsg != "" {
-		r.log.Info(r.recoverMsg, "failures", r.failures)
-	}
-	r.failing, r.failures, r.suppressed = false, 0, 0
 }
 
 // newErrorHandler returns the otel global error handler Setup installs: SDK

@@ -22,6 +22,9 @@ type synthInstance struct {
 	addr   string
 	meta   map[string]string
 	weight int
+	// check registers the instance with a passing service check, as the
+	// registrar registers every instance.
+	check bool
 }
 
 // nodeAddr gives synthetic node i an address in 10.0.0.0/8.
@@ -39,6 +42,11 @@ func registerSynthetic(c *api.Client, nodes []string, insts []synthInstance) err
 	for _, in := range insts {
 		ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: in.node,
 			Service: in.agentService()}})
+		if in.check {
+			ops = append(ops, &api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
+				Node: in.node, CheckID: "service:" + in.id, Name: "alive", Status: api.HealthPassing,
+				ServiceID: in.id, ServiceName: in.service}}})
+		}
 	}
 	return runTxn(c, ops)
 }

@@ -191,52 +191,30 @@ func (a *agent) run() int {
 	a.metrics.reg.MustRegister(&budgetCollector{proxies: a.proxies})
 
 	var wg sync.WaitGroup
-	// Up to HubThreshold services get a long poll each; above, one hub
-	// follows them all with a bounded number of connections to Consul
-	// (which refuses more than 200 per client by default).
-	var hub *discovery.Hub
-	if len(a.ordered) > discovery.HubThreshold {
-		if hub, err = discovery.NewHub(a.client, discovery.HubConfig{
-			Stale: a.cfg.stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
-		}); err != nil {
-			a.log.Error("invalid watch", "error", err)
-			a.closeListeners()
-			return exitBadInput
-		}
-	}
+	followed := make([]discovery.Followed, 0, len(a.ordered))
 	for _, s := range a.ordered {
 		sc := a.cfg.service(s.name)
 		s := s
-		wc := discovery.WatchConfig{
+		followed = append(followed, discovery.Followed{Watch: discovery.WatchConfig{
 			Service: s.name, Tag: sc.tag, Stale: a.cfg.stale, Cached: a.cfg.cached,
 			// A change lands within 100ms even when changes come back to back.
 			QueryInterval: 100 * time.Millisecond,
 			Logger:        a.log.Named("watch").With("service", s.name),
-		}
-		onUpdate := func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) }
-		var w *discovery.Watcher
-		if hub != nil {
-			w, err = hub.Add(wc, onUpdate)
-		} else {
-			w, err = discovery.NewWatcher(a.client, wc, onUpdate)
-		}
-		if err != nil {
-			a.log.Error("invalid watch", "service", s.name, "error", err)
-			cancel()
-			wg.Wait()
-			a.closeListeners()
-			return exitBadInput
-		}
-		s.watcher = w
-		if hub == nil {
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = w.Run(ctx) }()
-		}
+		}, OnUpdate: func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) }})
 	}
-	if hub != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = hub.Run(ctx) }()
+	follower, err := discovery.NewFollower(a.client, discovery.HubConfig{
+		Stale: a.cfg.stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
+	}, followed)
+	if err != nil {
+		a.log.Error("invalid watch", "error", err)
+		a.closeListeners()
+		return exitBadInput
 	}
+	for i, w := range follower.Watchers() {
+		a.ordered[i].watcher = w
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = follower.Run(ctx) }()
 	a.runFailovers(ctx, &wg)
 	if a.cfg.snapshotFile != "" {
 		wg.Add(1)

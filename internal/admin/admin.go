@@ -106,6 +106,10 @@ type Server struct {
 	prev    map[string]map[string]seen
 	serving map[string]healthpb.HealthCheckResponse_ServingStatus
 
+	// prevPool is the pool each service's prev was taken from (made by
+	// the first poll).
+	prevPool map[string]*lb.Pool
+
 	// failures is a lock-free ring of the last failed requests: the proxy
 	// records into it on its request path.
 	failures [maxFailures]atomic.Pointer[Failure]

@@ -28,9 +28,35 @@ func (s *Server) pollOnce(now time.Time) {
 	}
 	for i := range s.services {
 		svc := &s.services[i]
+		if s.prevPool == nil {
+			s.prevPool = map[string]*lb.Pool{}
+		}
 		prev := s.prev[svc.Name]
+		p := svc.Balancer.Pool()
+		if p != nil && p == s.prevPool[svc.Name] {
+			// The same pool: only ejections and drains can have
+			// changed. Diffing in place spares a map of every instance
+			// four times a second (at 100,000 instances, 30 MB/s of
+			// garbage and a tenth of the agent's CPU under churn).
+			for _, in := range p.Instances {
+				old := prev[in.ID]
+				ej, dr := ejected(in, now), draining(in)
+				if ej != old.ejected {
+					add(svc.Name, pick(ej, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
+				}
+				if dr != old.draining {
+					add(svc.Name, pick(dr, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
+				}
+				if ej != old.ejected || dr != old.draining {
+					old.ejected, old.draining = ej, dr
+					prev[in.ID] = old
+				}
+			}
+			continue
+		}
+		s.prevPool[svc.Name] = p
 		var cur map[string]seen
-		if p := svc.Balancer.Pool(); p != nil {
+		if p != nil {
 			cur = make(map[string]seen, len(p.Instances))
 			for _, in := range p.Instances {
 				st := seen{inst: in, ejected: ejected(in, now), draining: draining(in)}

@@ -27,6 +27,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/meshlb/meshlb/internal/retry"
 	"github.com/meshlb/meshlb/internal/wire"
 )
 
@@ -258,15 +259,14 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 }
 
 // appErrorLog logs "cannot reach the app" at once, then at most once per
-// appErrEvery, then the recovery; the success path is one atomic load.
+// appErrEvery, then the recovery (retry.Outage keeps the count); the
+// success path is one atomic load.
 type appErrorLog struct {
 	log     hclog.Logger
 	failing atomic.Bool
 
-	mu         sync.Mutex
-	failures   uint64
-	suppressed uint64
-	last       time.Time
+	mu     sync.Mutex
+	outage retry.Outage
 }
 
 const appErrEvery = 30 * time.Second
@@ -274,14 +274,12 @@ const appErrEvery = 30 * time.Second
 func (l *appErrorLog) failure(addr string, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.failures++
-	if l.failing.Load() && time.Since(l.last) < appErrEvery {
-		l.suppressed++
-		return
-	}
-	l.log.Warn("cannot reach the app", "app", addr, "error", err, "failures", l.failures, "not_logged", l.suppressed)
+	l.outage.Interval = appErrEvery
+	log, skipped := l.outage.Fail(time.Now())
 	l.failing.Store(true)
-	l.last, l.suppressed = time.Now(), 0
+	if log {
+		l.log.Warn("cannot reach the app", "app", addr, "error", err, "failures", uint64(l.outage.Failures()), "not_logged", uint64(skipped))
+	}
 }
 
 func (l *appErrorLog) success() {
@@ -290,12 +288,10 @@ func (l *appErrorLog) success() {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.failing.Load() {
-		return
+	if n, _, ok := l.outage.Recover(time.Now()); ok {
+		l.log.Info("the app answers again", "failures", uint64(n))
 	}
-	l.log.Info("the app answers again", "failures", l.failures)
 	l.failing.Store(false)
-	l.failures, l.suppressed = 0, 0
 }
 
 // bufferPool gives ReverseProxy's body copies reusable 32 KiB buffers

@@ -2,53 +2,9 @@ package discovery
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
 )
-
-// backoff is a capped exponential backoff with full jitter: the n-th
-// consecutive failure waits a uniformly random time in
-// [0, min(max, min·2^(n-1))]. Full jitter spreads out the retries of many
-// agents that lost Consul at the same moment; the query limiter keeps the
-// loop from spinning when the random draw is near zero. reset is called on
-// success, so the next failure starts from min again.
-type backoff struct {
-	min, max time.Duration
-	failures int
-	// rand returns a float64 in [0, 1); nil means math/rand/v2.
-	rand func() float64
-}
-
-func newBackoff(lo, hi time.Duration) *backoff {
-	return &backoff{min: lo, max: hi}
-}
-
-// ceiling is the upper bound of the n-th wait (n >= 1).
-func (b *backoff) ceiling(n int) time.Duration {
-	d := b.min
-	for i := 1; i < n; i++ {
-		if d >= b.max/2 {
-			return b.max
-		}
-		d *= 2
-	}
-	return min(d, b.max)
-}
-
-// next records a failure and returns how long to wait before retrying.
-func (b *backoff) next() time.Duration {
-	b.failures++
-	c := b.ceiling(b.failures)
-	r := rand.Float64
-	if b.rand != nil {
-		r = b.rand
-	}
-	return time.Duration(r() * float64(c+1))
-}
-
-// reset forgets past failures.
-func (b *backoff) reset() { b.failures = 0 }
 
 // limiter is a token bucket: it holds up to burst tokens, earns one every
 // interval and each query spends one. Consul's blocking-query docs ask for
