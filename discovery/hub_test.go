@@ -257,6 +257,22 @@ func (h *hubHarness) await(want map[string]func([]lb.Instance) bool) map[string]
 	return got
 }
 
+// settle waits until the hub has no read queued, in flight or backing off,
+// so a step counts only the reads its own change causes (a read marked
+// again while in flight runs once more after the update it delivered).
+func (h *hubHarness) settle() {
+	h.t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for h.hub.busy.Load() {
+		select {
+		case <-tick.C:
+		case <-h.ctx.Done():
+			h.t.Fatal("the hub's reads never settled")
+		}
+	}
+}
+
 func keys[V any](m map[string]V) []string {
 	var out []string
 	for k := range m {
@@ -324,6 +340,7 @@ func TestHubReadsOnlyWhatChanged(t *testing.T) {
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
+			h.settle()
 			before := dc.readCounts()
 			dc.write(st.change)
 			h.await(st.want)
