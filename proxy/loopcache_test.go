@@ -46,7 +46,7 @@ func (l *recordList) Record(r *Record) {
 		panic("recorder bug")
 	}
 	l.mu.Lock()
-	l.recs = append(l.recs, r)
+	l.recs = append(l.recs, copyRecord(r))
 	l.mu.Unlock()
 }
 

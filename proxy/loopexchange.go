@@ -133,6 +133,7 @@ type loopExchange struct {
 	offNC      net.Conn // its descriptor
 	iov        [4][]byte
 	size       [20]byte
+	rec        Record // x.rec, with a Recorder (it copies what it keeps)
 }
 
 // newExchange returns a loopExchange from the loop's free list, or a new
@@ -192,11 +193,11 @@ func (lc *loopConn) prepareOnLoop(c gnet.Conn, raw []byte) *loopExchange {
 	ls := s.loopState(c.EventLoop())
 	fx := ls.newExchange()
 	var head string
-	if p.tracer == nil && p.cfg.Recorder == nil && !p.cfg.AccessLog {
+	if p.tracer == nil && !p.cfg.AccessLog {
 		// The names and values are cut from a copy kept in fx, reused
 		// only by fx's next request: nothing of this one outlives it
-		// (spans, records and access log lines would: they take a string
-		// of their own).
+		// (spans and access log lines would: they take a string of
+		// their own; a Recorder copies the record it keeps).
 		fx.raw = append(fx.raw[:0], raw[:len(raw)-2]...)
 		head = unsafe.String(unsafe.SliceData(fx.raw), len(fx.raw))
 	} else {
@@ -236,6 +237,7 @@ func (fx *loopExchange) serve() {
 		x.startServerSpan()
 	}
 	if p.cfg.Recorder != nil {
+		x.rec = &fx.rec
 		x.startRecord()
 	}
 	p.prepareHeaders(x.r, "")

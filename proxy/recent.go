@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -17,8 +18,9 @@ import (
 // recent requests (Config.Recorder).
 type Recorder interface {
 	// Record is called once per request, on the request path, after the
-	// answer was sent: it must be cheap and must not block. It may keep
-	// rec; the proxy no longer touches it.
+	// answer was sent: it must be cheap and must not block. rec and its
+	// strings are only valid during the call (a data path reuses them for
+	// its next request): to keep it, copy it (Record.CopyTo).
 	Record(rec *Record)
 }
 
@@ -26,8 +28,9 @@ type Recorder interface {
 // process served the request that just failed, and how long did it take".
 // Every data path fills it through the same hooks (startRecord, the
 // attempts' newAttempt and finish, endRecord), so it reads the same
-// whichever path carried the request. Its strings must not share memory a
-// data path reuses.
+// whichever path carried the request. A Record handed to a Recorder may
+// share memory with the data path that made it: CopyTo makes one that does
+// not.
 type Record struct {
 	// Seq is set by the Recorder: its own order of records.
 	Seq uint64
@@ -64,7 +67,10 @@ type Record struct {
 	Error string
 
 	attempts [DefaultMaxAttempts]AttemptRecord // Attempts' first storage
-	mu       sync.Mutex                        // guards Attempts and Hedges while hedges run
+	// traceResp holds the traceresponse value's bytes when the proxy made
+	// the trace id (startRecord).
+	traceResp [traceResponseLen]byte
+	mu        sync.Mutex // guards Attempts and Hedges while hedges run
 }
 
 // AttemptRecord is one try of a request on one instance.
@@ -105,13 +111,66 @@ func (r *Record) Failed() bool { return r.Status >= 500 }
 // TraceIDString is the trace id as 32 lowercase hex digits.
 func (r *Record) TraceIDString() string { return r.TraceID.String() }
 
+// CopyTo sets *dst to a copy of r whose strings and attempts live in
+// storage of dst's own: buf (its strings, appended from len 0, grown when
+// short) and dst's attempts (grown when short). It returns buf, to be
+// passed again with dst when dst is reused; r may be reused afterwards.
+// With buf and dst's attempts large enough, it allocates nothing.
+func (r *Record) CopyTo(dst *Record, buf []byte) []byte {
+	n := len(r.Method) + len(r.Host) + len(r.Path) + len(r.ClientAddr) + len(r.Service) +
+		len(r.GRPCStatus) + len(r.CacheStatus) + len(r.Error)
+	for i := range r.Attempts {
+		a := &r.Attempts[i]
+		n += len(a.InstanceID) + len(a.Address) + len(a.Host) + len(a.Outcome) + len(a.Datacenter)
+	}
+	if cap(buf) < n {
+		buf = make([]byte, 0, n+n/4)
+	}
+	buf = buf[:0]
+	// Every string is appended within buf's capacity: the earlier ones
+	// stay where they are.
+	str := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		i := len(buf)
+		buf = append(buf, s...)
+		return unsafe.String(&buf[i], len(s))
+	}
+	atts := dst.Attempts[:0]
+	if cap(atts) == 0 {
+		atts = dst.attempts[:0]
+	}
+	for i := range r.Attempts {
+		a := r.Attempts[i]
+		a.InstanceID, a.Address, a.Host = str(a.InstanceID), str(a.Address), str(a.Host)
+		a.Outcome, a.Datacenter = str(a.Outcome), str(a.Datacenter)
+		atts = append(atts, a)
+	}
+	dst.Seq, dst.Time = r.Seq, r.Time
+	dst.Method, dst.Host, dst.Path, dst.ClientAddr = str(r.Method), str(r.Host), str(r.Path), str(r.ClientAddr)
+	dst.Service = str(r.Service)
+	dst.Status, dst.GRPCStatus, dst.Latency = r.Status, str(r.GRPCStatus), r.Latency
+	dst.Attempts = atts
+	dst.Retries, dst.Hedges = r.Retries, r.Hedges
+	dst.CacheStatus, dst.TraceID, dst.Error = str(r.CacheStatus), r.TraceID, str(r.Error)
+	return buf
+}
+
 // startRecord begins the request's Record and gives it a trace id: the
 // server span's when tracing, else the client's traceparent's; without
 // either it makes one and returns it in traceresponse, so every request
 // can be looked up. No span, no exporter: an id is two random numbers.
+//
+// The Record is x.rec when the data path set one to reuse (the loop's), a
+// new one otherwise.
 func (x *exchange) startRecord() {
 	r := x.r
-	rec := &Record{Time: x.start, Method: r.Method, Host: r.Host, Path: r.URL.Path, ClientAddr: r.RemoteAddr}
+	rec := x.rec
+	if rec == nil {
+		rec = new(Record)
+	}
+	*rec = Record{Time: x.start, Method: r.Method, Host: r.Host, Path: r.URL.Path, ClientAddr: r.RemoteAddr}
 	rec.Attempts = rec.attempts[:0]
 	if x.route != nil {
 		rec.Service = x.route.service
@@ -132,7 +191,9 @@ func (x *exchange) startRecord() {
 	var sid trace.SpanID
 	randID(rec.TraceID[:])
 	randID(sid[:])
-	x.traceResp[0] = traceResponse(trace.NewSpanContext(trace.SpanContextConfig{TraceID: rec.TraceID, SpanID: sid}))
+	// The value's bytes live in rec, as long as the request: its head
+	// is written before the request ends.
+	x.traceResp[0] = formatTraceResponse(&rec.traceResp, trace.NewSpanContext(trace.SpanContextConfig{TraceID: rec.TraceID, SpanID: sid}))
 	x.setTraceResponse(x.w.Header())
 }
 

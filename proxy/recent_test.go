@@ -14,7 +14,15 @@ import (
 // chanRecorder hands the records to the test as they come.
 type chanRecorder chan *Record
 
-func (c chanRecorder) Record(rec *Record) { c <- rec }
+// Record keeps a copy: rec is only valid during the call.
+func (c chanRecorder) Record(rec *Record) { c <- copyRecord(rec) }
+
+// copyRecord is a copy of rec that shares no memory with it.
+func copyRecord(rec *Record) *Record {
+	c := new(Record)
+	rec.CopyTo(c, nil)
+	return c
+}
 
 func (c chanRecorder) next(t *testing.T, ctx context.Context) *Record {
 	t.Helper()

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"net/http"
 	"strconv"
+	"unsafe"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -200,7 +201,15 @@ func (x *exchange) setTraceResponse(h http.Header) {
 // traceResponse formats a W3C Trace Context Level 2 traceresponse value:
 // 00-<trace id>-<span id>-<flags>.
 func traceResponse(sc trace.SpanContext) string {
-	var b [55]byte
+	return formatTraceResponse(new([traceResponseLen]byte), sc)
+}
+
+// traceResponseLen is the length of a traceresponse value.
+const traceResponseLen = 55
+
+// formatTraceResponse formats traceResponse's value in b and returns it,
+// sharing b's memory.
+func formatTraceResponse(b *[traceResponseLen]byte, sc trace.SpanContext) string {
 	tid, sid := sc.TraceID(), sc.SpanID()
 	copy(b[:], "00-")
 	hex.Encode(b[3:35], tid[:])
@@ -208,7 +217,7 @@ func traceResponse(sc trace.SpanContext) string {
 	hex.Encode(b[36:52], sid[:])
 	b[52] = '-'
 	hex.Encode(b[53:55], []byte{byte(sc.TraceFlags())})
-	return string(b[:])
+	return unsafe.String(&b[0], len(b))
 }
 
 // methodAttr is http.request.method, "_OTHER" for unknown methods as the

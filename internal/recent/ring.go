@@ -4,7 +4,7 @@
 // has an answer after a burst of successful traffic.
 //
 // The proxy adds to it on the request path (Ring.Record: one short critical
-// section, no allocation); the admin API reads it. It must not do anything
+// section that copies the record into a reused slot, no allocation); the admin API reads it. It must not do anything
 // slow under its lock and must never block the request path on a reader.
 package recent
 
@@ -43,12 +43,18 @@ const nBuckets = 4 * 48
 // failed and Size/4 slow ones pushed out of those, each kept until Size/4
 // newer ones of their kind push them out in turn. It is a proxy.Recorder;
 // safe for concurrent use.
+//
+// Each record is copied into a slot with storage of its own for its strings
+// and attempts; a record pushed out of the main ring moves to a keep ring
+// with its slot, and the slot it pushes out there takes the new record: once
+// every slot was filled (and grown to its records' sizes), Record allocates
+// nothing.
 type Ring struct {
 	mu     sync.Mutex
-	seq    uint64          // last record's Seq
-	all    []*proxy.Record // the main ring, all[(seq-1) % len]
-	failed keep            // failed records pushed out of all
-	slow   keep            // slow records pushed out of all
+	seq    uint64  // last record's Seq
+	all    []*slot // the main ring, all[(seq-1) % len]
+	failed keep    // failed records pushed out of all
+	slow   keep    // slow records pushed out of all
 
 	// hist counts the records in all by latency bucket; a record in a
 	// bucket above threshold counts as slow (recomputed every
@@ -57,15 +63,24 @@ type Ring struct {
 	threshold int
 }
 
+// slot holds one record and the storage of its strings.
+type slot struct {
+	rec proxy.Record
+	buf []byte
+}
+
 // keep is a small ring of records kept longer.
 type keep struct {
-	recs []*proxy.Record
+	recs []*slot
 	next int
 }
 
-func (k *keep) push(rec *proxy.Record) {
-	k.recs[k.next] = rec
+// push adds s and returns the slot it pushed out (nil while not full).
+func (k *keep) push(s *slot) *slot {
+	out := k.recs[k.next]
+	k.recs[k.next] = s
 	k.next = (k.next + 1) % len(k.recs)
+	return out
 }
 
 // New returns a Ring of the last size records; size must be positive.
@@ -75,9 +90,9 @@ func New(size int) *Ring {
 	}
 	k := max(size/4, 1)
 	return &Ring{
-		all:       make([]*proxy.Record, size),
-		failed:    keep{recs: make([]*proxy.Record, k)},
-		slow:      keep{recs: make([]*proxy.Record, k)},
+		all:       make([]*slot, size),
+		failed:    keep{recs: make([]*slot, k)},
+		slow:      keep{recs: make([]*slot, k)},
 		threshold: nBuckets, // nothing is slow before the first estimate
 	}
 }
@@ -85,24 +100,29 @@ func New(size int) *Ring {
 // Size is the number of most recent records always kept.
 func (r *Ring) Size() int { return len(r.all) }
 
-// Record adds rec, which must not change afterwards, and sets its Seq.
+// Record adds a copy of rec and sets rec's Seq.
 func (r *Ring) Record(rec *proxy.Record) {
 	b := bucket(rec.Latency)
 	r.mu.Lock()
 	r.seq++
 	rec.Seq = r.seq
 	i := int((r.seq - 1) % uint64(len(r.all)))
-	if old := r.all[i]; old != nil {
-		ob := bucket(old.Latency)
+	s := r.all[i]
+	if s != nil {
+		ob := bucket(s.rec.Latency)
 		r.hist[ob]--
 		switch {
-		case old.Failed():
-			r.failed.push(old)
+		case s.rec.Failed():
+			s = r.failed.push(s)
 		case ob > r.threshold:
-			r.slow.push(old)
+			s = r.slow.push(s)
 		}
 	}
-	r.all[i] = rec
+	if s == nil {
+		s = new(slot)
+	}
+	s.buf = rec.CopyTo(&s.rec, s.buf)
+	r.all[i] = s
 	r.hist[b]++
 	if r.seq%thresholdEvery == 0 {
 		r.threshold = r.slowThreshold()
@@ -152,25 +172,30 @@ func (r *Ring) Stats() Stats {
 	return Stats{Size: len(r.all), Kept: len(r.failed.recs), Recorded: r.seq}
 }
 
-// List returns the records f matches, newest first, at most limit of them
-// (0: all).
+// List returns copies of the records f matches, newest first, at most
+// limit of them (0: all).
 func (r *Ring) List(f Filter, limit int) []*proxy.Record {
 	r.mu.Lock()
-	out := make([]*proxy.Record, 0, len(r.all)+2*len(r.failed.recs))
-	for _, part := range [][]*proxy.Record{r.all, r.failed.recs, r.slow.recs} {
-		for _, rec := range part {
-			if rec != nil {
-				out = append(out, rec)
+	defer r.mu.Unlock()
+	match := make([]*proxy.Record, 0, len(r.all)+2*len(r.failed.recs))
+	for _, part := range [][]*slot{r.all, r.failed.recs, r.slow.recs} {
+		for _, s := range part {
+			if s != nil && f.Match(&s.rec) {
+				match = append(match, &s.rec)
 			}
 		}
 	}
-	r.mu.Unlock()
-	out = slices.DeleteFunc(out, func(rec *proxy.Record) bool { return !f.Match(rec) })
-	slices.SortFunc(out, func(a, b *proxy.Record) int { return cmp.Compare(b.Seq, a.Seq) })
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
+	slices.SortFunc(match, func(a, b *proxy.Record) int { return cmp.Compare(b.Seq, a.Seq) })
+	if limit > 0 && len(match) > limit {
+		match = match[:limit]
 	}
-	return out
+	// The slots are reused once r.mu is released: copy them out.
+	out := make([]proxy.Record, len(match))
+	for i, rec := range match {
+		rec.CopyTo(&out[i], nil)
+		match[i] = &out[i]
+	}
+	return match
 }
 
 // Filter selects records; its zero value selects all. Every set field must

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/meshlb/meshlb/proxy"
 )
@@ -154,5 +155,33 @@ func TestRingConcurrent(t *testing.T) {
 	}
 	if n := len(r.List(Filter{}, 0)); n < 50 || n > 100 {
 		t.Errorf("%d records listed, want 50 plus at most 50 kept", n)
+	}
+}
+
+// TestRingCopiesRecords: the ring keeps a copy of each record, strings and
+// attempts included (a data path reuses its record and the bytes its
+// strings point into), and List hands out copies the ring does not
+// overwrite later; once the slots are filled, Record allocates nothing.
+func TestRingCopiesRecords(t *testing.T) {
+	r := New(8)
+	head := []byte("/reused")
+	src := &proxy.Record{Path: unsafe.String(&head[0], len(head)), Status: 502, Latency: time.Millisecond,
+		Attempts: []proxy.AttemptRecord{{N: 1, InstanceID: "web-1", Outcome: "served"}}}
+	r.Record(src)
+	listed := r.List(Filter{}, 0)
+	copy(head, "/change")
+	src.Attempts[0].InstanceID = "web-2"
+	if got := r.List(Filter{}, 0); len(got) != 1 || got[0].Path != "/reused" || got[0].Attempts[0].InstanceID != "web-1" {
+		t.Fatalf("ring shares the source's memory: %+v", got)
+	}
+	for i := range 30 { // pushes it to the failed ones, reuses every slot
+		r.Record(rec(fmt.Sprintf("/overwrite-%d", i), 200, time.Millisecond))
+	}
+	if listed[0].Path != "/reused" || listed[0].Attempts[0].InstanceID != "web-1" || listed[0].Seq != 1 {
+		t.Fatalf("a listed record changed after later records: %+v", listed[0])
+	}
+	one := rec("/steady-state-path", 200, time.Millisecond)
+	if n := testing.AllocsPerRun(100, func() { r.Record(one) }); n != 0 {
+		t.Fatalf("Record allocates %v times per record once the slots are filled", n)
 	}
 }
