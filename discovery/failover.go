@@ -453,15 +453,20 @@ type TierInput struct {
 // local ones last, as a last resort.
 func RankTiers(in TierInput) (tiers []lb.Tier, failedOver string) {
 	split := func(dc string, remote bool, insts []lb.Instance) []lb.Tier {
-		// Sized up front: at 10,000 instances, growing by append copied
-		// the pool about twice over on every update.
-		prim := make([]lb.Instance, 0, len(insts))
-		var backup []lb.Instance
-		for _, x := range insts {
-			if slices.Contains(x.Tags, in.BackupTag) {
-				backup = append(backup, x)
-			} else {
-				prim = append(prim, x)
+		// Without backups (the usual case) the primaries are insts
+		// itself: UpdateTiers copies what it keeps, and a copy here cost
+		// 1.5 MB an update at 10,000 instances.
+		prim, backup := insts, []lb.Instance(nil)
+		if slices.ContainsFunc(insts, func(x lb.Instance) bool { return slices.Contains(x.Tags, in.BackupTag) }) {
+			// Sized up front: at 10,000 instances, growing by append
+			// copied the pool about twice over on every update.
+			prim = make([]lb.Instance, 0, len(insts))
+			for _, x := range insts {
+				if slices.Contains(x.Tags, in.BackupTag) {
+					backup = append(backup, x)
+				} else {
+					prim = append(prim, x)
+				}
 			}
 		}
 		return []lb.Tier{

@@ -4,10 +4,8 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,29 +123,30 @@ func (b *Balancer) Pool() *Pool { return b.pool.Load() }
 // Instances with Weight < 1 get 1; of several instances with the same ID only
 // the first is kept. Safe for concurrent use with Pick.
 func (b *Balancer) Update(insts []Instance) {
-	vals := make([]Instance, len(insts))
-	copy(vals, insts)
-	if !sortedByID(vals) {
+	b.update(insts, nil)
+}
+
+// update is Update; with t not nil every instance gets t's datacenter and
+// backup mark and tier 0 (UpdateTiers' single local tier), so the caller
+// need not copy the pool to set them.
+func (b *Balancer) update(insts []Instance, t *Tier) {
+	if !sortedByID(insts) {
+		vals := slices.Clone(insts)
 		slices.SortStableFunc(vals, func(x, y Instance) int { return cmp.Compare(x.ID, y.ID) })
+		insts = vals
 	}
-	vals = slices.CompactFunc(vals, func(x, y Instance) bool { return x.ID == y.ID })
+	// One per ID, the first (sorted and stable: duplicates are adjacent).
+	n := len(insts)
+	for i := 1; i < len(insts); i++ {
+		if insts[i].ID == insts[i-1].ID {
+			n--
+		}
+	}
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	list := make([]*Instance, len(vals))
-	for i := range vals {
-		in := &vals[i]
-		in.Weight = max(in.Weight, 1)
-		if in.Service == "" {
-			in.Service = b.service
-		}
-		if in.HostPort == "" && in.Address != "" {
-			in.HostPort = net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
-		}
-		in.Stats = nil
-	}
 	// Unchanged instances keep their *Instance; Stats follow the ID.
-	b.reuseInstances(vals, list)
+	list := b.mergeInstances(insts, t, make([]*Instance, 0, n))
 	b.version++
 	b.pool.Store(newPool(b.service, list, b.version, b.policy, b.pool.Load()))
 }

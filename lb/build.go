@@ -2,8 +2,10 @@ package lb
 
 import (
 	"maps"
+	"net"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -14,55 +16,93 @@ import (
 // instances whose point count did not change, so an update costs a merge
 // instead of hashing and sorting 2^18 points.
 
-// reuseInstances sets list[i] to the previous snapshot's instance when vals[i]
-// equals it (same ID, service, address, port, host:port, weight, tags and
-// meta), else to &vals[i] with the Stats of that ID. It keeps b.stats in step:
-// IDs gone from the pool lose their Stats. vals are sorted by ID, unique,
-// with weight and service normalized. Callers hold b.mu.
-func (b *Balancer) reuseInstances(vals []Instance, list []*Instance) {
+// mergeInstances appends to list (and returns it), for each instance of
+// insts (sorted by ID; of equal IDs the first counts), the previous
+// snapshot's instance when it equals the normalized value (same ID,
+// service, address, port, host:port, weight, tags and meta), else a fresh
+// copy with the Stats of that ID. The fresh copies share one array made for
+// them alone: an update that changes 20 instances of 10,000 copies 20, and
+// a snapshot does not keep a whole update's array alive for the few
+// instances that changed in it. It keeps b.stats in step: IDs gone from the pool lose
+// their Stats. Callers hold b.mu.
+func (b *Balancer) mergeInstances(insts []Instance, t *Tier, list []*Instance) []*Instance {
 	var prev []*Instance
 	if p := b.pool.Load(); p != nil && p.tiers == nil {
 		// A tiered snapshot's instances are in tier order and keyed
 		// ID@datacenter in remote tiers: nothing to walk by ID.
 		prev = p.Instances
 	}
+	out := list
+	var freshAt []int32 // positions in insts of the fresh instances
 	j := 0
-	for i := range vals {
-		in := &vals[i]
-		for j < len(prev) && prev[j].ID < in.ID {
+	for i := range insts {
+		if i > 0 && insts[i].ID == insts[i-1].ID {
+			continue
+		}
+		v := b.normalized(&insts[i], t)
+		for j < len(prev) && prev[j].ID < v.ID {
 			delete(b.stats, prev[j].ID)
 			j++
 		}
-		if j < len(prev) && prev[j].ID == in.ID {
+		if j < len(prev) && prev[j].ID == v.ID {
 			old := prev[j]
 			j++
-			if sameValue(old, in) {
-				list[i] = old
+			if sameValue(old, &v) {
+				out = append(out, old)
 				continue
 			}
-			in.Stats = old.Stats
 		}
-		if in.Stats == nil {
-			st := b.stats[in.ID]
-			if st == nil {
-				st = new(Stats)
-				b.stats[in.ID] = st
-			}
-			in.Stats = st
-		}
-		list[i] = in
+		freshAt = append(freshAt, int32(i))
+		out = append(out, nil)
 	}
 	for ; j < len(prev); j++ {
 		delete(b.stats, prev[j].ID)
 	}
-	// b.stats may still hold IDs that were in no snapshot (none today);
-	// keep it exactly the pool's IDs.
-	if len(b.stats) != len(list) {
+	vals := make([]Instance, len(freshAt))
+	k := 0
+	for n := range out {
+		if out[n] != nil {
+			continue
+		}
+		in := &vals[k]
+		*in = b.normalized(&insts[freshAt[k]], t)
+		k++
+		st := b.stats[in.ID]
+		if st == nil {
+			st = new(Stats)
+			b.stats[in.ID] = st
+		}
+		in.Stats = st
+		out[n] = in
+	}
+	// b.stats may still hold IDs that were in no snapshot (or a tiered
+	// snapshot's keys); keep it exactly the pool's IDs.
+	if len(b.stats) != len(out) {
 		clear(b.stats)
-		for _, in := range list {
+		for _, in := range out {
 			b.stats[in.ID] = in.Stats
 		}
 	}
+	return out
+}
+
+// normalized is in as a snapshot holds it: weight at least 1, the
+// balancer's service when none, host:port made, no Stats yet, and t's
+// datacenter, backup mark and tier 0 when t is not nil.
+func (b *Balancer) normalized(in *Instance, t *Tier) Instance {
+	v := *in
+	v.Weight = max(v.Weight, 1)
+	if v.Service == "" {
+		v.Service = b.service
+	}
+	if v.HostPort == "" && v.Address != "" {
+		v.HostPort = net.JoinHostPort(v.Address, strconv.Itoa(v.Port))
+	}
+	v.Stats = nil
+	if t != nil {
+		v.Datacenter, v.Backup, v.Tier = t.Datacenter, t.Backup, 0
+	}
+	return v
 }
 
 // sameValue compares everything but Stats.

@@ -122,14 +122,11 @@ func (b *Balancer) UpdateTiers(tiers []Tier) {
 		total += len(t.Instances)
 	}
 	if len(tiers) <= 1 && (len(tiers) == 0 || !tiers[0].Remote) {
-		var insts []Instance
 		if len(tiers) == 1 {
-			insts = slices.Clone(tiers[0].Instances)
-			for i := range insts {
-				insts[i].Datacenter, insts[i].Backup, insts[i].Tier = tiers[0].Datacenter, tiers[0].Backup, 0
-			}
+			b.update(tiers[0].Instances, &tiers[0])
+		} else {
+			b.update(nil, nil)
 		}
-		b.Update(insts)
 		b.recheckServing(b.pool.Load())
 		return
 	}
