@@ -61,7 +61,9 @@ type LoopServer struct {
 
 	maxOutbound atomic.Int64 // largest outbound buffer seen on one connection (tests)
 
-	states sync.Map // gnet.EventLoop → *loopState: upstream connections per loop
+	states   sync.Map // gnet.EventLoop → *loopState: upstream connections per loop
+	gate     loopGate // goroutines off the loops call into gnet through it
+	stopOnce sync.Once
 
 	onLoop, offLoop atomic.Int64 // requests served on the loop; bodies it gave a goroutine (tests)
 	logs            accessQueue  // access log lines of the requests served on the loops
@@ -219,8 +221,10 @@ func (s *LoopServer) enroll(c net.Conn) {
 	if cs := s.srv.ConnState; cs != nil {
 		cs(lc, http.StateNew)
 	}
-	// EnrollContext dups the descriptor into the loop and closes tc.
-	if _, err := s.cli.EnrollContext(tc, lc); err != nil {
+	// EnrollContext dups the descriptor into the loop and closes tc; it
+	// waits for the loop to take it, so it runs inside the gate.
+	if err := s.gate.do(func() error { _, err := s.cli.EnrollContext(tc, lc); return err }); err != nil {
+		tc.Close()
 		s.log.Debug("cannot enroll connection", "peer", lc.remote, "error", err)
 		lc.gone()
 	}
@@ -275,7 +279,7 @@ func (s *LoopServer) sweep(stop <-chan struct{}) {
 			s.mu.Unlock()
 			for _, lc := range late {
 				if c := lc.conn(); c != nil {
-					c.Close()
+					s.gate.do(c.Close)
 				}
 			}
 			clear(late)
@@ -316,7 +320,14 @@ func (s *LoopServer) Shutdown(ctx context.Context) error {
 		err = serr
 	}
 	if cli != nil {
-		cli.Stop() // closes what is left
+		// Once: a second Stop closes the pollers' descriptor numbers
+		// again, by then another's (in the parallel tests, a live loop's
+		// eventfd: that loop never woke for its own Stop, and a socket
+		// that took the number received a stray 8-byte wake-up).
+		s.stopOnce.Do(func() {
+			s.gate.close() // no goroutine calls into gnet from here on
+			cli.Stop()     // closes what is left
+		})
 	}
 	s.logs.stop() // the loops are stopped: no line comes after
 	return err
@@ -579,7 +590,7 @@ func (lc *loopConn) scheduleDrainCheck(c gnet.Conn) {
 	lc.drainDelay = min(max(2*lc.drainDelay, 500*time.Microsecond), 20*time.Millisecond)
 	time.AfterFunc(lc.drainDelay, func() {
 		// On a closed connection the callback sees lc.closed.
-		c.Wake(func(c gnet.Conn, err error) error {
+		lc.s.gate.wake(c, func(c gnet.Conn, err error) error {
 			if err != nil || lc.closed || lc.drainFn == nil {
 				return nil
 			}
@@ -688,7 +699,7 @@ func (lc *loopConn) Write([]byte) (int, error) { return 0, errLoopConnIO }
 // Close closes the connection.
 func (lc *loopConn) Close() error {
 	if c := lc.conn(); c != nil {
-		return c.Close()
+		return lc.s.gate.do(c.Close)
 	}
 	return nil
 }
@@ -744,10 +755,59 @@ func (s *LoopServer) noteOutbound(n int) {
 func (s *LoopServer) pruneUpstreams(idle time.Duration) {
 	s.states.Range(func(_, v any) bool {
 		ls := v.(*loopState)
-		ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-			ls.prune(idle)
-			return nil
-		}))
+		s.gate.execute(ls.el, func() { ls.prune(idle) })
 		return true
 	})
+}
+
+// loopGate lets goroutines that are not a loop hand the loops work only
+// while they run. gnet does not check for a stopped client: a task queued
+// after Stop is never run (EnrollContext and an Enroll's worker would wait
+// for it for ever) and the poller it goes to has closed its descriptors.
+// Calls made on a loop need no gate: the loops run until Stop returns.
+type loopGate struct {
+	mu   sync.RWMutex
+	down bool
+}
+
+// errLoopsDown is what a call through a closed gate returns.
+var errLoopsDown = errors.New("proxy: the event loops have stopped")
+
+// do runs fn, a call into gnet, unless the loops are stopping. A call
+// that waits for a loop (EnrollContext) is fine: the loops run until
+// close, which waits for every call under way.
+func (g *loopGate) do(fn func() error) error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.down {
+		return errLoopsDown
+	}
+	return fn()
+}
+
+// execute runs fn on el, unless the loops are stopping.
+func (g *loopGate) execute(el gnet.EventLoop, fn func()) error {
+	return g.do(func() error {
+		return el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			fn()
+			return nil
+		}))
+	})
+}
+
+// wake calls cb on c's loop, unless the loops are stopping.
+func (g *loopGate) wake(c gnet.Conn, cb gnet.AsyncCallback) error {
+	return g.do(func() error { return c.Wake(cb) })
+}
+
+// asyncWrite queues b on c's loop, unless the loops are stopping.
+func (g *loopGate) asyncWrite(c gnet.Conn, b []byte, cb gnet.AsyncCallback) error {
+	return g.do(func() error { return c.AsyncWrite(b, cb) })
+}
+
+// close marks the loops as stopping once no call is under way.
+func (g *loopGate) close() {
+	g.mu.Lock()
+	g.down = true
+	g.mu.Unlock()
 }

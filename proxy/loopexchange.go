@@ -50,6 +50,7 @@ import (
 // connections by dial address. It is touched on its loop only.
 type loopState struct {
 	el   gnet.EventLoop
+	gate *loopGate // the server's: calls from other goroutines go through it
 	idle map[string][]*upConn
 	free []*loopExchange // exchanges done, for reuse
 
@@ -64,7 +65,7 @@ func (s *LoopServer) loopState(el gnet.EventLoop) *loopState {
 	if p := s.opts.Proxy; p != nil {
 		maxIdle = p.cfg.MaxIdleConnsPerHost
 	}
-	v, _ := s.states.LoadOrStore(el, &loopState{el: el, idle: make(map[string][]*upConn), maxIdle: maxIdle})
+	v, _ := s.states.LoadOrStore(el, &loopState{el: el, gate: &s.gate, idle: make(map[string][]*upConn), maxIdle: maxIdle})
 	return v.(*loopState)
 }
 
@@ -406,18 +407,26 @@ func (uc *upConn) dial(ctx context.Context) {
 	go func() {
 		conn, err := dial(ctx, "tcp", uc.addr)
 		if err == nil {
-			if _, err = ls.el.Enroll(gnet.NewContext(context.Background(), uc), conn); err != nil {
+			// gnet enrolls on a worker goroutine of its own: wait for it
+			// inside the gate, so that the loops do not stop under it.
+			err = ls.gate.do(func() error {
+				res, err := ls.el.Enroll(gnet.NewContext(context.Background(), uc), conn)
+				if err == nil {
+					err = (<-res).Err // the worker closed conn (its dup lives in the loop)
+				}
+				return err
+			})
+			if err != nil {
 				conn.Close()
 			}
 		}
 		if err != nil {
-			ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			ls.gate.execute(ls.el, func() {
 				if uc.state == upDialing {
 					uc.state = upClosed
 					uc.failed(err)
 				}
-				return nil
-			}))
+			})
 		}
 	}()
 }
@@ -470,12 +479,11 @@ func (uc *upConn) send() {
 
 // headTimerFired runs on the timer goroutine: the check goes to the loop.
 func (uc *upConn) headTimerFired() {
-	uc.ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+	uc.ls.gate.execute(uc.ls.el, func() {
 		if uc.state == upWaitHead && uc.fx != nil && time.Now().UnixNano() >= uc.headDue {
 			uc.failed(errHeaderTimeout)
 		}
-		return nil
-	}))
+	})
 }
 
 // instanceLeft is called by InstancesLeft (any goroutine) once it
@@ -483,13 +491,12 @@ func (uc *upConn) headTimerFired() {
 // errInstanceLeft (and is resent when idempotent) unless it ended.
 // Hedge losses and a client gone are handled on the loop directly.
 func (uc *upConn) instanceLeft(a *attempt) {
-	uc.ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+	uc.ls.gate.execute(uc.ls.el, func() {
 		if uc.a != a || uc.fx == nil || (uc.state != upWaitHead && uc.state != upDialing) {
-			return nil
+			return
 		}
 		uc.failed(fmt.Errorf("%w: %w", errInstanceLeft, context.Canceled))
-		return nil
-	}))
+	})
 }
 
 // traffic runs on the loop when the instance sent bytes.
@@ -749,13 +756,12 @@ func (fx *loopExchange) stopTry() {
 }
 
 func (fx *loopExchange) tryFired() {
-	fx.ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+	fx.ls.gate.execute(fx.ls.el, func() {
 		if !fx.done && fx.timerDue != 0 && time.Now().UnixNano() >= fx.timerDue {
 			fx.timerDue = 0
 			fx.hedge()
 		}
-		return nil
-	}))
+	})
 }
 
 // hedge sends the request to one more instance after a per-try timeout
@@ -1286,10 +1292,7 @@ func closeLoopIdle(p *Proxy, addr string) {
 	}
 	v.(*LoopServer).states.Range(func(_, v any) bool {
 		ls := v.(*loopState)
-		ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-			ls.closeIdle(addr)
-			return nil
-		}))
+		ls.gate.execute(ls.el, func() { ls.closeIdle(addr) })
 		return true
 	})
 }

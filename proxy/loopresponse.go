@@ -92,7 +92,7 @@ func (w *loopResponse) final(keep bool) {
 	out := w.out
 	w.out = nil
 	w.final_, w.keep = out, keep && w.err == nil
-	if err := w.c.AsyncWrite(*out, w.onFinal); err != nil {
+	if err := w.lc.s.gate.asyncWrite(w.c, *out, w.onFinal); err != nil {
 		putOut(out) // the loops are stopping: the connection is closed with them
 	}
 	// From here on w is the loop's again.
@@ -129,7 +129,7 @@ func (w *loopResponse) send() error {
 	if len(*w.out) == 0 {
 		return nil
 	}
-	if err := w.c.AsyncWrite(*w.out, w.onWrite); err != nil {
+	if err := w.lc.s.gate.asyncWrite(w.c, *w.out, w.onWrite); err != nil {
 		w.err = err
 		return err
 	}
