@@ -123,7 +123,10 @@ func TestUpstreamTLSToInstancesTaggedHTTPS(t *testing.T) {
 			t.Run(tc.name+"/"+method, func(t *testing.T) {
 				ctx := testCtx(t)
 				u := newTLSUpstream(t, tc.clientAuth)
-				f := newFrontend(t, Config{UpstreamTLS: tc.upstream(u), MaxAttempts: 1},
+				// The handshake's bound (ConnectTimeout, 1 s by default) is
+				// not under test: under -race on a loaded machine an RSA
+				// handshake took longer. Refusals fail at once anyway.
+				f := newFrontend(t, Config{UpstreamTLS: tc.upstream(u), MaxAttempts: 1, ConnectTimeout: 15 * time.Second},
 					Route{Balancer: newBalancer(t, "web", u.instance("a"))})
 				res, body := f.do(t, ctx, method, "/x", strings.NewReader("ping"), nil)
 				if res.StatusCode != tc.wantStatus {
