@@ -214,10 +214,13 @@ func TestWatchConsulRestart(t *testing.T) {
 	})
 	waitPool(t, ctx, updates, "the registered instance", onePool("web-1", 8080, 5))
 
+	// Taken before Stop: a slow stop (seen under load) had the watcher
+	// fail three times while Consul was shutting down, all before Stop
+	// returned.
+	stopped := time.Now()
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	stopped := time.Now()
 	// Wait until the watcher has failed a few times (polling its status:
 	// the failures happen on the watcher's goroutine with nothing to
 	// signal them).
