@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshlb/meshlb/internal/h1"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -466,7 +467,7 @@ func appendRequestHead(b []byte, req *http.Request, buffered bool) ([]byte, erro
 	}
 	if ua != "" {
 		b = append(b, "User-Agent: "...)
-		b = appendFieldValue(b, ua)
+		b = h1.AppendFieldValue(b, ua)
 		b = append(b, '\r', '\n')
 	}
 	switch {
@@ -488,7 +489,7 @@ func appendRequestHead(b []byte, req *http.Request, buffered bool) ([]byte, erro
 		for _, v := range vv {
 			b = append(b, k...)
 			b = append(b, ':', ' ')
-			b = appendFieldValue(b, textproto.TrimString(v))
+			b = h1.AppendFieldValue(b, textproto.TrimString(v))
 			b = append(b, '\r', '\n')
 		}
 	}

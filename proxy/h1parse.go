@@ -238,19 +238,3 @@ func validHost(h string) bool {
 	}
 	return true
 }
-
-// appendFieldValue appends v with any CR or LF replaced by a space, as
-// net/http does.
-func appendFieldValue(b []byte, v string) []byte {
-	if strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0 {
-		return append(b, v...)
-	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if c == '\r' || c == '\n' {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	return b
-}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshlb/meshlb/internal/h1"
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/net/http/httpguts"
 )
@@ -303,7 +304,7 @@ func (w *loopResponse) sendHead(final bool) {
 		for _, v := range vv {
 			b = append(b, k...)
 			b = append(b, ':', ' ')
-			b = appendFieldValue(b, v)
+			b = h1.AppendFieldValue(b, v)
 			b = append(b, '\r', '\n')
 		}
 	}
@@ -371,7 +372,7 @@ func (w *loopResponse) appendTrailers(b []byte) []byte {
 			for _, v := range h[k] {
 				b = append(b, k...)
 				b = append(b, ':', ' ')
-				b = appendFieldValue(b, v)
+				b = h1.AppendFieldValue(b, v)
 				b = append(b, '\r', '\n')
 			}
 		}
@@ -383,7 +384,7 @@ func (w *loopResponse) appendTrailers(b []byte) []byte {
 		for _, v := range vv {
 			b = append(b, k[len(http.TrailerPrefix):]...)
 			b = append(b, ':', ' ')
-			b = appendFieldValue(b, v)
+			b = h1.AppendFieldValue(b, v)
 			b = append(b, '\r', '\n')
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/meshlb/meshlb/internal/h1"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -42,7 +43,7 @@ func (e *Entry) prepareWire() {
 		for _, v := range e.Header[k] {
 			b = append(b, k...)
 			b = append(b, ':', ' ')
-			b = appendValue(b, v)
+			b = h1.AppendFieldValue(b, v)
 			b = append(b, '\r', '\n')
 		}
 	}
@@ -57,19 +58,3 @@ func (e *Entry) prepareWire() {
 // line ending in CRLF, without the blank line), and whether it holds a
 // Date; nil for other entries. The caller must not change it.
 func (e *Entry) Wire() (head []byte, hasDate bool) { return e.wire, e.wireDate }
-
-// appendValue appends a field value with CR and LF made spaces, as
-// net/http writes them.
-func appendValue(b []byte, v string) []byte {
-	if strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0 {
-		return append(b, v...)
-	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if c == '\r' || c == '\n' {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	return b
-}
