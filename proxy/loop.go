@@ -775,9 +775,14 @@ var errLoopsDown = errors.New("proxy: the event loops have stopped")
 
 // do runs fn, a call into gnet, unless the loops are stopping. A call
 // that waits for a loop (EnrollContext) is fine: the loops run until
-// close, which waits for every call under way.
+// close, which waits for every call under way. do never waits itself
+// (TryRLock: a close waiting for the lock means the loops are stopping),
+// so that a call made on a loop cannot block the loop a call under way
+// waits for.
 func (g *loopGate) do(fn func() error) error {
-	g.mu.RLock()
+	if !g.mu.TryRLock() {
+		return errLoopsDown
+	}
 	defer g.mu.RUnlock()
 	if g.down {
 		return errLoopsDown
