@@ -41,6 +41,10 @@ type leanSlot struct {
 	ans    healthAnswer
 	buf    []byte
 	filled bool
+	// prev, when set, is the previous answer of the same watch, intact
+	// (in another slot): its unchanged entries are copied, not decoded
+	// (decodeHealthAfter).
+	prev *healthAnswer
 }
 
 var slotPool = sync.Pool{New: func() any { return new(leanSlot) }}
@@ -86,7 +90,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the health answer: %w", err)
 	}
-	if err := decodeHealth(buf, &slot.ans); err != nil {
+	if err := decodeHealthAfter(buf, &slot.ans, slot.prev); err != nil {
 		return nil, err
 	}
 	slot.filled = true
@@ -140,22 +144,30 @@ func wrapLean(c *http.Client) {
 // needed (its byte slices point into a pooled buffer).
 func (w *Watcher) fetch(ctx context.Context, q *api.QueryOptions) (*healthAnswer, *api.QueryMeta, func(), error) {
 	if !w.fed {
-		// A watcher's own loop reads one answer at a time: it keeps its
-		// slot, so a big answer's buffers are not given back to a pool
+		// A watcher's own loop reads one answer at a time: it keeps two
+		// slots, so a big answer's buffers are not given back to a pool
 		// that the GC empties, and allocated and grown again, every read.
-		if w.slot == nil {
-			w.slot = new(leanSlot)
+		// It reads into one while the other holds the last answer
+		// decoded, whose unchanged entries the new one copies.
+		if w.slots[0] == nil {
+			w.slots = [2]*leanSlot{new(leanSlot), new(leanSlot)}
 		}
-		slot := w.slot
-		slot.filled = false
+		slot, last := w.slots[0], w.slots[1]
+		slot.filled, slot.prev = false, nil
+		if last.filled {
+			slot.prev = &last.ans
+		}
 		q = q.WithContext(context.WithValue(ctx, leanKey{}, slot))
 		entries, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q)
+		slot.prev = nil
 		switch {
 		case err != nil:
+			slot.filled = false
 			return nil, meta, func() {}, err
 		case !slot.filled:
 			return fromAPI(entries), meta, func() {}, nil
 		}
+		w.slots[0], w.slots[1] = last, slot
 		return &slot.ans, meta, func() {}, nil
 	}
 	slot := getSlot()
