@@ -45,6 +45,13 @@ type healthEntry struct {
 	// next answer (see decoder.reuse).
 	rawLo, rawHi int
 	scratch      bool
+	// built is the builder's record of this entry's instance, set by the
+	// build (builtGen) of builtBy that saw it, and copied with the entry
+	// into the next answer: a build right after that one finds the
+	// record without a lookup (instanceBuilder.build).
+	built    *builtInst
+	builtBy  *instanceBuilder
+	builtGen uint32
 }
 
 // checkState is what the pool needs of one check. A null check in the

@@ -2,6 +2,8 @@ package discovery
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -186,4 +188,142 @@ func FuzzDecodeHealthAfter(f *testing.F) {
 		prev := decodeOwn(t, prevData)
 		decodeAfterMatches(t, prev, data)
 	})
+}
+
+// TestBuilderAfterReuse: a builder fed answers decoded after each other
+// (entries copied with the record the last build found for them) gives
+// the pools, changes and warnings of a builder fed the same answers
+// decoded afresh, over random steps: entries changing, leaving, coming
+// back, repeated on one node or on two, unusable, answers decoded but not
+// built (an equal index), and forget.
+func TestBuilderAfterReuse(t *testing.T) {
+	rng := rand.New(rand.NewPCG(19, 4))
+	entry := func(id, node string, idx, port int, status string) string {
+		return fmt.Sprintf(`{"Node":{"Node":%q,"Address":"10.0.0.1"},"Service":{"ID":%q,"Service":"web","Port":%d,"ModifyIndex":%d,"Meta":{"v":"%d"}},"Checks":[{"CheckID":"c","Status":%q}]}`,
+			node, id, port, idx, idx, status)
+	}
+	type inst struct{ idx, port int }
+	state := map[string]inst{}
+	ids := []string{"a", "b", "c", "d", "e", "f"}
+	var reuse, fresh = newInstanceBuilder(), newInstanceBuilder()
+	var prev *healthAnswer
+	next := 100
+	unchanged := 0
+	for step := range 2000 {
+		for _, id := range ids {
+			if rng.IntN(15) == 0 {
+				next++
+				state[id] = inst{next, 80 + rng.IntN(2)*rng.IntN(70000)} // now and then a bad port
+			}
+		}
+		var es []string
+		for _, id := range ids {
+			st, ok := state[id]
+			if !ok || rng.IntN(25) == 0 {
+				continue
+			}
+			status := "passing"
+			if rng.IntN(40) == 0 {
+				status = "critical"
+			}
+			es = append(es, entry(id, "n1", st.idx, st.port, status))
+			switch rng.IntN(40) {
+			case 0:
+				es = append(es, entry(id, "n1", st.idx, st.port, status)) // same key twice
+			case 1:
+				es = append(es, entry(id, "n2", st.idx, st.port, status)) // on two nodes
+			}
+		}
+		if rng.IntN(30) == 0 {
+			rng.Shuffle(len(es), func(i, j int) { es[i], es[j] = es[j], es[i] })
+		}
+		data := []byte("[" + strings.Join(es, ",") + "]")
+		a := new(healthAnswer)
+		if err := decodeHealthAfter(append([]byte(nil), data...), a, prev); err != nil {
+			t.Fatal(err)
+		}
+		prev = a
+		if rng.IntN(10) == 0 {
+			continue // decoded, not built
+		}
+		if rng.IntN(20) == 0 {
+			reuse.forget()
+			fresh.forget()
+		}
+		var f healthAnswer
+		if err := decodeHealth(data, &f); err != nil {
+			t.Fatal(err)
+		}
+		var w1, w2 []string
+		p1, c1 := reuse.build(a, func(id, reason string) { w1 = append(w1, id+": "+reason) })
+		p2, c2 := fresh.build(&f, func(id, reason string) { w2 = append(w2, id+": "+reason) })
+		if !c2 {
+			unchanged++
+		}
+		// The records kept are the ones this build used (the walk that
+		// drops the others is skipped when none is left to drop).
+		if len(reuse.byKey) != len(fresh.byKey) {
+			t.Fatalf("step %d: %d records kept, want %d", step, len(reuse.byKey), len(fresh.byKey))
+		}
+		for k, b := range reuse.byKey {
+			if b.gen != reuse.gen || fresh.byKey[k] == nil {
+				t.Fatalf("step %d: record %q kept from an older build", step, k)
+			}
+		}
+		if c1 != c2 || !sameInstances(p1, p2) || !reflect.DeepEqual(w1, w2) {
+			t.Fatalf("step %d (%s): reusing: changed %v, %+v, warnings %q; fresh: changed %v, %+v, warnings %q", step, data, c1, p1, w1, c2, p2, w2)
+		}
+	}
+	if unchanged < 200 {
+		t.Fatalf("only %d of the builds saw no change: the steps change too much to test reuse", unchanged)
+	}
+}
+
+// TestBuilderIgnoresStaleRecords: an entry's record is used only by the
+// builder that made it, and only in the build right after: an answer
+// copied from an older one (the answer in between was decoded by
+// consul/api, not after it) or built by another builder looks its
+// records up.
+func TestBuilderIgnoresStaleRecords(t *testing.T) {
+	check := func(name string, ib *instanceBuilder, a *healthAnswer) {
+		t.Helper()
+		var f healthAnswer
+		if err := decodeHealth(a.data, &f); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := ib.build(a, nil)
+		want, _ := newInstanceBuilder().build(&f, nil)
+		if !sameInstances(got, want) {
+			t.Fatalf("%s: pool %+v, want %+v", name, got, want)
+		}
+		for k, b := range ib.byKey {
+			if b.gen != ib.gen {
+				t.Fatalf("%s: record %q kept from an older build", name, k)
+			}
+		}
+		if len(ib.byKey) != len(got) {
+			t.Fatalf("%s: %d records for %d instances", name, len(ib.byKey), len(got))
+		}
+	}
+	// The same builder, an answer in between without the copied entries.
+	ib := newInstanceBuilder()
+	a := decodeOwn(t, healthFixture(20, 0))
+	check("first", ib, a)
+	check("in between, empty", ib, decodeOwn(t, []byte(`[]`)))
+	c := new(healthAnswer)
+	if err := decodeHealthAfter(healthFixture(20, 0), c, a); err != nil || c.reused != 20 {
+		t.Fatalf("decoding after the first: %v, %d reused", err, c.reused)
+	}
+	check("copied from the first", ib, c)
+
+	// Another builder, at the generation that would take the records.
+	x, y := newInstanceBuilder(), newInstanceBuilder()
+	check("other builder's first", y, decodeOwn(t, []byte(`[]`)))
+	a = decodeOwn(t, healthFixture(20, 0))
+	check("first", x, a)
+	c = new(healthAnswer)
+	if err := decodeHealthAfter(healthFixture(20, 0), c, a); err != nil || c.reused != 20 {
+		t.Fatalf("decoding after the first: %v, %d reused", err, c.reused)
+	}
+	check("copied, built by the other builder", y, c)
 }
