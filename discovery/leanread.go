@@ -84,7 +84,18 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return resp, err
 	}
-	buf, err := readBody(resp.Body, slot.buf[:0], resp.ContentLength)
+	length := resp.ContentLength
+	if length <= 0 && slot.prev != nil && len(slot.prev.data) > 0 {
+		// Consul sends a big answer chunked: size the buffer from the
+		// last answer, with room for growth, rather than doubling from
+		// 64 KiB (a 9 MiB answer ended in 16 MiB, in each of the two
+		// slots), and drop one much bigger than that.
+		length = int64(len(slot.prev.data)) + int64(len(slot.prev.data))/8
+		if int64(cap(slot.buf)) > length+length/2 {
+			slot.buf = nil
+		}
+	}
+	buf, err := readBody(resp.Body, slot.buf[:0], length)
 	resp.Body.Close()
 	slot.buf = buf
 	if err != nil {
@@ -99,8 +110,8 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// readBody reads r to the end into buf, sized from the Content-Length when
-// there is one.
+// readBody reads r to the end into buf, sized from length (the
+// Content-Length, or what the body is expected to be) when there is one.
 func readBody(r io.Reader, buf []byte, length int64) ([]byte, error) {
 	if length > 0 && int64(cap(buf)) < length {
 		buf = make([]byte, 0, length+1)

@@ -30,6 +30,8 @@ func TestWatchLeanReadsAfterPrevious(t *testing.T) {
 		[]byte(`[{"Service":`), // cut short
 		healthFixture(200, 5),
 		healthFixture(210, 5),
+		healthFixture(500, 5), // past the buffer sized from the last answer
+		healthFixture(20, 0),  // the slot's buffer is dropped for a smaller one
 		healthFixture(190, 0),
 	}
 	served := make(chan struct{})
@@ -91,7 +93,7 @@ func TestWatchLeanReadsAfterPrevious(t *testing.T) {
 			t.Errorf("pool %d differs from consul/api's", i)
 		}
 	}
-	if got := w.slots[1].ans.reused; got != 185 {
-		t.Errorf("last answer: %d entries reused, want 185 (5 changed before)", got)
+	if got := w.slots[1].ans.reused; got != 20 {
+		t.Errorf("last answer: %d entries reused, want 20 (the answer before had 20)", got)
 	}
 }
