@@ -253,9 +253,12 @@ type decoder struct {
 
 // reuseWindow is how many entries of the previous answer reuse compares,
 // from the one expected next: the same entry, or the one after it when an
-// entry was removed, or the one after that. Entries keep their order in
-// Consul's answers (by node, then service ID), so a change of a few
-// entries costs a few full decodes; follow keeps the place after one.
+// entry was removed, or the one after that. Consul 1.16 lists a
+// service's entries in its state store's order (go-memdb's non-unique
+// "service" index, whose keys end with the row's node and service ID), so
+// a re-registered instance keeps its place and a change of a few entries
+// costs a few full decodes; follow keeps the place after one. An order
+// that changed costs full decodes, never a wrong entry.
 const reuseWindow = 3
 
 // follow moves d.next past the previous answer's entry for the same
