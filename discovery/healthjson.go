@@ -39,6 +39,19 @@ type healthEntry struct {
 	decoded           bool // tags and meta are in tags/meta, not raw
 	checkLo, checkEnd int  // this entry's checks in healthAnswer.checks
 	checksSet         bool
+	// rawLo and rawHi are the entry's object in healthAnswer.data. scratch
+	// is true when a string of it had escapes (its value lives in the
+	// decoder's scratch, not in data): such an entry is not reused by the
+	// next answer (see decoder.reuse).
+	rawLo, rawHi int
+	scratch      bool
+	// built is the builder's record of this entry's instance, set by the
+	// build (builtGen) of builtBy that saw it, and copied with the entry
+	// into the next answer: a build right after that one finds the
+	// record without a lookup (instanceBuilder.build).
+	built    *builtInst
+	builtBy  *instanceBuilder
+	builtGen uint32
 }
 
 // checkState is what the pool needs of one check. A null check in the
@@ -60,6 +73,11 @@ type healthAnswer struct {
 	checks []checkState
 	// bytes is the size of the answer as read.
 	bytes int
+	// data is what the lean decoder decoded (nil from fromAPI): the
+	// entries' byte slices point into it.
+	data []byte
+	// reused counts the entries copied from the previous answer.
+	reused int
 }
 
 func (a *healthAnswer) entryChecks(e *healthEntry) []checkState {
@@ -73,6 +91,8 @@ func (a *healthAnswer) reset() {
 	clear(a.checks)
 	a.checks = a.checks[:0]
 	a.bytes = 0
+	a.data = nil
+	a.reused = 0
 }
 
 // fromAPI converts consul/api's entries to the same form, for sources that
@@ -147,9 +167,28 @@ func entryMeta(e *healthEntry) (map[string]string, error) {
 // else case-insensitively; a repeated key overwrites (objects merge into
 // what the first one set, as encoding/json decodes into the same struct).
 func decodeHealth(data []byte, a *healthAnswer) error {
+	return decodeHealthAfter(data, a, nil)
+}
+
+// decodeHealthAfter is decodeHealth given the previous answer of the same
+// read, prev (nil for none; never a itself), whose data must be intact: an
+// entry whose bytes are those of one of prev's entries is not decoded
+// again but copied from it, its byte slices moved to point into data.
+// The bytes of a JSON object are a whole value wherever they appear, so
+// the same bytes decode to the same entry: the result is the one
+// decodeHealth gives.
+//
+// At 10,000 instances with 20 changed (BenchmarkHealthDecode), decoding
+// every entry walked 9 MiB byte by byte, ≈ 70 % of a pool update's CPU;
+// comparing the bytes with the previous entry is a memcmp.
+func decodeHealthAfter(data []byte, a *healthAnswer, prev *healthAnswer) error {
 	a.reset()
 	a.bytes = len(data)
-	d := decoder{data: data, ans: a}
+	a.data = data
+	if prev != nil && (prev == a || prev.data == nil || len(prev.entries) == 0) {
+		prev = nil
+	}
+	d := decoder{data: data, ans: a, prev: prev}
 	d.space()
 	if d.literal("null") {
 		return d.end()
@@ -166,10 +205,17 @@ func decodeHealth(data []byte, a *healthAnswer) error {
 		if d.literal("null") {
 			// consul/api: a nil entry, which Instances skips.
 		} else if d.peek() == '{' {
-			a.entries = append(a.entries, healthEntry{})
-			e := &a.entries[len(a.entries)-1]
-			if err := d.entry(e); err != nil {
-				return err
+			if d.prev == nil || !d.reuse() {
+				start, escapes := d.off, d.escapes
+				a.entries = append(a.entries, healthEntry{})
+				e := &a.entries[len(a.entries)-1]
+				if err := d.entry(e); err != nil {
+					return err
+				}
+				e.rawLo, e.rawHi, e.scratch = start, d.off, d.escapes != escapes
+				if d.prev != nil {
+					d.follow(e)
+				}
 			}
 		} else {
 			if err := d.skip(); err != nil {
@@ -195,6 +241,121 @@ type decoder struct {
 	// scratch holds unescaped strings; slices of it stay valid because
 	// it only grows by reallocation (old arrays are left to their users).
 	scratch []byte
+	// escapes counts the strings put in scratch.
+	escapes int
+	// prev is the previous answer, whose entries reuse copies; next is
+	// the entry of prev expected next (the one after the last reused).
+	prev *healthAnswer
+	next int
+	// byKey indexes prev's entries by entryKey, made when follow needs it.
+	byKey map[string]int
+}
+
+// reuseWindow is how many entries of the previous answer reuse compares,
+// from the one expected next: the same entry, or the one after it when an
+// entry was removed, or the one after that. Consul 1.16 lists a
+// service's entries in its state store's order (go-memdb's non-unique
+// "service" index, whose keys end with the row's node and service ID), so
+// a re-registered instance keeps its place and a change of a few entries
+// costs a few full decodes; follow keeps the place after one. An order
+// that changed costs full decodes, never a wrong entry.
+const reuseWindow = 3
+
+// follow moves d.next past the previous answer's entry for the same
+// instance as e, an entry decoded in full: e changed in place (the usual
+// case: prev's entry d.next), or after removed entries. When prev has no
+// such entry, e was inserted, and d.next stays. Where d.next points only
+// decides which bytes reuse compares, never what an entry decodes to.
+func (d *decoder) follow(e *healthEntry) {
+	p := d.prev
+	for j := d.next; j < len(p.entries) && j < d.next+reuseWindow; j++ {
+		if sameKey(&p.entries[j], e) {
+			d.next = j + 1
+			return
+		}
+	}
+	if d.byKey == nil {
+		// Beyond the window: index the previous answer once.
+		d.byKey = make(map[string]int, len(p.entries))
+		for j := len(p.entries) - 1; j >= 0; j-- {
+			d.byKey[entryKey(&p.entries[j])] = j
+		}
+	}
+	if j, ok := d.byKey[entryKey(e)]; ok && j >= d.next {
+		d.next = j + 1
+	}
+}
+
+func sameKey(x, y *healthEntry) bool {
+	return bytes.Equal(x.id, y.id) && bytes.Equal(x.name, y.name) && bytes.Equal(x.node, y.node)
+}
+
+func entryKey(e *healthEntry) string {
+	return string(e.id) + "\x00" + string(e.name) + "\x00" + string(e.node)
+}
+
+// reuse copies the entry of the previous answer whose bytes are those at
+// d.off, if one of the reuseWindow entries from d.next is, and steps over
+// it.
+func (d *decoder) reuse() bool {
+	p, rest := d.prev, d.data[d.off:]
+	for j := d.next; j < len(p.entries) && j < d.next+reuseWindow; j++ {
+		pe := &p.entries[j]
+		raw := p.data[pe.rawLo:pe.rawHi]
+		if pe.scratch || len(raw) > len(rest) || !bytes.Equal(raw, rest[:len(raw)]) {
+			continue
+		}
+		if !d.copyEntry(pe) {
+			continue
+		}
+		d.off += len(raw)
+		d.next = j + 1
+		d.ans.reused++
+		return true
+	}
+	return false
+}
+
+// copyEntry appends pe, an entry of d.prev whose bytes are at d.off, with
+// its byte slices and its checks moved into d.data and d.ans. It reports
+// false, appending nothing, if a slice of pe is not inside pe's bytes
+// (which the decoder never makes; checked so that reuse stays exact).
+func (d *decoder) copyEntry(pe *healthEntry) bool {
+	from, to := d.prev.data, d.data
+	lo, n, at := pe.rawLo, pe.rawHi-pe.rawLo, d.off
+	ok := true
+	// move gives the slice of to that is at f's place: a slice of from
+	// made as from[i:j] has cap(from)-i, so i is known without unsafe.
+	move := func(f []byte) []byte {
+		if f == nil {
+			return nil
+		}
+		i := cap(from) - cap(f) - lo
+		if i < 0 || i+len(f) > n {
+			ok = false
+			return nil
+		}
+		return to[at+i : at+i+len(f)]
+	}
+	e := *pe
+	e.node, e.nodeAddr = move(pe.node), move(pe.nodeAddr)
+	e.id, e.name, e.addr = move(pe.id), move(pe.name), move(pe.addr)
+	e.tagsRaw, e.metaRaw = move(pe.tagsRaw), move(pe.metaRaw)
+	e.rawLo, e.rawHi = at, at+n
+	a := d.ans
+	checkLo := len(a.checks)
+	for _, c := range d.prev.checks[pe.checkLo:pe.checkEnd] {
+		c.id, c.status = move(c.id), move(c.status)
+		a.checks = append(a.checks, c)
+	}
+	if !ok {
+		clear(a.checks[checkLo:])
+		a.checks = a.checks[:checkLo]
+		return false
+	}
+	e.checkLo, e.checkEnd = checkLo, len(a.checks)
+	a.entries = append(a.entries, e)
+	return true
 }
 
 var errEnd = errors.New("unexpected end of JSON input")
@@ -753,6 +914,7 @@ func (d *decoder) str() ([]byte, error) {
 					return nil, fmt.Errorf("decoding health answer: string at offset %d: %w", start-1, err)
 				}
 				d.scratch = append(d.scratch[len(d.scratch):], v...)
+				d.escapes++
 				return d.scratch, nil
 			}
 			return s, nil

@@ -355,6 +355,20 @@ func BenchmarkHealthDecode(b *testing.B) {
 			}
 		}
 	})
+	b.Run("lean-decode-after", func(b *testing.B) {
+		b.SetBytes(int64(len(upd)))
+		b.ReportAllocs()
+		var prev, a healthAnswer
+		if err := decodeHealth(base, &prev); err != nil {
+			b.Fatal(err)
+		}
+		defer cpuMetric(b)()
+		for b.Loop() {
+			if err := decodeHealthAfter(upd, &a, &prev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("lean-fresh", func(b *testing.B) {
 		b.SetBytes(int64(len(upd)))
 		b.ReportAllocs()
@@ -425,20 +439,23 @@ func updateBench(b *testing.B, name, pol string, base, upd []byte, n int) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			var a healthAnswer
+			// Two answers, as a watcher keeps them: each decoded after
+			// the other (decodeHealthAfter).
+			var as [2]healthAnswer
 			ib := newInstanceBuilder()
-			if err := decodeHealth(base, &a); err != nil {
+			if err := decodeHealth(base, &as[1]); err != nil {
 				b.Fatal(err)
 			}
-			p, _ := ib.build(&a, nil)
+			p, _ := ib.build(&as[1], nil)
 			bal.Update(slicesClone(p))
 			answers := [][]byte{upd, base}
 			defer cpuMetric(b)()
 			for i := 0; b.Loop(); i++ {
-				if err := decodeHealth(answers[i%2], &a); err != nil {
+				a := &as[i%2]
+				if err := decodeHealthAfter(answers[i%2], a, &as[(i+1)%2]); err != nil {
 					b.Fatal(err)
 				}
-				p, changed := ib.build(&a, nil)
+				p, changed := ib.build(a, nil)
 				if !changed {
 					b.Fatal("no change")
 				}

@@ -20,7 +20,9 @@ import (
 // changes; an index of 0 (never seen from Consul, but fakes send it) is
 // never trusted. Only the goroutine feeding one watcher uses a builder.
 //
-// An unchanged pool of 10,000 instances then costs a map lookup per entry,
+// An unchanged pool of 10,000 instances then costs a map lookup per entry
+// (none for an entry the decoder copied from the last answer, which
+// carries its record: see healthEntry.built),
 // and a changed one a few fresh instances and a merge, instead of decoding
 // and sorting 10,000 instances.
 type instanceBuilder struct {
@@ -88,6 +90,7 @@ func (ib *instanceBuilder) build(a *healthAnswer, warn func(id, reason string)) 
 	gen := ib.gen
 	cands := ib.cands[:0]
 	changed := false
+	claimed := 0 // records of byKey this build uses
 	for i := range a.entries {
 		e := &a.entries[i]
 		if !e.hasService {
@@ -105,11 +108,20 @@ func (ib *instanceBuilder) build(a *healthAnswer, warn func(id, reason string)) 
 			report("", "no service ID and no service name")
 			continue
 		}
-		ib.key = append(append(append(ib.key[:0], rawID...), 0), e.node...)
-		b := ib.byKey[string(ib.key)]
+		// An entry copied from the last answer built carries the
+		// record that build found or made in byKey for its key (the
+		// same bytes, so the same key): no key to make and look up.
+		b, keyed := e.built, false
+		if b == nil || e.builtBy != ib || e.builtGen != gen-1 {
+			ib.key = append(append(append(ib.key[:0], rawID...), 0), e.node...)
+			b, keyed = ib.byKey[string(ib.key)], true
+		}
+		e.built, e.builtBy, e.builtGen = nil, nil, 0
 		if b != nil && b.gen != gen && e.modifyIndex != 0 && b.index == e.modifyIndex &&
 			b.warning == warning && (len(e.addr) > 0 || string(e.nodeAddr) == b.nodeAddr) {
 			b.gen = gen
+			claimed++
+			e.built, e.builtBy, e.builtGen = b, ib, gen
 			cands = append(cands, candidate{b: b})
 			continue
 		}
@@ -126,22 +138,32 @@ func (ib *instanceBuilder) build(a *healthAnswer, warn func(id, reason string)) 
 			}
 			b.inst, b.index, b.warning = inst, e.modifyIndex, warning
 			b.nodeAddr = string(e.nodeAddr)
+			claimed++
+			e.built, e.builtBy, e.builtGen = b, ib, gen
 		} else {
 			// New, or the same key twice in one answer (the slow
 			// path below keeps the first).
 			changed = true
 			b = &builtInst{inst: inst, node: string(e.node), index: e.modifyIndex,
 				nodeAddr: string(e.nodeAddr), warning: warning, rank: -1}
+			if !keyed {
+				ib.key = append(append(append(ib.key[:0], rawID...), 0), e.node...)
+			}
 			if ib.byKey[string(ib.key)] == nil {
 				ib.byKey[string(ib.key)] = b
+				claimed++
+				e.built, e.builtBy, e.builtGen = b, ib, gen
 			}
 		}
 		b.gen = gen
 		cands = append(cands, candidate{b: b})
 	}
-	for k, b := range ib.byKey {
-		if b.gen != gen {
-			delete(ib.byKey, k)
+	if claimed != len(ib.byKey) {
+		// Some instance of the last answer is gone (or unusable now).
+		for k, b := range ib.byKey {
+			if b.gen != gen {
+				delete(ib.byKey, k)
+			}
 		}
 	}
 

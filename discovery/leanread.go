@@ -41,6 +41,10 @@ type leanSlot struct {
 	ans    healthAnswer
 	buf    []byte
 	filled bool
+	// prev, when set, is the previous answer of the same watch, intact
+	// (in another slot): its unchanged entries are copied, not decoded
+	// (decodeHealthAfter).
+	prev *healthAnswer
 }
 
 var slotPool = sync.Pool{New: func() any { return new(leanSlot) }}
@@ -80,13 +84,24 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return resp, err
 	}
-	buf, err := readBody(resp.Body, slot.buf[:0], resp.ContentLength)
+	length := resp.ContentLength
+	if length <= 0 && slot.prev != nil && len(slot.prev.data) > 0 {
+		// Consul sends a big answer chunked: size the buffer from the
+		// last answer, with room for growth, rather than doubling from
+		// 64 KiB (a 9 MiB answer ended in 16 MiB, in each of the two
+		// slots), and drop one much bigger than that.
+		length = int64(len(slot.prev.data)) + int64(len(slot.prev.data))/8
+		if int64(cap(slot.buf)) > length+length/2 {
+			slot.buf = nil
+		}
+	}
+	buf, err := readBody(resp.Body, slot.buf[:0], length)
 	resp.Body.Close()
 	slot.buf = buf
 	if err != nil {
 		return nil, fmt.Errorf("reading the health answer: %w", err)
 	}
-	if err := decodeHealth(buf, &slot.ans); err != nil {
+	if err := decodeHealthAfter(buf, &slot.ans, slot.prev); err != nil {
 		return nil, err
 	}
 	slot.filled = true
@@ -95,8 +110,8 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// readBody reads r to the end into buf, sized from the Content-Length when
-// there is one.
+// readBody reads r to the end into buf, sized from length (the
+// Content-Length, or what the body is expected to be) when there is one.
 func readBody(r io.Reader, buf []byte, length int64) ([]byte, error) {
 	if length > 0 && int64(cap(buf)) < length {
 		buf = make([]byte, 0, length+1)
@@ -140,22 +155,30 @@ func wrapLean(c *http.Client) {
 // needed (its byte slices point into a pooled buffer).
 func (w *Watcher) fetch(ctx context.Context, q *api.QueryOptions) (*healthAnswer, *api.QueryMeta, func(), error) {
 	if !w.fed {
-		// A watcher's own loop reads one answer at a time: it keeps its
-		// slot, so a big answer's buffers are not given back to a pool
+		// A watcher's own loop reads one answer at a time: it keeps two
+		// slots, so a big answer's buffers are not given back to a pool
 		// that the GC empties, and allocated and grown again, every read.
-		if w.slot == nil {
-			w.slot = new(leanSlot)
+		// It reads into one while the other holds the last answer
+		// decoded, whose unchanged entries the new one copies.
+		if w.slots[0] == nil {
+			w.slots = [2]*leanSlot{new(leanSlot), new(leanSlot)}
 		}
-		slot := w.slot
-		slot.filled = false
+		slot, last := w.slots[0], w.slots[1]
+		slot.filled, slot.prev = false, nil
+		if last.filled {
+			slot.prev = &last.ans
+		}
 		q = q.WithContext(context.WithValue(ctx, leanKey{}, slot))
 		entries, meta, err := w.src.Service(w.cfg.Service, w.cfg.Tag, false, q)
+		slot.prev = nil
 		switch {
 		case err != nil:
+			slot.filled = false
 			return nil, meta, func() {}, err
 		case !slot.filled:
 			return fromAPI(entries), meta, func() {}, nil
 		}
+		w.slots[0], w.slots[1] = last, slot
 		return &slot.ans, meta, func() {}, nil
 	}
 	slot := getSlot()

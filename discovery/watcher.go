@@ -129,8 +129,9 @@ type Watcher struct {
 	loop loopState
 	// fed: made by Hub.Add, which reads for it; Run refuses to start.
 	fed bool
-	// slot holds the answers of the watcher's own loop (leanread.go).
-	slot *leanSlot
+	// slots hold the answers of the watcher's own loop (leanread.go):
+	// slots[1] the last one decoded.
+	slots [2]*leanSlot
 
 	mu     sync.Mutex
 	status WatchStatus

@@ -103,7 +103,8 @@ type Server struct {
 
 	// pollMu serializes polls; prev is the state they diff against.
 	pollMu  sync.Mutex
-	prev    map[string]map[string]seen
+	prev    map[string]map[string]*seen
+	polls   uint64 // counts polls, to mark what one saw (seen.poll)
 	serving map[string]healthpb.HealthCheckResponse_ServingStatus
 
 	// prevPool is the pool each service's prev was taken from (made by
@@ -121,11 +122,20 @@ type Server struct {
 	traceUI string
 }
 
-// seen is what the last poll saw of an instance.
+// seen is what the last poll saw of an instance (the last one with its
+// ID), updated in place by the next.
 type seen struct {
 	inst     *lb.Instance
 	ejected  bool
 	draining bool
+	// poll is the poll that last saw the ID; while that poll runs,
+	// before is what the poll before saw (had: the ID was in it).
+	poll   uint64
+	before struct {
+		inst              *lb.Instance
+		ejected, draining bool
+	}
+	had bool
 }
 
 // New returns a Server for the services in o. A Service without a
@@ -139,7 +149,7 @@ func New(o Options) *Server {
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
-		prev:    map[string]map[string]seen{},
+		prev:    map[string]map[string]*seen{},
 		serving: map[string]healthpb.HealthCheckResponse_ServingStatus{},
 		recent:  o.Recent,
 		traceUI: o.TraceUI,

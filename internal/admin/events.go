@@ -39,7 +39,7 @@ func (s *Server) pollOnce(now time.Time) {
 			// four times a second (at 100,000 instances, 30 MB/s of
 			// garbage and a tenth of the agent's CPU under churn).
 			for _, in := range p.Instances {
-				old := prev[in.ID]
+				old := prev[in.ID] // never nil: the last poll saw this pool
 				ej, dr := ejected(in, now), draining(in)
 				if ej != old.ejected {
 					add(svc.Name, pick(ej, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
@@ -47,49 +47,77 @@ func (s *Server) pollOnce(now time.Time) {
 				if dr != old.draining {
 					add(svc.Name, pick(dr, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
 				}
-				if ej != old.ejected || dr != old.draining {
-					old.ejected, old.draining = ej, dr
-					prev[in.ID] = old
-				}
+				old.ejected, old.draining = ej, dr
 			}
 			continue
 		}
 		s.prevPool[svc.Name] = p
-		var cur map[string]seen
-		if p != nil {
-			cur = make(map[string]seen, len(p.Instances))
-			for _, in := range p.Instances {
-				st := seen{inst: in, ejected: ejected(in, now), draining: draining(in)}
-				cur[in.ID] = st
-				old, ok := prev[in.ID]
-				switch {
-				case !ok:
-					add(svc.Name, adminpb.PoolEvent_KIND_JOINED, in)
-					continue
-				case old.inst.Stats != in.Stats:
-					// Left and came back between two polls: its counters
-					// started over, so say so.
-					add(svc.Name, adminpb.PoolEvent_KIND_LEFT, old.inst)
-					add(svc.Name, adminpb.PoolEvent_KIND_JOINED, in)
-					continue
-				}
-				if st.ejected != old.ejected {
-					add(svc.Name, pick(st.ejected, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
-				}
-				if st.draining != old.draining {
-					add(svc.Name, pick(st.draining, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
-				}
-			}
+		if prev == nil {
+			prev = map[string]*seen{}
+			s.prev[svc.Name] = prev
 		}
-		for id, old := range prev {
-			if _, ok := cur[id]; !ok {
-				add(svc.Name, adminpb.PoolEvent_KIND_LEFT, old.inst)
-			}
-		}
-		s.prev[svc.Name] = cur
+		s.diffChanged(svc.Name, p, prev, now, add)
 	}
 	s.publish(evs)
 	s.updateHealth()
+}
+
+// diffChanged diffs a pool that changed since the last poll against prev,
+// what that poll saw, and updates prev in place: an instance joined when
+// its ID is new, left and joined again when its Stats are new (its
+// counters started over), left when its ID is gone. Each ID is compared
+// with what the last poll saw of it, even when the pool holds it twice
+// (remote tiers may reuse a local ID), and the last instance with an ID
+// is what the next poll compares with.
+//
+// Before, every changed pool made a map of all its instances: at 10,000
+// instances with 20 changed, 1.8 ms and 656 kB per update
+// (BenchmarkPollChanged10k).
+func (s *Server) diffChanged(svc string, p *lb.Pool, prev map[string]*seen, now time.Time, add func(string, adminpb.PoolEvent_Kind, *lb.Instance)) {
+	s.polls++
+	poll := s.polls
+	had := len(prev) // IDs the last poll saw
+	stillThere := 0  // of which this poll saw so far
+	if p != nil {
+		for _, in := range p.Instances {
+			ej, dr := ejected(in, now), draining(in)
+			st := prev[in.ID]
+			if st == nil {
+				st = &seen{poll: poll}
+				prev[in.ID] = st
+			} else if st.poll != poll {
+				st.poll, st.had = poll, true
+				st.before.inst, st.before.ejected, st.before.draining = st.inst, st.ejected, st.draining
+				stillThere++
+			}
+			st.inst, st.ejected, st.draining = in, ej, dr
+			old := &st.before
+			switch {
+			case !st.had:
+				add(svc, adminpb.PoolEvent_KIND_JOINED, in)
+				continue
+			case old.inst.Stats != in.Stats:
+				add(svc, adminpb.PoolEvent_KIND_LEFT, old.inst)
+				add(svc, adminpb.PoolEvent_KIND_JOINED, in)
+				continue
+			}
+			if ej != old.ejected {
+				add(svc, pick(ej, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
+			}
+			if dr != old.draining {
+				add(svc, pick(dr, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
+			}
+		}
+	}
+	if stillThere == had {
+		return // nobody left: spare the walk over every ID
+	}
+	for id, st := range prev {
+		if st.poll != poll {
+			add(svc, adminpb.PoolEvent_KIND_LEFT, st.inst)
+			delete(prev, id)
+		}
+	}
 }
 
 func pick[T any](cond bool, yes, no T) T {

@@ -1,7 +1,10 @@
 package admin
 
 import (
+	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,4 +107,131 @@ func TestEventRing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPollDiffMatchesRebuild drives random pool changes (instances joining,
+// leaving, leaving and coming back between two polls, changing, ejected
+// and drained, a remote tier reusing local IDs) and checks every poll's
+// events against the diff that rebuilt a map of the whole pool on each
+// change (refDiff), which pollOnce's in-place diff replaced.
+func TestPollDiffMatchesRebuild(t *testing.T) {
+	b := newBalancer(t, "web")
+	s := New(Options{Services: []Service{{Balancer: b}}})
+	ref := &refDiff{}
+	rng := rand.New(rand.NewPCG(1, 19))
+	now := time.Now()
+	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	pool := func() []lb.Instance {
+		var out []lb.Instance
+		for i, id := range ids {
+			if rng.IntN(3) > 0 {
+				in := inst("web", id, 1000+i)
+				if rng.IntN(4) == 0 {
+					in.Tags = []string{"v" + strconv.Itoa(rng.IntN(3))}
+				}
+				out = append(out, in)
+			}
+		}
+		return out
+	}
+	var last uint64
+	for step := range 400 {
+		for range rng.IntN(3) { // 0 to 2 updates between polls
+			if rng.IntN(4) == 0 {
+				b.UpdateTiers([]lb.Tier{{Instances: pool()}, {Datacenter: "dc2", Remote: true, Instances: pool()}})
+			} else {
+				b.Update(pool())
+			}
+		}
+		if p := b.Pool(); p != nil && len(p.Instances) > 0 && rng.IntN(2) == 0 {
+			in := p.Instances[rng.IntN(len(p.Instances))]
+			switch rng.IntN(3) {
+			case 0:
+				in.Stats.EjectedUntil.Store(now.Add(time.Duration(rng.IntN(3)-1) * time.Minute).UnixNano())
+			case 1:
+				in.Stats.Draining.Store(!in.Stats.Draining.Load())
+			}
+		}
+		s.pollOnce(now)
+		evs, seq, _ := s.eventsAfter(last)
+		last = seq
+		var got []string
+		for _, ev := range evs {
+			in := ev.GetInstance()
+			got = append(got, KindName(ev.GetKind())+" "+in.GetId()+"@"+in.GetDatacenter()+" "+strings.Join(in.GetTags(), ","))
+		}
+		want := ref.poll(b.Pool(), now)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: events %q, want %q", step, got, want)
+		}
+	}
+}
+
+// refDiff is the diff pollOnce made before it updated its state in place.
+type refDiff struct {
+	prev     map[string]refSeen
+	prevPool *lb.Pool
+}
+
+type refSeen struct {
+	inst              *lb.Instance
+	ejected, draining bool
+}
+
+func (r *refDiff) poll(p *lb.Pool, now time.Time) []string {
+	var evs []string
+	add := func(kind adminpb.PoolEvent_Kind, in *lb.Instance) {
+		evs = append(evs, KindName(kind)+" "+in.ID+"@"+in.Datacenter+" "+strings.Join(in.Tags, ","))
+	}
+	if p != nil && p == r.prevPool {
+		for _, in := range p.Instances {
+			old := r.prev[in.ID]
+			ej, dr := ejected(in, now), draining(in)
+			if ej != old.ejected {
+				add(pick(ej, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
+			}
+			if dr != old.draining {
+				add(pick(dr, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
+			}
+			if ej != old.ejected || dr != old.draining {
+				old.ejected, old.draining = ej, dr
+				r.prev[in.ID] = old
+			}
+		}
+		return evs
+	}
+	r.prevPool = p
+	var cur map[string]refSeen
+	if p != nil {
+		cur = make(map[string]refSeen, len(p.Instances))
+		for _, in := range p.Instances {
+			st := refSeen{inst: in, ejected: ejected(in, now), draining: draining(in)}
+			cur[in.ID] = st
+			old, ok := r.prev[in.ID]
+			switch {
+			case !ok:
+				add(adminpb.PoolEvent_KIND_JOINED, in)
+				continue
+			case old.inst.Stats != in.Stats:
+				add(adminpb.PoolEvent_KIND_LEFT, old.inst)
+				add(adminpb.PoolEvent_KIND_JOINED, in)
+				continue
+			}
+			if st.ejected != old.ejected {
+				add(pick(st.ejected, adminpb.PoolEvent_KIND_EJECTED, adminpb.PoolEvent_KIND_UNEJECTED), in)
+			}
+			if st.draining != old.draining {
+				add(pick(st.draining, adminpb.PoolEvent_KIND_DRAINING, adminpb.PoolEvent_KIND_UNDRAINED), in)
+			}
+		}
+	}
+	for id, old := range r.prev {
+		if _, ok := cur[id]; !ok {
+			add(adminpb.PoolEvent_KIND_LEFT, old.inst)
+		}
+	}
+	r.prev = cur
+	return evs
 }
