@@ -27,6 +27,7 @@ import (
 
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/admin"
+	"github.com/meshlb/meshlb/internal/admin/adminclient"
 	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/httpguard"
@@ -47,16 +48,17 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run is the agent's main: the status subcommand, or the agent itself.
+// run is the agent's main: a subcommand, or the agent itself.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "status" {
-		return runStatus(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "requests" {
-		return runRequests(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "cache" {
-		return runCache(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] { // the clients of a running agent's admin API
+		case "status":
+			return adminclient.Status(args[1:], stdout, stderr)
+		case "requests":
+			return adminclient.Requests(args[1:], stdout, stderr)
+		case "cache":
+			return adminclient.Cache(args[1:], stdout, stderr)
+		}
 	}
 	cfg, err := parseArgs(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -1,4 +1,4 @@
-package main
+package adminclient
 
 import (
 	"bytes"
@@ -47,9 +47,9 @@ Examples:
 Flags:
 `
 
-// runRequests is `agent requests`: it prints the recent requests of the
+// Requests is `agent requests`: it prints the recent requests of the
 // agent whose admin API listens on --admin. It returns the exit code.
-func runRequests(args []string, stdout, stderr io.Writer) int {
+func Requests(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return requestsMain(ctx, args, stdout, stderr)

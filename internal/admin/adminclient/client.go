@@ -1,0 +1,68 @@
+// Package adminclient holds the agent's subcommands that talk to a running
+// agent through its admin API: `agent status`, `agent requests` and `agent
+// cache purge`. Each parses its own flags, calls the API over gRPC and
+// prints for a person (a table) or a script (--json); each returns the exit
+// code. The server side is package admin; this package must not import the
+// agent (cmd/agent dispatches to it with one line per subcommand).
+package adminclient
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The exit codes, the agent's own: 2 for bad input (a flag, an address), 1
+// for a call that failed.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitBadInput = 2
+)
+
+// checkAdminAddr accepts HOST:PORT with a numeric port.
+func checkAdminAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:9070: %w", err)
+	}
+	if host == "" {
+		return errors.New("want HOST:PORT with a host, e.g. 127.0.0.1:9070")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// callError explains a failed call to the admin API at addr in words a
+// person can act on.
+func callError(addr string, timeout time.Duration, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Errorf("cannot reach the agent's admin API at %s (is the agent running with --admin %s?): %s",
+			addr, addr, st.Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("no answer from the agent's admin API at %s within %s", addr, timeout)
+	case codes.Unimplemented:
+		return fmt.Errorf("%s does not serve the meshlb admin API: %s", addr, st.Message())
+	default:
+		return fmt.Errorf("admin API at %s: %s", addr, st.Message())
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
