@@ -5,8 +5,6 @@ import (
 	"os"
 	"runtime/debug"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/proxy/httpcache"
 )
@@ -62,12 +60,6 @@ func parseCacheFlag(v string) (*cacheConfig, error) {
 	return &cacheConfig{maxSize: n}, nil
 }
 
-// namedCache is one configured cache.
-type namedCache struct {
-	name  string
-	cache *httpcache.Cache
-}
-
 // buildCaches makes a cache for every listener and route with a cache
 // block and returns them by listener, each route's cache in order (nil for
 // none).
@@ -79,7 +71,7 @@ func (a *agent) buildCaches() ([][]*httpcache.Cache, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		a.caches = append(a.caches, namedCache{name: name, cache: c})
+		a.caches = append(a.caches, httpcache.Named{Name: name, Cache: c})
 		total += cc.maxSize
 		return c, nil
 	}
@@ -132,9 +124,9 @@ func (a *agent) setMemoryLimit(total int64) {
 func (a *agent) adminCaches() []admin.Cache {
 	out := make([]admin.Cache, 0, len(a.caches))
 	for _, nc := range a.caches {
-		c := nc.cache
+		c := nc.Cache
 		out = append(out, admin.Cache{
-			Name: nc.name,
+			Name: nc.Name,
 			Purge: func(host, target string, prefix bool) int {
 				return c.Purge(httpcache.Key(host, target), prefix)
 			},
@@ -146,47 +138,4 @@ func (a *agent) adminCaches() []admin.Cache {
 		})
 	}
 	return out
-}
-
-// cacheCollector exports the caches' counters at scrape time.
-type cacheCollector struct{ caches []namedCache }
-
-var (
-	cacheHitsDesc      = prometheus.NewDesc("meshlb_cache_hits_total", "Requests answered from the HTTP cache without reaching an instance (stale ones included).", []string{"cache"}, nil)
-	cacheMissesDesc    = prometheus.NewDesc("meshlb_cache_misses_total", "Cacheable requests forwarded to an instance: not stored, stale, or the client asked to revalidate.", []string{"cache"}, nil)
-	cacheStaleDesc     = prometheus.NewDesc("meshlb_cache_stale_served_total", "Stale responses served (max-stale, stale-while-revalidate, stale-if-error, no instance reachable).", []string{"cache"}, nil)
-	cacheCollapsedDesc = prometheus.NewDesc("meshlb_cache_collapsed_waits_total", "Requests that waited for another request fetching the same URL (request collapsing).", []string{"cache"}, nil)
-	cacheStoresDesc    = prometheus.NewDesc("meshlb_cache_stores_total", "Responses stored (304 updates included).", []string{"cache"}, nil)
-	cacheObjectsDesc   = prometheus.NewDesc("meshlb_cache_objects", "Responses (variants) stored.", []string{"cache"}, nil)
-	cacheBytesDesc     = prometheus.NewDesc("meshlb_cache_bytes", "Bytes counted against max_size: bodies, fields and bookkeeping.", []string{"cache"}, nil)
-	cacheMaxDesc       = prometheus.NewDesc("meshlb_cache_max_bytes", "The cache's max_size.", []string{"cache"}, nil)
-)
-
-func (cc *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{cacheHitsDesc, cacheMissesDesc, cacheStaleDesc, cacheCollapsedDesc,
-		cacheStoresDesc, cacheObjectsDesc, cacheBytesDesc, cacheMaxDesc} {
-		ch <- d
-	}
-}
-
-func (cc *cacheCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, nc := range cc.caches {
-		s := nc.cache.Stats()
-		for _, m := range []struct {
-			d *prometheus.Desc
-			t prometheus.ValueType
-			v int64
-		}{
-			{cacheHitsDesc, prometheus.CounterValue, s.Hits},
-			{cacheMissesDesc, prometheus.CounterValue, s.Misses},
-			{cacheStaleDesc, prometheus.CounterValue, s.StaleServed},
-			{cacheCollapsedDesc, prometheus.CounterValue, s.CollapsedWaits},
-			{cacheStoresDesc, prometheus.CounterValue, s.Stores},
-			{cacheObjectsDesc, prometheus.GaugeValue, s.Objects},
-			{cacheBytesDesc, prometheus.GaugeValue, s.Weight},
-			{cacheMaxDesc, prometheus.GaugeValue, s.MaxSize},
-		} {
-			ch <- prometheus.MustNewConstMetric(m.d, m.t, float64(m.v), nc.name)
-		}
-	}
 }

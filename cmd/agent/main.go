@@ -23,6 +23,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshlb/meshlb/discovery"
@@ -98,7 +99,7 @@ type agent struct {
 	client   *api.Client
 	services map[string]*serviceState
 	ordered  []*serviceState
-	metrics  *metrics
+	requests *proxy.RequestMetrics // meshlb_http_requests_total and its histogram
 
 	listeners []net.Listener
 	servers   []*http.Server
@@ -117,7 +118,7 @@ type agent struct {
 	saveMu   sync.Mutex
 	saveKick chan struct{}
 
-	caches      []namedCache         // every HTTP cache, for metrics and the admin API
+	caches      []httpcache.Named    // every HTTP cache, for metrics and the admin API
 	routeCaches [][]*httpcache.Cache // by listener, by route; nil: none
 
 	recent *recent.Ring // nil with --recent 0
@@ -155,11 +156,10 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	if a.routeCaches, err = a.buildCaches(); err != nil {
 		return nil, err
 	}
-	a.metrics = newMetrics(a.ordered)
+	a.requests = proxy.NewRequestMetrics()
 	if cfg.recent > 0 {
 		a.recent = recent.New(cfg.recent)
 	}
-	a.metrics.reg.MustRegister(&cacheCollector{caches: a.caches})
 	for _, d := range cfg.deprecated {
 		logger.Warn(d)
 	}
@@ -190,7 +190,6 @@ func (a *agent) run() int {
 		a.closeListeners()
 		return exitBadInput
 	}
-	a.metrics.reg.MustRegister(&budgetCollector{proxies: a.proxies})
 
 	var wg sync.WaitGroup
 	followed := make([]discovery.Followed, 0, len(a.ordered))
@@ -442,7 +441,7 @@ func (a *agent) buildServers() error {
 			return fmt.Errorf("listener %q: %w", l.name, err)
 		}
 		a.proxies = append(a.proxies, p)
-		h := a.metrics.instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
+		h := a.requests.Instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
 		sc := proxy.ServerConfig{
 			ReadHeaderTimeout:    a.cfg.readHeaderTimeout,
 			IdleTimeout:          120 * time.Second,
@@ -483,7 +482,7 @@ func (a *agent) buildServers() error {
 				// The requests the loop serves itself (no goroutine)
 				// are counted as instrument counts the others.
 				Proxy:   p,
-				Observe: a.metrics.observer(l.name),
+				Observe: a.requests.Observer(l.name),
 			})
 		}
 		a.loops = append(a.loops, loop)
@@ -491,7 +490,10 @@ func (a *agent) buildServers() error {
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", a.healthz)
-		mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(a.requests, a.adminAPI.PoolCollector(), proxy.NewBudgetCollector(a.proxies),
+			httpcache.NewCollector(a.caches), prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		// One port for browsers (HTTP/1) and gRPC clients (h2c). No
 		// WriteTimeout: it would cut watch streams.
 		var protos http.Protocols
@@ -539,6 +541,12 @@ func (a *agent) buildAdminAPI() {
 				info.LastError = st.LastError.Error()
 			}
 			return info
+		}, Datacenters: func() []admin.DatacenterInfo {
+			var out []admin.DatacenterInfo
+			for _, dc := range s.tiers.failover.Datacenters() {
+				out = append(out, admin.DatacenterInfo{Datacenter: dc.Datacenter, Up: !dc.Failing})
+			}
+			return out
 		}})
 	}
 	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
