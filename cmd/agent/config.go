@@ -97,7 +97,7 @@ type fileConfig struct {
 	TraceUI        *string          `hcl:"trace_ui,optional"`
 }
 
-// fileUpstreamTLS is TLS to instances tagged "https"; see upstreamTLS.
+// fileUpstreamTLS is TLS to instances tagged "https"; see proxy.UpstreamTLSFiles.
 type fileUpstreamTLS struct {
 	CAFile     *string `hcl:"ca_file,optional"`
 	CertFile   *string `hcl:"cert_file,optional"`
@@ -189,7 +189,7 @@ type config struct {
 
 	services    []serviceConfig
 	listeners   []listenerConfig
-	upstreamTLS upstreamTLS
+	upstreamTLS proxy.UpstreamTLSFiles
 
 	logLevel string
 	logJSON  bool
@@ -202,21 +202,6 @@ type config struct {
 
 // maxRecent bounds --recent: a record is a few hundred bytes.
 const maxRecent = 100000
-
-// upstreamTLS is TLS to the instances tagged "https". Every setting is
-// optional; each remembers where it came from (a flag, or the config
-// file) so an error names it.
-type upstreamTLS struct {
-	ca, cert, key, serverName tlsSetting
-}
-
-// tlsSetting is one upstream TLS setting and the flag or file field that
-// gave it.
-type tlsSetting struct{ value, from string }
-
-func (s *tlsSetting) set(value, from string) { s.value, s.from = value, from }
-
-func (s tlsSetting) String() string { return fmt.Sprintf("%s %q", s.from, s.value) }
 
 type serviceConfig struct {
 	name string
@@ -417,15 +402,15 @@ func (f *flags) resolve() (*config, error) {
 	for _, u := range []struct {
 		flag string
 		v    string
-		dst  *tlsSetting
+		dst  *proxy.TLSSetting
 	}{
-		{"upstream-tls-ca", f.upCA, &c.upstreamTLS.ca},
-		{"upstream-tls-cert", f.upCert, &c.upstreamTLS.cert},
-		{"upstream-tls-key", f.upKey, &c.upstreamTLS.key},
-		{"upstream-tls-server-name", f.upServerName, &c.upstreamTLS.serverName},
+		{"upstream-tls-ca", f.upCA, &c.upstreamTLS.CA},
+		{"upstream-tls-cert", f.upCert, &c.upstreamTLS.Cert},
+		{"upstream-tls-key", f.upKey, &c.upstreamTLS.Key},
+		{"upstream-tls-server-name", f.upServerName, &c.upstreamTLS.ServerName},
 	} {
 		if f.set[u.flag] {
-			u.dst.set(u.v, "--"+u.flag)
+			u.dst.Set(u.v, "--"+u.flag)
 		}
 	}
 	for _, p := range f.trusted {
@@ -628,12 +613,12 @@ func (c *config) apply(path string, fc *fileConfig) error {
 		for _, s := range []struct {
 			field string
 			v     *string
-			dst   *tlsSetting
+			dst   *proxy.TLSSetting
 		}{
-			{"ca_file", u.CAFile, &c.upstreamTLS.ca},
-			{"cert_file", u.CertFile, &c.upstreamTLS.cert},
-			{"key_file", u.KeyFile, &c.upstreamTLS.key},
-			{"server_name", u.ServerName, &c.upstreamTLS.serverName},
+			{"ca_file", u.CAFile, &c.upstreamTLS.CA},
+			{"cert_file", u.CertFile, &c.upstreamTLS.Cert},
+			{"key_file", u.KeyFile, &c.upstreamTLS.Key},
+			{"server_name", u.ServerName, &c.upstreamTLS.ServerName},
 		} {
 			if s.v == nil {
 				continue
@@ -641,7 +626,7 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			if *s.v == "" {
 				return wrap(fmt.Errorf("upstream_tls %s is empty: leave it out instead", s.field))
 			}
-			s.dst.set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
+			s.dst.Set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
 		}
 	}
 	if fc.Consul != nil {
@@ -868,45 +853,7 @@ func (c *config) validate() error {
 			return fmt.Errorf("--trace-ui: %w", err)
 		}
 	}
-	return c.upstreamTLS.validate()
-}
-
-// validate checks the settings go together; the files are read by load.
-func (u *upstreamTLS) validate() error {
-	if (u.cert.value == "") != (u.key.value == "") {
-		given, missing := u.cert, "--upstream-tls-key (key_file in upstream_tls)"
-		if u.cert.value == "" {
-			given, missing = u.key, "--upstream-tls-cert (cert_file in upstream_tls)"
-		}
-		return fmt.Errorf("upstream TLS client certificate: %v given without %s: they go together", given, missing)
-	}
-	if n := u.serverName.value; n != "" && !validServerName(n) {
-		return fmt.Errorf("invalid %v: want a DNS name or an IP address, without port", u.serverName)
-	}
-	return nil
-}
-
-// validServerName reports whether n can be a certificate's DNS name or IP
-// address.
-func validServerName(n string) bool {
-	if _, err := netip.ParseAddr(n); err == nil {
-		return true
-	}
-	n = strings.TrimSuffix(n, ".") // a fully qualified name
-	if len(n) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(n, ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return false
-			}
-		}
-	}
-	return true
+	return c.upstreamTLS.Validate()
 }
 
 // validateListenAddr checks host:port syntax; binding errors come later and

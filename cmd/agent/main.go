@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -82,15 +81,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return a.run()
 }
 
-// serviceState is one watched service: its balancer and its watcher.
+// serviceState is one watched service: its local watch feeds its Failover
+// (through the feed's empty-pool grace), which ranks the local instances,
+// the backups and the failover datacenters' into the balancer's tiers.
 type serviceState struct {
 	name     string
 	balancer *lb.Balancer
 	watcher  *discovery.Watcher
-
-	mu         sync.Mutex  // serializes updates; never taken on the request path
-	emptyTimer *time.Timer // pending "pool became empty", see onUpdate
-	tiers      tierState   // backups and failover datacenters (failover.go)
+	feed     *discovery.LocalFeed
+	failover *discovery.Failover
 }
 
 type agent struct {
@@ -126,14 +125,17 @@ type agent struct {
 
 func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
-	upTLS, upCert, err := cfg.upstreamTLS.load()
+	upTLS, upCert, err := cfg.upstreamTLS.Load()
 	if err != nil {
 		return nil, err
 	}
 	a.upTLS, a.upCert = upTLS, upCert
 	copts := cfg.consul
 	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
-	copts.Watchers += failoverWatchers(cfg)
+	// The failover datacenters' long polls share the client too.
+	for _, sc := range cfg.services {
+		copts.Watchers += len(sc.failover.Datacenters)
+	}
 	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
@@ -213,10 +215,16 @@ func (a *agent) run() int {
 	}
 	for i, w := range follower.Watchers() {
 		a.ordered[i].watcher = w
+		a.ordered[i].feed.SetWatcher(w)
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = follower.Run(ctx) }()
-	a.runFailovers(ctx, &wg)
+	for _, s := range a.ordered {
+		if f := s.failover; f.Active() { // the failover datacenters' watches
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = f.Run(ctx) }()
+		}
+	}
 	if a.cfg.snapshotFile != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.saveLoop(ctx) }()
@@ -297,37 +305,63 @@ wait:
 	return code
 }
 
-// onUpdate applies a watch update to the service's pool. An update that
-// would empty a non-empty pool is held for --empty-pool-grace: a Consul
-// agent that restarted empty answers "no instances" until the registrars
-// have registered again, and dropping every instance meanwhile would turn
-// a Consul restart into an outage. Instances that really are gone are
-// still avoided by passive health during the grace.
+// onUpdate applies a watch update to the service's pool and tells the
+// proxies about the instances that left it because Consul reports them
+// failed: they close their idle connections and send the idempotent
+// requests waiting on them elsewhere at once, rather than waiting for TCP
+// or the response header timeout; the others fail with 502.
 func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instance) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.emptyTimer != nil {
-		s.emptyTimer.Stop()
-		s.emptyTimer = nil
-	}
-	if len(insts) == 0 && s.tiers.local > 0 && a.cfg.emptyGrace > 0 && a.mayHaveLostState(s) {
-		a.log.Warn("consul reports no instances; keeping the last pool for the grace period in case Consul lost its state",
-			"service", s.name, "instances", s.tiers.local, "grace", a.cfg.emptyGrace)
-		s.emptyTimer = time.AfterFunc(a.cfg.emptyGrace, func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if ctx.Err() != nil || s.emptyTimer == nil {
-				return
-			}
-			s.emptyTimer = nil
-			a.log.Warn("pool emptied: consul still reports no instances after the grace period", "service", s.name)
-			a.setLocal(s, nil)
-		})
+	old := s.balancer.Pool()
+	if !s.feed.Update(ctx, insts) || s.watcher == nil {
 		return
 	}
-	old := s.balancer.Pool()
-	a.setLocal(s, insts)
-	a.instancesLeft(s, old, insts)
+	gone := s.watcher.FailedLeft(old, insts)
+	if len(gone) == 0 {
+		return
+	}
+	n := 0
+	for _, p := range a.proxies {
+		n += p.InstancesLeft(gone)
+	}
+	ids := make([]string, len(gone))
+	for i, in := range gone {
+		ids[i] = in.ID
+	}
+	a.log.Info("failed instances left the pool: their waiting requests cancelled", "service", s.name, "instances", ids, "cancelled", n)
+}
+
+// newFailovers makes each service's Failover and the feed of its local
+// watch.
+func (a *agent) newFailovers() error {
+	for _, s := range a.ordered {
+		sc := a.cfg.service(s.name)
+		fc := sc.failover
+		fc.Service, fc.Tag = s.name, sc.tag
+		fc.Logger = a.log.Named("failover")
+		f, err := discovery.NewFailover(a.client, fc, func(tiers []lb.Tier) { a.applyTiers(s, tiers) })
+		if err != nil {
+			return err
+		}
+		s.failover = f
+		s.feed = discovery.NewLocalFeed(f, a.cfg.emptyGrace, a.log.With("service", s.name))
+	}
+	return nil
+}
+
+// applyTiers publishes the ranked tiers. It runs under the Failover's lock,
+// from the local update or a failover datacenter's watch.
+func (a *agent) applyTiers(s *serviceState, tiers []lb.Tier) {
+	s.balancer.UpdateTiers(tiers)
+	n := 0
+	for _, t := range tiers {
+		n += len(t.Instances)
+	}
+	if len(tiers) > 0 && n > len(tiers[0].Instances) {
+		a.log.Info("pool updated", "service", s.name, "instances", n, "tiers", len(s.balancer.Pool().Tiers()))
+	} else {
+		a.log.Info("pool updated", "service", s.name, "instances", n)
+	}
+	a.kickSave()
 }
 
 // reloadCerts reads every listener's TLS files again (SIGHUP). New
@@ -353,38 +387,6 @@ func (a *agent) reloadCerts() {
 		}
 		a.log.Info("upstream TLS client certificate reloaded", "cert", cert, "key", key)
 	}
-}
-
-// load reads the upstream TLS files and returns the proxy's UpstreamTLS
-// (nil when nothing is set) and the client certificate's reloader (nil
-// without one). Errors name the flag or config field and the file.
-func (u *upstreamTLS) load() (*tls.Config, *certreload.Reloader, error) {
-	if u.ca.value == "" && u.cert.value == "" && u.serverName.value == "" {
-		return nil, nil, nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.serverName.value}
-	if u.ca.value != "" {
-		pem, err := os.ReadFile(u.ca.value)
-		if err != nil {
-			return nil, nil, fmt.Errorf("invalid %v: %w", u.ca, err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("invalid %v: no PEM certificate in it", u.ca)
-		}
-	}
-	var cr *certreload.Reloader
-	if u.cert.value != "" {
-		var err error
-		if cr, err = certreload.New(u.cert.value, u.key.value); err != nil {
-			return nil, nil, fmt.Errorf("invalid upstream TLS client certificate (%s, %s): %w", u.cert.from, u.key.from, err)
-		}
-		// Asked for at each handshake, so a reload applies to new connections.
-		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return cr.GetCertificate(nil)
-		}
-	}
-	return tc, cr, nil
 }
 
 // listen binds the client listeners and the admin listener.
@@ -441,7 +443,7 @@ func (a *agent) buildServers() error {
 			return fmt.Errorf("listener %q: %w", l.name, err)
 		}
 		a.proxies = append(a.proxies, p)
-		h := a.requests.Instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
+		h := a.requests.Instrument(l.name, proxy.LimitBody(a.cfg.maxBodyBytes, p))
 		sc := proxy.ServerConfig{
 			ReadHeaderTimeout:    a.cfg.readHeaderTimeout,
 			IdleTimeout:          120 * time.Second,
@@ -489,7 +491,7 @@ func (a *agent) buildServers() error {
 	}
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", a.healthz)
+		mux.HandleFunc("GET /healthz", a.adminAPI.Healthz)
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(a.requests, a.adminAPI.PoolCollector(), proxy.NewBudgetCollector(a.proxies),
 			httpcache.NewCollector(a.caches), prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
@@ -502,28 +504,6 @@ func (a *agent) buildServers() error {
 		a.admin = &http.Server{Handler: a.adminAPI.Handler(mux), ReadHeaderTimeout: 5 * time.Second, Protocols: &protos}
 	}
 	return nil
-}
-
-// limitBody answers 413 to a request whose declared body is larger than
-// max, and caps an undeclared (chunked) one; max 0 means no limit.
-func limitBody(max int64, next http.Handler) http.Handler {
-	if max <= 0 {
-		return next
-	}
-	msg := fmt.Sprintf("request body larger than %d bytes\n", max)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > max {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.Header().Set("Connection", "close")
-			w.WriteHeader(http.StatusRequestEntityTooLarge)
-			io.WriteString(w, msg)
-			return
-		}
-		if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
-			r.Body = http.MaxBytesReader(w, r.Body, max)
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // buildAdminAPI makes the admin API (gRPC, status page) over the pools.
@@ -543,7 +523,7 @@ func (a *agent) buildAdminAPI() {
 			return info
 		}, Datacenters: func() []admin.DatacenterInfo {
 			var out []admin.DatacenterInfo
-			for _, dc := range s.tiers.failover.Datacenters() {
+			for _, dc := range s.failover.Datacenters() {
 				out = append(out, admin.DatacenterInfo{Datacenter: dc.Datacenter, Up: !dc.Failing})
 			}
 			return out
@@ -559,27 +539,6 @@ func (a *agent) recorder() proxy.Recorder {
 		return nil // not a nil *recent.Ring in a non-nil interface
 	}
 	return a.recent
-}
-
-// healthz answers 200 once every service has a pool (from Consul or from
-// the snapshot file), else 503 naming the services still waiting.
-func (a *agent) healthz(w http.ResponseWriter, _ *http.Request) {
-	var waiting []string
-	var b strings.Builder
-	for _, s := range a.ordered {
-		pool := s.balancer.Pool()
-		if pool == nil {
-			waiting = append(waiting, s.name)
-			fmt.Fprintf(&b, "%s: waiting for the first pool from Consul\n", s.name)
-			continue
-		}
-		fmt.Fprintf(&b, "%s: %d instances\n", s.name, len(pool.Instances))
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if len(waiting) > 0 {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	io.WriteString(w, b.String())
 }
 
 // shutdown stops accepting, lets in-flight requests finish (bounded), stops
@@ -630,9 +589,7 @@ func (a *agent) restoreSnapshot() {
 	}
 	for name, insts := range pools {
 		if s, ok := a.services[name]; ok && len(insts) > 0 {
-			s.mu.Lock()
-			a.setLocal(s, insts)
-			s.mu.Unlock()
+			s.feed.Restore(insts)
 			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.snapshotFile)
 		}
 	}
@@ -670,21 +627,9 @@ func (a *agent) saveSnapshot() {
 	defer a.saveMu.Unlock()
 	pools := map[string][]lb.Instance{}
 	for _, s := range a.ordered {
-		pool := s.balancer.Pool()
-		if pool == nil {
-			continue
+		if pool := s.balancer.Pool(); pool != nil {
+			pools[s.name] = discovery.SnapshotInstances(pool)
 		}
-		insts := make([]lb.Instance, 0, len(pool.Instances))
-		tiers := pool.Tiers()
-		for _, in := range pool.Instances {
-			if in.Tier < len(tiers) && tiers[in.Tier].Remote {
-				continue // another datacenter's: not for a restart's local pool
-			}
-			c := *in
-			c.Stats = nil
-			insts = append(insts, c)
-		}
-		pools[s.name] = insts
 	}
 	if err := discovery.SaveSnapshot(a.cfg.snapshotFile, pools); err != nil {
 		a.log.Warn("cannot save the pool snapshot", "file", a.cfg.snapshotFile, "error", err)

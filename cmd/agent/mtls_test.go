@@ -266,7 +266,7 @@ func TestUpstreamTLSConfigLoads(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc2, cr, err := cfg.upstreamTLS.load()
+			tc2, cr, err := cfg.upstreamTLS.Load()
 			if err != nil {
 				t.Fatal(err)
 			}
