@@ -28,6 +28,7 @@ import (
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/internal/admin/adminclient"
+	"github.com/meshlb/meshlb/internal/agentconfig"
 	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/httpguard"
@@ -60,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return adminclient.Cache(args[1:], stdout, stderr)
 		}
 	}
-	cfg, err := parseArgs(args, stderr)
+	cfg, err := agentconfig.Parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -68,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agent: %v\n", err)
 		return exitBadInput
 	}
-	logger, err := cli.NewLogger("agent", cfg.logLevel, cfg.logJSON, stderr)
+	logger, err := cli.NewLogger("agent", cfg.LogLevel, cfg.LogJSON, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "agent: %v\n", err)
 		return exitBadInput
@@ -93,7 +94,7 @@ type serviceState struct {
 }
 
 type agent struct {
-	cfg      *config
+	cfg      *agentconfig.Config
 	log      hclog.Logger
 	client   *api.Client
 	services map[string]*serviceState
@@ -123,33 +124,33 @@ type agent struct {
 	recent *recent.Ring // nil with --recent 0
 }
 
-func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
+func newAgent(cfg *agentconfig.Config, logger hclog.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
-	upTLS, upCert, err := cfg.upstreamTLS.Load()
+	upTLS, upCert, err := cfg.UpstreamTLS.Load()
 	if err != nil {
 		return nil, err
 	}
 	a.upTLS, a.upCert = upTLS, upCert
-	copts := cfg.consul
-	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
+	copts := cfg.Consul
+	copts.Watchers = min(len(cfg.Services), discovery.HubThreshold) // above it one hub shares few connections
 	// The failover datacenters' long polls share the client too.
-	for _, sc := range cfg.services {
-		copts.Watchers += len(sc.failover.Datacenters)
+	for _, sc := range cfg.Services {
+		copts.Watchers += len(sc.Failover.Datacenters)
 	}
 	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
 	}
 	a.client = client
-	for _, sc := range cfg.services {
-		lbc := sc.lb
-		lbc.Logger = logger.Named("lb").With("service", sc.name)
-		b, err := lb.NewBalancer(sc.name, lbc)
+	for _, sc := range cfg.Services {
+		lbc := sc.LB
+		lbc.Logger = logger.Named("lb").With("service", sc.Name)
+		b, err := lb.NewBalancer(sc.Name, lbc)
 		if err != nil {
-			return nil, fmt.Errorf("service %q: %w", sc.name, err)
+			return nil, fmt.Errorf("service %q: %w", sc.Name, err)
 		}
-		s := &serviceState{name: sc.name, balancer: b}
-		a.services[sc.name] = s
+		s := &serviceState{name: sc.Name, balancer: b}
+		a.services[sc.Name] = s
 		a.ordered = append(a.ordered, s)
 	}
 	if err := a.newFailovers(); err != nil {
@@ -159,10 +160,10 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 		return nil, err
 	}
 	a.requests = proxy.NewRequestMetrics()
-	if cfg.recent > 0 {
-		a.recent = recent.New(cfg.recent)
+	if cfg.Recent > 0 {
+		a.recent = recent.New(cfg.Recent)
 	}
-	for _, d := range cfg.deprecated {
+	for _, d := range cfg.Deprecated {
 		logger.Warn(d)
 	}
 	return a, nil
@@ -196,17 +197,17 @@ func (a *agent) run() int {
 	var wg sync.WaitGroup
 	followed := make([]discovery.Followed, 0, len(a.ordered))
 	for _, s := range a.ordered {
-		sc := a.cfg.service(s.name)
+		sc := a.cfg.Service(s.name)
 		s := s
 		followed = append(followed, discovery.Followed{Watch: discovery.WatchConfig{
-			Service: s.name, Tag: sc.tag, Stale: a.cfg.stale, Cached: a.cfg.cached,
+			Service: s.name, Tag: sc.Tag, Stale: a.cfg.Stale, Cached: a.cfg.Cached,
 			// A change lands within 100ms even when changes come back to back.
 			QueryInterval: 100 * time.Millisecond,
 			Logger:        a.log.Named("watch").With("service", s.name),
 		}, OnUpdate: func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) }})
 	}
 	follower, err := discovery.NewFollower(a.client, discovery.HubConfig{
-		Stale: a.cfg.stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
+		Stale: a.cfg.Stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
 	}, followed)
 	if err != nil {
 		a.log.Error("invalid watch", "error", err)
@@ -225,7 +226,7 @@ func (a *agent) run() int {
 			go func() { defer wg.Done(); _ = f.Run(ctx) }()
 		}
 	}
-	if a.cfg.snapshotFile != "" {
+	if a.cfg.SnapshotFile != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.saveLoop(ctx) }()
 	}
@@ -239,8 +240,8 @@ func (a *agent) run() int {
 		// cleartext connections, passes TLS records through (Go's server must
 		// see *tls.Conn for ALPN), and caps connections on both.
 		ln = httpguard.Listen(ln, httpguard.Options{
-			MaxHeaderBytes: a.cfg.maxHeaderBytes,
-			MaxConns:       a.cfg.maxConns,
+			MaxHeaderBytes: a.cfg.MaxHeaderBytes,
+			MaxConns:       a.cfg.MaxConns,
 			Logger:         a.log,
 		})
 		serve := srv.Serve
@@ -334,16 +335,16 @@ func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instan
 // watch.
 func (a *agent) newFailovers() error {
 	for _, s := range a.ordered {
-		sc := a.cfg.service(s.name)
-		fc := sc.failover
-		fc.Service, fc.Tag = s.name, sc.tag
+		sc := a.cfg.Service(s.name)
+		fc := sc.Failover
+		fc.Service, fc.Tag = s.name, sc.Tag
 		fc.Logger = a.log.Named("failover")
 		f, err := discovery.NewFailover(a.client, fc, func(tiers []lb.Tier) { a.applyTiers(s, tiers) })
 		if err != nil {
 			return err
 		}
 		s.failover = f
-		s.feed = discovery.NewLocalFeed(f, a.cfg.emptyGrace, a.log.With("service", s.name))
+		s.feed = discovery.NewLocalFeed(f, a.cfg.EmptyGrace, a.log.With("service", s.name))
 	}
 	return nil
 }
@@ -374,10 +375,10 @@ func (a *agent) reloadCerts() {
 		}
 		cert, key := cr.Files()
 		if err := cr.Reload(); err != nil {
-			a.log.Error("TLS reload failed; keeping the previous certificate", "listener", a.cfg.listeners[i].name, "error", err)
+			a.log.Error("TLS reload failed; keeping the previous certificate", "listener", a.cfg.Listeners[i].Name, "error", err)
 			continue
 		}
-		a.log.Info("TLS certificate reloaded", "listener", a.cfg.listeners[i].name, "cert", cert, "key", key)
+		a.log.Info("TLS certificate reloaded", "listener", a.cfg.Listeners[i].Name, "cert", cert, "key", key)
 	}
 	if a.upCert != nil {
 		cert, key := a.upCert.Files()
@@ -391,17 +392,17 @@ func (a *agent) reloadCerts() {
 
 // listen binds the client listeners and the admin listener.
 func (a *agent) listen() error {
-	for _, l := range a.cfg.listeners {
-		ln, err := net.Listen("tcp", l.address)
+	for _, l := range a.cfg.Listeners {
+		ln, err := net.Listen("tcp", l.Address)
 		if err != nil {
-			return fmt.Errorf("listener %q on %s: %w", l.name, l.address, err)
+			return fmt.Errorf("listener %q on %s: %w", l.Name, l.Address, err)
 		}
 		a.listeners = append(a.listeners, ln)
 	}
-	if a.cfg.admin != "" {
-		ln, err := net.Listen("tcp", a.cfg.admin)
+	if a.cfg.Admin != "" {
+		ln, err := net.Listen("tcp", a.cfg.Admin)
 		if err != nil {
-			return fmt.Errorf("admin listener on %s: %w (use --admin ADDR or --admin off)", a.cfg.admin, err)
+			return fmt.Errorf("admin listener on %s: %w (use --admin ADDR or --admin off)", a.cfg.Admin, err)
 		}
 		a.adminLn = ln
 	}
@@ -418,20 +419,20 @@ func (a *agent) closeListeners() {
 }
 
 func (a *agent) buildServers() error {
-	for li, l := range a.cfg.listeners {
-		routes := make([]proxy.Route, 0, len(l.routes))
-		for ri, r := range l.routes {
-			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer,
-				Cache: a.routeCaches[li][ri], TryTimeout: a.cfg.service(r.service).tryTimeout})
+	for li, l := range a.cfg.Listeners {
+		routes := make([]proxy.Route, 0, len(l.Routes))
+		for ri, r := range l.Routes {
+			routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Protocol: r.Protocol, Balancer: a.services[r.Service].balancer,
+				Cache: a.routeCaches[li][ri], TryTimeout: a.cfg.Service(r.Service).TryTimeout})
 		}
 		p, err := proxy.New(proxy.Config{
-			ConnectTimeout:        a.cfg.connectTimeout,
-			ResponseHeaderTimeout: a.cfg.responseHeaderTimeout,
-			IdleConnTimeout:       a.cfg.idleTimeout,
-			MaxAttempts:           a.cfg.maxAttempts,
-			TrustedProxies:        a.cfg.trustedProxies,
-			Logger:                a.log.Named("proxy").With("listener", l.name),
-			AccessLog:             a.cfg.accessLog,
+			ConnectTimeout:        a.cfg.ConnectTimeout,
+			ResponseHeaderTimeout: a.cfg.ResponseHeaderTimeout,
+			IdleConnTimeout:       a.cfg.IdleTimeout,
+			MaxAttempts:           a.cfg.MaxAttempts,
+			TrustedProxies:        a.cfg.TrustedProxies,
+			Logger:                a.log.Named("proxy").With("listener", l.Name),
+			AccessLog:             a.cfg.AccessLog,
 			Tracing:               a.tracingOn,
 			OnFailure: func(service, instance, traceID string, status int) {
 				a.adminAPI.RecordFailure(service, instance, traceID, status, time.Now())
@@ -440,27 +441,27 @@ func (a *agent) buildServers() error {
 			Recorder:    a.recorder(),
 		}, routes)
 		if err != nil {
-			return fmt.Errorf("listener %q: %w", l.name, err)
+			return fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 		a.proxies = append(a.proxies, p)
-		h := a.requests.Instrument(l.name, proxy.LimitBody(a.cfg.maxBodyBytes, p))
+		h := a.requests.Instrument(l.Name, proxy.LimitBody(a.cfg.MaxBodyBytes, p))
 		sc := proxy.ServerConfig{
-			ReadHeaderTimeout:    a.cfg.readHeaderTimeout,
+			ReadHeaderTimeout:    a.cfg.ReadHeaderTimeout,
 			IdleTimeout:          120 * time.Second,
-			MaxHeaderBytes:       a.cfg.maxHeaderBytes,
-			MaxConcurrentStreams: a.cfg.maxStreams,
+			MaxHeaderBytes:       a.cfg.MaxHeaderBytes,
+			MaxConcurrentStreams: a.cfg.MaxStreams,
 		}
 		if err := sc.Validate(); err != nil {
-			return fmt.Errorf("listener %q: %w", l.name, err)
+			return fmt.Errorf("listener %q: %w", l.Name, err)
 		}
-		srv := proxy.NewServer(l.address, h, sc, a.log.Named("http"))
+		srv := proxy.NewServer(l.Address, h, sc, a.log.Named("http"))
 		// Lets the guard follow upgrades the server accepts or declines.
 		srv.ConnState = httpguard.ConnState
 		var cr *certreload.Reloader
-		if l.certFile != "" {
+		if l.CertFile != "" {
 			var err error
-			if cr, err = certreload.New(l.certFile, l.keyFile); err != nil {
-				return fmt.Errorf("listener %q: %w", l.name, err)
+			if cr, err = certreload.New(l.CertFile, l.KeyFile); err != nil {
+				return fmt.Errorf("listener %q: %w", l.Name, err)
 			}
 			srv.TLSConfig = &tls.Config{
 				MinVersion:     tls.VersionTLS12,
@@ -471,20 +472,20 @@ func (a *agent) buildServers() error {
 		a.certs = append(a.certs, cr)
 		a.servers = append(a.servers, srv)
 		var loop *proxy.LoopServer // TLS listeners have none
-		if srv.TLSConfig == nil && a.cfg.eventLoops > 0 {
+		if srv.TLSConfig == nil && a.cfg.EventLoops > 0 {
 			loop = proxy.NewLoopServer(srv, proxy.LoopOptions{
-				Loops: a.cfg.eventLoops,
+				Loops: a.cfg.EventLoops,
 				// Connections handed to net/http are checked as before;
 				// the cap is kept on the TCP listener.
 				WrapHandoff: func(ln net.Listener) net.Listener {
-					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.maxHeaderBytes, Logger: a.log})
+					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.MaxHeaderBytes, Logger: a.log})
 				},
 				Detach: httpguard.Detach,
-				Logger: a.log.Named("loop").With("listener", l.name),
+				Logger: a.log.Named("loop").With("listener", l.Name),
 				// The requests the loop serves itself (no goroutine)
 				// are counted as instrument counts the others.
 				Proxy:   p,
-				Observe: a.requests.Observer(l.name),
+				Observe: a.requests.Observer(l.Name),
 			})
 		}
 		a.loops = append(a.loops, loop)
@@ -529,8 +530,8 @@ func (a *agent) buildAdminAPI() {
 			return out
 		}})
 	}
-	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
-		Recent: a.recent, TraceUI: a.cfg.traceUI, Caches: a.adminCaches()})
+	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.AdminAllow, Logger: a.log.Named("admin"),
+		Recent: a.recent, TraceUI: a.cfg.TraceUI, Caches: a.adminCaches()})
 }
 
 // recorder is the proxies' Recorder: the ring of recent requests, or none.
@@ -576,10 +577,10 @@ func (a *agent) shutdown(cancel context.CancelFunc, wg *sync.WaitGroup) {
 // restoreSnapshot loads the last known pools so the agent serves at once
 // after a restart, even before Consul answers. Consul's answers replace them.
 func (a *agent) restoreSnapshot() {
-	if a.cfg.snapshotFile == "" {
+	if a.cfg.SnapshotFile == "" {
 		return
 	}
-	pools, err := discovery.LoadSnapshot(a.cfg.snapshotFile)
+	pools, err := discovery.LoadSnapshot(a.cfg.SnapshotFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
@@ -590,7 +591,7 @@ func (a *agent) restoreSnapshot() {
 	for name, insts := range pools {
 		if s, ok := a.services[name]; ok && len(insts) > 0 {
 			s.feed.Restore(insts)
-			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.snapshotFile)
+			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.SnapshotFile)
 		}
 	}
 }
@@ -620,7 +621,7 @@ func (a *agent) saveLoop(ctx context.Context) {
 }
 
 func (a *agent) saveSnapshot() {
-	if a.cfg.snapshotFile == "" {
+	if a.cfg.SnapshotFile == "" {
 		return
 	}
 	a.saveMu.Lock()
@@ -631,7 +632,7 @@ func (a *agent) saveSnapshot() {
 			pools[s.name] = discovery.SnapshotInstances(pool)
 		}
 	}
-	if err := discovery.SaveSnapshot(a.cfg.snapshotFile, pools); err != nil {
-		a.log.Warn("cannot save the pool snapshot", "file", a.cfg.snapshotFile, "error", err)
+	if err := discovery.SaveSnapshot(a.cfg.SnapshotFile, pools); err != nil {
+		a.log.Warn("cannot save the pool snapshot", "file", a.cfg.SnapshotFile, "error", err)
 	}
 }

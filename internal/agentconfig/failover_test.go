@@ -1,4 +1,4 @@
-package main
+package agentconfig
 
 import (
 	"io"
@@ -20,7 +20,7 @@ func TestFailoverConfig(t *testing.T) {
 	}
 	listener := "listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"hello\" }\n}\n"
 
-	cfg, err := parseArgs([]string{"--config", write(`service "hello" {
+	cfg, err := Parse([]string{"--config", write(`service "hello" {
   backup_tag = "standby"
   failover {
     datacenters = ["dc2", "dc3"]
@@ -31,16 +31,16 @@ func TestFailoverConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fo := cfg.service("hello").failover
+	fo := cfg.Service("hello").Failover
 	if !slices.Equal(fo.Datacenters, []string{"dc2", "dc3"}) || fo.MinHealthy != 2 || fo.BackupTag != "standby" {
 		t.Errorf("failover = %+v; want dc2, dc3 (the block wins over --failover-dc), min_healthy 2, backup_tag standby", fo)
 	}
 
-	cfg, err = parseArgs([]string{"--listen", "127.0.0.1:0", "--service", "hello", "--failover-dc", "dc2", "--failover-dc", "dc3"}, io.Discard)
+	cfg, err = Parse([]string{"--listen", "127.0.0.1:0", "--service", "hello", "--failover-dc", "dc2", "--failover-dc", "dc3"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fo := cfg.service("hello").failover; !slices.Equal(fo.Datacenters, []string{"dc2", "dc3"}) {
+	if fo := cfg.Service("hello").Failover; !slices.Equal(fo.Datacenters, []string{"dc2", "dc3"}) {
 		t.Errorf("--failover-dc gave %v, want [dc2 dc3] in order", fo.Datacenters)
 	}
 
@@ -60,7 +60,7 @@ func TestFailoverConfig(t *testing.T) {
 		} else {
 			args = append(args, "--listen", "127.0.0.1:0", "--service", "hello")
 		}
-		if _, err := parseArgs(args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := Parse(args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v %s: error %v, want %q", tc.args, tc.hcl, err, tc.want)
 		}
 	}
