@@ -2,11 +2,8 @@ package adminclient
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -37,20 +34,11 @@ func Cache(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "agent cache: want a subcommand: purge\n\n"+cacheUsage)
 		return exitBadInput
 	}
-	fs := flag.NewFlagSet("agent cache purge", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), cacheUsage)
-		fs.PrintDefaults()
-	}
-	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
+	cmd := newCommand("agent cache purge", cacheUsage, stderr)
+	fs, addr, timeout := cmd.fs, cmd.addr, cmd.timeout
 	prefix := fs.Bool("prefix", false, "drop every stored URL of the host whose path starts with the URL's path")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitBadInput
+	if ok, code := cmd.parse(args[1:]); !ok {
+		return code
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintf(stderr, "agent cache purge: want one URL, got %d arguments\n", fs.NArg())

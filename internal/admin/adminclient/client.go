@@ -8,7 +8,9 @@ package adminclient
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"time"
@@ -24,6 +26,39 @@ const (
 	exitFailure  = 1
 	exitBadInput = 2
 )
+
+// command is what every subcommand has: a flag set with --admin and
+// --timeout, and the usage printed for -h before the flags.
+type command struct {
+	fs      *flag.FlagSet
+	addr    *string
+	timeout *time.Duration
+}
+
+func newCommand(name, usage string, stderr io.Writer) *command {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	return &command{fs: fs,
+		addr:    fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`"),
+		timeout: fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer"),
+	}
+}
+
+// parse parses args; when the command ends there (-h, a bad flag: the
+// flag package has said why) it returns false and the exit code.
+func (c *command) parse(args []string) (bool, int) {
+	if err := c.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return false, exitOK
+		}
+		return false, exitBadInput
+	}
+	return true, 0
+}
 
 // checkAdminAddr accepts HOST:PORT with a numeric port.
 func checkAdminAddr(addr string) error {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -56,14 +54,9 @@ func Requests(args []string, stdout, stderr io.Writer) int {
 }
 
 func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("agent requests", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), requestsUsage)
-		fs.PrintDefaults()
-	}
+	cmd := newCommand("agent requests", requestsUsage, stderr)
+	fs, addr, timeout := cmd.fs, cmd.addr, cmd.timeout
 	var statuses, services cli.StringList
-	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
 	asJSON := fs.Bool("json", false, "print one JSON object per request and line (for scripts) instead of a table")
 	failed := fs.Bool("failed", false, "only failed requests (answered 5xx)")
 	slow := fs.Duration("slow", 0, "only requests that took at least `DURATION`, e.g. 200ms")
@@ -71,12 +64,8 @@ func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Var(&services, "service", "only requests routed to service `NAME`; repeatable")
 	traceID := fs.String("trace-id", "", "only the request of trace `ID` (32 hex digits)")
 	limit := fs.Uint("limit", 50, "print at most `N` requests; 0 for all the agent keeps")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitBadInput
+	if ok, code := cmd.parse(args); !ok {
+		return code
 	}
 	bad := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "agent requests: "+format+"\n", a...)

@@ -5,8 +5,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -45,21 +43,12 @@ func Status(args []string, stdout, stderr io.Writer) int {
 
 // statusMain is Status with the context that ends --watch.
 func statusMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), statusUsage)
-		fs.PrintDefaults()
-	}
-	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
+	cmd := newCommand("agent status", statusUsage, stderr)
+	fs, addr, timeout := cmd.fs, cmd.addr, cmd.timeout
 	asJSON := fs.Bool("json", false, "print JSON (for scripts) instead of a table")
 	watch := fs.Bool("watch", false, "after the pools, print their changes as they happen, until interrupted")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitBadInput
+	if ok, code := cmd.parse(args); !ok {
+		return code
 	}
 	if err := checkAdminAddr(*addr); err != nil {
 		fmt.Fprintf(stderr, "agent status: invalid --admin %q: %v\n", *addr, err)
