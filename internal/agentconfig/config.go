@@ -353,95 +353,22 @@ func (f *flags) resolve() (*Config, error) {
 	if err := lb.ValidatePolicy(f.balance); err != nil {
 		return nil, fmt.Errorf("invalid --balance: %w", err)
 	}
+	// The file and the flags given fill one fileConfig (a flag wins over
+	// the file), which apply checks once, naming each setting by the flag
+	// or the file's field that gave it.
+	fc := &fileConfig{}
 	if f.configFile != "" {
-		if err := c.loadFile(f.configFile); err != nil {
+		var err error
+		if fc, err = readFile(f.configFile); err != nil {
 			return nil, err
 		}
 	}
-	// Flags given explicitly override the file.
-	if f.set["admin"] {
-		c.Admin = f.admin
-	}
-	if f.set["snapshot-file"] {
-		c.SnapshotFile = f.snapshotFile
-	}
-	if f.set["recent"] {
-		c.Recent = f.recent
-	}
-	if f.set["trace-ui"] {
-		c.TraceUI = f.traceUI
-	}
-	if f.set["connect-timeout"] {
-		c.ConnectTimeout = f.connectTimeout
-	}
-	if f.set["stale"] {
-		c.Stale = f.stale
-	}
-	if f.set["cached"] || f.set["consul-cached"] {
-		c.Cached = f.cached
+	o := origin{path: f.configFile, flags: f.overlay(fc)}
+	if err := c.apply(o, fc); err != nil {
+		return nil, err
 	}
 	if f.set["cached"] {
 		c.Deprecated = append(c.Deprecated, "--cached is deprecated: use --consul-cached")
-	}
-	if f.set["max-header-bytes"] {
-		if f.maxHeaderBytes < 1024 || f.maxHeaderBytes > 1<<20 {
-			return nil, fmt.Errorf("invalid --max-header-bytes %d: must be 1024-1048576", f.maxHeaderBytes)
-		}
-		c.MaxHeaderBytes = f.maxHeaderBytes
-	}
-	if f.maxConns < 0 {
-		return nil, fmt.Errorf("invalid --max-conns %d: must be >= 0 (0 = no cap)", f.maxConns)
-	}
-	if f.set["max-conns"] {
-		c.MaxConns = f.maxConns
-	}
-	if f.set["max-concurrent-streams"] {
-		if f.maxStreams < 1 || f.maxStreams > 10000 {
-			return nil, fmt.Errorf("invalid --max-concurrent-streams %d: must be 1-10000", f.maxStreams)
-		}
-		c.MaxStreams = f.maxStreams
-	}
-	if f.set["max-body-size"] {
-		n, err := parseSize(f.maxBodySize)
-		if err != nil {
-			return nil, fmt.Errorf("invalid --max-body-size %q: %w", f.maxBodySize, err)
-		}
-		c.MaxBodyBytes = n
-	}
-	if f.set["access-log"] {
-		c.AccessLog = f.accessLog
-	}
-	if f.set["fast-lane"] && !f.set["event-loops"] {
-		c.EventLoops = 0
-		if f.fastLane {
-			c.EventLoops = runtime.GOMAXPROCS(0)
-		}
-	}
-	if f.set["event-loops"] {
-		if f.eventLoops < 0 || f.eventLoops > 1024 {
-			return nil, fmt.Errorf("invalid --event-loops %d: must be 0 (net/http for everything) to 1024", f.eventLoops)
-		}
-		c.EventLoops = f.eventLoops
-	}
-	if f.set["consul-addr"] {
-		c.Consul.Address = f.consulAddr
-	}
-	if f.set["consul-token-file"] {
-		c.Consul.TokenFile = f.consulTokenFile
-	}
-	for _, u := range []struct {
-		flag string
-		v    string
-		dst  *proxy.TLSSetting
-	}{
-		{"upstream-tls-ca", f.upCA, &c.UpstreamTLS.CA},
-		{"upstream-tls-cert", f.upCert, &c.UpstreamTLS.Cert},
-		{"upstream-tls-key", f.upKey, &c.UpstreamTLS.Key},
-		{"upstream-tls-server-name", f.upServerName, &c.UpstreamTLS.ServerName},
-	} {
-		if f.set[u.flag] {
-			u.dst.Set(u.v, "--"+u.flag)
-		}
 	}
 	for _, p := range f.trusted {
 		pfx, err := parsePrefix(p)
@@ -457,17 +384,14 @@ func (f *flags) resolve() (*Config, error) {
 		}
 		c.AdminAllow = append(c.AdminAllow, pfx)
 	}
-	if f.maxFails == 0 || f.maxFails < -1 {
-		return nil, fmt.Errorf("invalid --max-fails %d: must be >= 1, or -1 to disable passive health", f.maxFails)
+	if err := checkMaxFails(f.maxFails); err != nil {
+		return nil, fmt.Errorf("invalid --max-fails %d: %w", f.maxFails, err)
 	}
-	if f.failTimeout <= 0 {
-		return nil, fmt.Errorf("invalid --fail-timeout %v: must be > 0", f.failTimeout)
+	if _, err := parseDuration("--fail-timeout", f.failTimeout.String()); err != nil {
+		return nil, err // the rule of a service's fail_timeout
 	}
 	if f.emptyGrace < 0 {
 		return nil, fmt.Errorf("invalid --empty-pool-grace %v: must be >= 0", f.emptyGrace)
-	}
-	if f.connectTimeout <= 0 {
-		return nil, fmt.Errorf("invalid --connect-timeout %v: must be > 0", f.connectTimeout)
 	}
 
 	if (f.tlsCert == "") != (f.tlsKey == "") {
@@ -585,25 +509,126 @@ func parseDuration(what, s string) (time.Duration, error) {
 	return d, nil
 }
 
-// loadFile reads the HCL file into c. Errors name the file, line and value.
-func (c *Config) loadFile(path string) error {
+// readFile reads and decodes the HCL file; apply checks what it holds.
+// Errors name the file, line and value.
+func readFile(path string) (*fileConfig, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("reading config file: %w", err)
+		return nil, fmt.Errorf("reading config file: %w", err)
 	}
-	return c.loadBytes(path, src)
+	return decode(path, src)
 }
 
-// loadBytes parses HCL source; path names it in errors.
-func (c *Config) loadBytes(path string, src []byte) error {
+// decode parses HCL source; path names it in errors.
+func decode(path string, src []byte) (*fileConfig, error) {
 	var fc fileConfig
 	if err := hclsimple.Decode(path+".hcl", src, nil, &fc); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return nil, fmt.Errorf("config file %s: %w", path, err)
 	}
-	return c.apply(path, &fc)
+	return &fc, nil
 }
 
-func (c *Config) apply(path string, fc *fileConfig) error {
+// loadBytes applies HCL source alone, as if it were the config file.
+func (c *Config) loadBytes(path string, src []byte) error {
+	fc, err := decode(path, src)
+	if err != nil {
+		return err
+	}
+	return c.apply(origin{path: path}, fc)
+}
+
+// origin names the settings of a fileConfig in errors: by the flag that
+// gave one, or else by the file's field.
+type origin struct {
+	path  string            // the config file; "" for none
+	flags map[string]string // file field → the flag that set it
+}
+
+// name is how errors call field: "--max-header-bytes" or
+// "proxy.max_header_bytes".
+func (o origin) name(field string) string {
+	if fl, ok := o.flags[field]; ok {
+		return fl
+	}
+	return field
+}
+
+// wrap puts the file's name before an error about field, unless a flag
+// gave it.
+func (o origin) wrap(field string, err error) error {
+	if _, ok := o.flags[field]; ok {
+		return err
+	}
+	return fmt.Errorf("config file %s: %w", o.path, err)
+}
+
+// invalid is the error of a refused value of field: "invalid NAME VALUE:
+// why", format giving the value and why.
+func (o origin) invalid(field, format string, a ...any) error {
+	return o.wrap(field, fmt.Errorf("invalid "+o.name(field)+" "+format, a...))
+}
+
+// overlay writes the flags given on the command line into fc, over what
+// the file said, and returns the file fields they set with their flags.
+// Flags that the file has no field for are resolve's.
+func (f *flags) overlay(fc *fileConfig) map[string]string {
+	from := map[string]string{}
+	str := func(flag, field string, dst **string, v string) {
+		if f.set[flag] {
+			*dst, from[field] = &v, "--"+flag
+		}
+	}
+	boolean := func(flag, field string, dst **bool, v bool) {
+		if f.set[flag] {
+			*dst, from[field] = &v, "--"+flag
+		}
+	}
+	integer := func(flag, field string, dst **int, v int) {
+		if f.set[flag] {
+			*dst, from[field] = &v, "--"+flag
+		}
+	}
+	str("admin", "admin", &fc.Admin, f.admin)
+	str("snapshot-file", "snapshot_file", &fc.SnapshotFile, f.snapshotFile)
+	boolean("access-log", "access_log", &fc.AccessLog, f.accessLog)
+	if f.set["fast-lane"] && !f.set["event-loops"] {
+		boolean("fast-lane", "fast_lane", &fc.FastLane, f.fastLane)
+		fc.EventLoops = nil // the file's event_loops loses to the flag too
+	}
+	integer("event-loops", "event_loops", &fc.EventLoops, f.eventLoops)
+	integer("recent", "recent", &fc.Recent, f.recent)
+	str("trace-ui", "trace_ui", &fc.TraceUI, f.traceUI)
+	if fc.Consul == nil {
+		fc.Consul = &fileConsul{}
+	}
+	str("consul-addr", "consul.address", &fc.Consul.Address, f.consulAddr)
+	str("consul-token-file", "consul.token_file", &fc.Consul.TokenFile, f.consulTokenFile)
+	boolean("stale", "consul.stale", &fc.Consul.Stale, f.stale)
+	boolean("consul-cached", "consul.consul_cached", &fc.Consul.ConsulCached, f.cached)
+	boolean("cached", "consul.consul_cached", &fc.Consul.ConsulCached, f.cached)
+	if fc.Proxy == nil {
+		fc.Proxy = &fileProxy{}
+	}
+	if f.set["connect-timeout"] {
+		str("connect-timeout", "proxy.connect_timeout", &fc.Proxy.ConnectTimeout, f.connectTimeout.String())
+	}
+	integer("max-header-bytes", "proxy.max_header_bytes", &fc.Proxy.MaxHeaderBytes, f.maxHeaderBytes)
+	integer("max-conns", "proxy.max_conns", &fc.Proxy.MaxConns, f.maxConns)
+	integer("max-concurrent-streams", "proxy.max_concurrent_streams", &fc.Proxy.MaxConcurrentStreams, f.maxStreams)
+	str("max-body-size", "proxy.max_body_size", &fc.Proxy.MaxBodySize, f.maxBodySize)
+	if fc.UpstreamTLS == nil {
+		fc.UpstreamTLS = &fileUpstreamTLS{}
+	}
+	str("upstream-tls-ca", "upstream_tls.ca_file", &fc.UpstreamTLS.CAFile, f.upCA)
+	str("upstream-tls-cert", "upstream_tls.cert_file", &fc.UpstreamTLS.CertFile, f.upCert)
+	str("upstream-tls-key", "upstream_tls.key_file", &fc.UpstreamTLS.KeyFile, f.upKey)
+	str("upstream-tls-server-name", "upstream_tls.server_name", &fc.UpstreamTLS.ServerName, f.upServerName)
+	return from
+}
+
+// apply merges fc into c, checking every value once; o names them.
+func (c *Config) apply(o origin, fc *fileConfig) error {
+	path := o.path
 	wrap := func(err error) error { return fmt.Errorf("config file %s: %w", path, err) }
 	if fc.Admin != nil {
 		c.Admin = *fc.Admin
@@ -617,12 +642,12 @@ func (c *Config) apply(path string, fc *fileConfig) error {
 	if fc.FastLane != nil {
 		c.EventLoops = 0 // deprecated alias of event_loops
 		if *fc.FastLane {
-			c.EventLoops = runtime.GOMAXPROCS(0)
+			c.EventLoops = defaults().EventLoops
 		}
 	}
 	if fc.EventLoops != nil {
 		if *fc.EventLoops < 0 || *fc.EventLoops > 1024 {
-			return fmt.Errorf("invalid event_loops %d: must be 0 (net/http for everything) to 1024", *fc.EventLoops)
+			return o.invalid("event_loops", "%d: must be 0 (net/http for everything) to 1024", *fc.EventLoops)
 		}
 		c.EventLoops = *fc.EventLoops
 	}
@@ -650,13 +675,16 @@ func (c *Config) apply(path string, fc *fileConfig) error {
 			{"key_file", u.KeyFile, &c.UpstreamTLS.Key},
 			{"server_name", u.ServerName, &c.UpstreamTLS.ServerName},
 		} {
-			if s.v == nil {
-				continue
-			}
-			if *s.v == "" {
+			field := "upstream_tls." + s.field
+			switch fl, flag := o.flags[field]; {
+			case s.v == nil:
+			case flag: // an empty flag clears what the file set
+				s.dst.Set(*s.v, fl)
+			case *s.v == "":
 				return wrap(fmt.Errorf("upstream_tls %s is empty: leave it out instead", s.field))
+			default:
+				s.dst.Set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
 			}
-			s.dst.Set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
 		}
 	}
 	if fc.Consul != nil {
@@ -691,40 +719,40 @@ func (c *Config) apply(path string, fc *fileConfig) error {
 			if d.src == nil {
 				continue
 			}
-			v, err := parseDuration(d.name, *d.src)
+			v, err := parseDuration(o.name(d.name), *d.src)
 			if err != nil {
-				return wrap(err)
+				return o.wrap(d.name, err)
 			}
 			*d.dst = v
 		}
 		if p.MaxAttempts != nil {
 			if *p.MaxAttempts < 1 || *p.MaxAttempts > 10 {
-				return wrap(fmt.Errorf("invalid proxy.max_attempts %d: must be 1-10", *p.MaxAttempts))
+				return o.invalid("proxy.max_attempts", "%d: must be 1-10", *p.MaxAttempts)
 			}
 			c.MaxAttempts = *p.MaxAttempts
 		}
 		if p.MaxBodySize != nil {
 			n, err := parseSize(*p.MaxBodySize)
 			if err != nil {
-				return wrap(fmt.Errorf("invalid proxy.max_body_size %q: %w", *p.MaxBodySize, err))
+				return o.invalid("proxy.max_body_size", "%q: %w", *p.MaxBodySize, err)
 			}
 			c.MaxBodyBytes = n
 		}
 		if p.MaxConns != nil {
 			if *p.MaxConns < 0 {
-				return wrap(fmt.Errorf("invalid proxy.max_conns %d: must be >= 0 (0 = no cap)", *p.MaxConns))
+				return o.invalid("proxy.max_conns", "%d: must be >= 0 (0 = no cap)", *p.MaxConns)
 			}
 			c.MaxConns = *p.MaxConns
 		}
 		if p.MaxConcurrentStreams != nil {
 			if *p.MaxConcurrentStreams < 1 || *p.MaxConcurrentStreams > 10000 {
-				return wrap(fmt.Errorf("invalid proxy.max_concurrent_streams %d: must be 1-10000", *p.MaxConcurrentStreams))
+				return o.invalid("proxy.max_concurrent_streams", "%d: must be 1-10000", *p.MaxConcurrentStreams)
 			}
 			c.MaxStreams = *p.MaxConcurrentStreams
 		}
 		if p.MaxHeaderBytes != nil {
 			if *p.MaxHeaderBytes < 1024 || *p.MaxHeaderBytes > 1<<20 {
-				return wrap(fmt.Errorf("invalid proxy.max_header_bytes %d: must be 1024-1048576", *p.MaxHeaderBytes))
+				return o.invalid("proxy.max_header_bytes", "%d: must be 1024-1048576", *p.MaxHeaderBytes)
 			}
 			c.MaxHeaderBytes = *p.MaxHeaderBytes
 		}
@@ -747,8 +775,8 @@ func (c *Config) apply(path string, fc *fileConfig) error {
 			sc.Tag = *s.Tag
 		}
 		if s.MaxFails != nil {
-			if *s.MaxFails == 0 || *s.MaxFails < -1 {
-				return wrap(fmt.Errorf("service %q: invalid max_fails %d: must be >= 1, or -1 to disable", s.Name, *s.MaxFails))
+			if err := checkMaxFails(*s.MaxFails); err != nil {
+				return wrap(fmt.Errorf("service %q: invalid max_fails %d: %w", s.Name, *s.MaxFails, err))
 			}
 			sc.LB.MaxFails = *s.MaxFails
 		}
@@ -905,6 +933,15 @@ func validateListenAddr(addr string) error {
 	return nil
 }
 
+// checkMaxFails is the rule of a service's max_fails and of --max-fails,
+// the default of the services without one.
+func checkMaxFails(n int) error {
+	if n == 0 || n < -1 {
+		return errors.New("must be >= 1, or -1 to disable passive health")
+	}
+	return nil
+}
+
 // parseTryTimeout reads a per-try timeout setting: "auto" (or "") for the
 // adaptive timeout, "off", or a positive duration.
 func parseTryTimeout(s string) (time.Duration, error) {
@@ -939,12 +976,9 @@ type Cache struct {
 const minCacheSize = 64 << 10
 
 func (fc *fileCache) parse(where string) (*Cache, error) {
-	n, err := parseSize(fc.MaxSize)
+	n, err := parseCacheSize(fc.MaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("%s: invalid cache max_size %q: %w", where, fc.MaxSize, err)
-	}
-	if n < minCacheSize {
-		return nil, fmt.Errorf("%s: invalid cache max_size %q: at least 64KiB", where, fc.MaxSize)
 	}
 	cc := &Cache{MaxSize: n}
 	if fc.MaxObjectSize != nil {
@@ -962,12 +996,26 @@ func (fc *fileCache) parse(where string) (*Cache, error) {
 
 // parseCacheFlag reads --cache SIZE.
 func parseCacheFlag(v string) (*Cache, error) {
-	n, err := parseSize(v)
+	n, err := parseCacheSize(v)
+	if errors.Is(err, errCacheTooSmall) {
+		return nil, fmt.Errorf("invalid --cache %q: %w (leave the flag out for no cache)", v, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("invalid --cache %q: %w", v, err)
 	}
-	if n < minCacheSize {
-		return nil, fmt.Errorf("invalid --cache %q: at least 64KiB (leave the flag out for no cache)", v)
-	}
 	return &Cache{MaxSize: n}, nil
 }
+
+// parseCacheSize reads a cache's max_size, or --cache.
+func parseCacheSize(v string) (int64, error) {
+	n, err := parseSize(v)
+	if err != nil {
+		return 0, err
+	}
+	if n < minCacheSize {
+		return 0, errCacheTooSmall
+	}
+	return n, nil
+}
+
+var errCacheTooSmall = errors.New("at least 64KiB")

@@ -116,3 +116,60 @@ proxy { connect_timeout = "1s"  max_body_size = "1m" }`))
 		}
 	})
 }
+
+// TestFlagsAndFileOneModel: a setting that the file and a flag both have
+// is checked by one rule, and the error names where the value came from;
+// the flag wins over the file.
+func TestFlagsAndFileOneModel(t *testing.T) {
+	dir := t.TempDir()
+	n := 0
+	file := func(body string) string {
+		n++
+		p := filepath.Join(dir, fmt.Sprintf("agent%d.hcl", n))
+		src := "listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"s\" }\n}\n" + body
+		if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cli := []string{"--listen", "127.0.0.1:0", "--service", "s"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // the error; "" for none
+		not  string
+	}{
+		{"file", []string{"--config", file("proxy { max_header_bytes = 10 }")}, ".hcl: invalid proxy.max_header_bytes 10: must be 1024-1048576", ""},
+		{"flag", append(cli, "--max-header-bytes", "10"), "invalid --max-header-bytes 10: must be 1024-1048576", "config file"},
+		{"flag over a bad file value", []string{"--config", file("proxy { max_header_bytes = 10 }"), "--max-header-bytes", "4096"}, "", ""},
+		{"file duration", []string{"--config", file(`proxy { connect_timeout = "-1s" }`)}, `invalid proxy.connect_timeout "-1s": want a positive duration`, ""},
+		{"flag duration", append(cli, "--connect-timeout", "-1s"), `invalid --connect-timeout "-1s": want a positive duration`, "config file"},
+		{"file size", []string{"--config", file(`proxy { max_body_size = "lots" }`)}, `invalid proxy.max_body_size "lots"`, ""},
+		{"flag size", append(cli, "--max-body-size", "lots"), `invalid --max-body-size "lots"`, "config file"},
+		{"flag conns", append(cli, "--max-conns", "-1"), "invalid --max-conns -1: must be >= 0", ""},
+		{"flag streams", append(cli, "--max-concurrent-streams", "0"), "invalid --max-concurrent-streams 0: must be 1-10000", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.args, io.Discard)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("error %v, want none", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want %q", err, tc.want)
+			case tc.not != "" && strings.Contains(err.Error(), tc.not):
+				t.Errorf("error %v says %q", err, tc.not)
+			}
+		})
+	}
+	c, err := Parse([]string{"--config", file("proxy { max_conns = 5 }\nadmin = \"127.0.0.1:9999\"\nconsul { stale = true }"),
+		"--max-conns", "7", "--stale=false"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxConns != 7 || c.Admin != "127.0.0.1:9999" || c.Stale {
+		t.Errorf("max_conns %d, admin %q, stale %v; want the flags' 7 and false, the file's admin", c.MaxConns, c.Admin, c.Stale)
+	}
+	if d := defaults(); c.MaxHeaderBytes != d.MaxHeaderBytes || c.MaxAttempts != d.MaxAttempts {
+		t.Errorf("unset settings %d, %d; want the defaults %d, %d", c.MaxHeaderBytes, c.MaxAttempts, d.MaxHeaderBytes, d.MaxAttempts)
+	}
+}
