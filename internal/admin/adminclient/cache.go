@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshlb/meshlb/internal/admin/adminpb"
@@ -48,9 +46,8 @@ func Cache(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agent cache purge: invalid --admin %q: %v\n", *addr, err)
 		return exitBadInput
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fmt.Fprintf(stderr, "agent cache purge: invalid --admin %q: %v\n", *addr, err)
+	conn, ok := cmd.dial(stderr)
+	if !ok {
 		return exitBadInput
 	}
 	defer conn.Close()

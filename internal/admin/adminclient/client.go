@@ -7,15 +7,21 @@
 package adminclient
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -30,6 +36,7 @@ const (
 // command is what every subcommand has: a flag set with --admin and
 // --timeout, and the usage printed for -h before the flags.
 type command struct {
+	name    string // "agent status", in front of its messages
 	fs      *flag.FlagSet
 	addr    *string
 	timeout *time.Duration
@@ -42,7 +49,7 @@ func newCommand(name, usage string, stderr io.Writer) *command {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	return &command{fs: fs,
+	return &command{name: name, fs: fs,
 		addr:    fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`"),
 		timeout: fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer"),
 	}
@@ -58,6 +65,25 @@ func (c *command) parse(args []string) (bool, int) {
 		return false, exitBadInput
 	}
 	return true, 0
+}
+
+// dial makes the client of the admin API at --admin; it says why it
+// cannot to stderr.
+func (c *command) dial(stderr io.Writer) (*grpc.ClientConn, bool) {
+	conn, err := grpc.NewClient(*c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: invalid --admin %q: %v\n", c.name, *c.addr, err)
+		return nil, false
+	}
+	return conn, true
+}
+
+// interruptible runs a subcommand with a context that ends on SIGINT or
+// SIGTERM (how --watch ends).
+func interruptible(run func(context.Context, []string, io.Writer, io.Writer) int, args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, args, stdout, stderr)
 }
 
 // checkAdminAddr accepts HOST:PORT with a numeric port.

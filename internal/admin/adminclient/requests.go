@@ -6,15 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshlb/meshlb/internal/admin"
@@ -48,9 +43,7 @@ Flags:
 // Requests is `agent requests`: it prints the recent requests of the
 // agent whose admin API listens on --admin. It returns the exit code.
 func Requests(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return requestsMain(ctx, args, stdout, stderr)
+	return interruptible(requestsMain, args, stdout, stderr)
 }
 
 func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -97,9 +90,9 @@ func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return bad("invalid --limit %d: too large", *limit)
 	}
 
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return bad("invalid --admin %q: %v", *addr, err)
+	conn, ok := cmd.dial(stderr)
+	if !ok {
+		return exitBadInput
 	}
 	defer conn.Close()
 	req := &adminpb.ListRequestsRequest{Failed: *failed, Status: statuses, Services: services,

@@ -7,15 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/internal/admin/adminpb"
@@ -36,9 +30,7 @@ Flags:
 // API listens on --admin, and with --watch follows their changes until
 // interrupted. It returns the exit code.
 func Status(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return statusMain(ctx, args, stdout, stderr)
+	return interruptible(statusMain, args, stdout, stderr)
 }
 
 // statusMain is Status with the context that ends --watch.
@@ -59,9 +51,8 @@ func statusMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitBadInput
 	}
 
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fmt.Fprintf(stderr, "agent status: invalid --admin %q: %v\n", *addr, err)
+	conn, ok := cmd.dial(stderr)
+	if !ok {
 		return exitBadInput
 	}
 	defer conn.Close()
