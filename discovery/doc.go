@@ -5,6 +5,7 @@
 // which keeps one app instance registered with a TTL check, re-registers it
 // when Consul loses state, and deregisters it on shutdown.
 //
-// It depends on lb for the Instance type only; it must not import proxy or
-// anything of the binaries, and it never decides how traffic is balanced.
+// It depends on lb for its types only (Instance, Tier, Pool); it must not
+// import proxy or anything of the binaries, and it never decides how
+// traffic is balanced.
 package discovery

@@ -6,6 +6,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlb/meshlb/internal/wire"
+	"github.com/meshlb/meshlb/lb"
 )
 
 // DrainNote starts the output of the critical check a registrar sets when
@@ -88,4 +89,26 @@ func (w *Watcher) Failed() map[string]bool {
 		return *m
 	}
 	return nil
+}
+
+// FailedLeft returns the instances of old, a pool this watch fed, that are
+// not in now because Consul reports them failed (Failed): the requests
+// waiting on them will not be answered, and those on instances that drain
+// or were deregistered will. old may be nil.
+func (w *Watcher) FailedLeft(old *lb.Pool, now []lb.Instance) []*lb.Instance {
+	failed := w.Failed()
+	if old == nil || len(failed) == 0 {
+		return nil
+	}
+	still := make(map[string]bool, len(now))
+	for i := range now {
+		still[now[i].ID] = true
+	}
+	var gone []*lb.Instance
+	for _, in := range old.Instances {
+		if !still[in.ID] && failed[in.ID] {
+			gone = append(gone, in)
+		}
+	}
+	return gone
 }

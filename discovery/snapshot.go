@@ -36,6 +36,23 @@ type snapshotInstance struct {
 	Meta    map[string]string `json:"meta,omitempty"`
 }
 
+// SnapshotInstances returns what a snapshot keeps of pool: its local
+// instances (another datacenter's are not for a restart's local pool),
+// without their live stats.
+func SnapshotInstances(pool *lb.Pool) []lb.Instance {
+	insts := make([]lb.Instance, 0, len(pool.Instances))
+	tiers := pool.Tiers()
+	for _, in := range pool.Instances {
+		if in.Tier < len(tiers) && tiers[in.Tier].Remote {
+			continue
+		}
+		c := *in
+		c.Stats = nil
+		insts = append(insts, c)
+	}
+	return insts
+}
+
 // SaveSnapshot writes the pools (service name → instances) to path as JSON,
 // atomically: it writes a temporary file in the same folder, syncs it and
 // renames it over path, so a crash leaves either the old file or the new

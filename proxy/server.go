@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -169,4 +170,26 @@ func NewServer(addr string, h http.Handler, sc ServerConfig, logger hclog.Logger
 		logger.Error("cannot put the HTTP/2 frame check in front of the server; serving HTTP/2 without it", "error", err)
 	}
 	return srv
+}
+
+// LimitBody answers 413 to a request whose declared body is larger than
+// max, and caps an undeclared (chunked) one; max 0 means no limit.
+func LimitBody(max int64, next http.Handler) http.Handler {
+	if max <= 0 {
+		return next
+	}
+	msg := fmt.Sprintf("request body larger than %d bytes\n", max)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, msg)
+			return
+		}
+		if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+			r.Body = http.MaxBytesReader(w, r.Body, max)
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,45 @@ func TestServerConfigValidate(t *testing.T) {
 				t.Errorf("Validate: %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestLimitBody(t *testing.T) {
+	var got string
+	h := LimitBody(8, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			got = "error"
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			return
+		}
+		got = string(b)
+	}))
+	for _, tc := range []struct {
+		name, body string
+		declared   bool
+		want       int
+		wantBody   string
+	}{
+		{"declared, small", "12345678", true, http.StatusOK, "12345678"},
+		{"declared, too large", "123456789", true, http.StatusRequestEntityTooLarge, ""},
+		{"chunked, small", "1234", false, http.StatusOK, "1234"},
+		{"chunked, too large", "123456789", false, http.StatusRequestEntityTooLarge, "error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got = ""
+			r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(tc.body))
+			if !tc.declared {
+				r.ContentLength = -1
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != tc.want || got != tc.wantBody {
+				t.Errorf("status %d, handler read %q; want %d, %q", w.Code, got, tc.want, tc.wantBody)
+			}
+		})
+	}
+	if next := http.NewServeMux(); LimitBody(0, next) != http.Handler(next) {
+		t.Error("LimitBody(0) wraps the handler, want it unchanged")
 	}
 }

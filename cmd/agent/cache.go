@@ -1,111 +1,44 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"os"
 	"runtime/debug"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	"github.com/meshlb/meshlb/internal/admin"
-	"github.com/meshlb/meshlb/internal/admin/adminpb"
+	"github.com/meshlb/meshlb/internal/agentconfig"
 	"github.com/meshlb/meshlb/proxy/httpcache"
 )
-
-// fileCache is a cache block in a listener or a route:
-//
-//	cache { max_size = "256MiB"  max_object_size = "8MiB" }
-type fileCache struct {
-	MaxSize       string  `hcl:"max_size"`
-	MaxObjectSize *string `hcl:"max_object_size,optional"`
-}
-
-// cacheConfig sizes one HTTP cache.
-type cacheConfig struct {
-	maxSize, maxObjectSize int64 // maxObjectSize 0: the default (max_size/8)
-}
-
-// minCacheSize is the smallest cache accepted: below it the bookkeeping
-// would crowd out the responses.
-const minCacheSize = 64 << 10
-
-func (fc *fileCache) parse(where string) (*cacheConfig, error) {
-	n, err := parseSize(fc.MaxSize)
-	if err != nil {
-		return nil, fmt.Errorf("%s: invalid cache max_size %q: %w", where, fc.MaxSize, err)
-	}
-	if n < minCacheSize {
-		return nil, fmt.Errorf("%s: invalid cache max_size %q: at least 64KiB", where, fc.MaxSize)
-	}
-	cc := &cacheConfig{maxSize: n}
-	if fc.MaxObjectSize != nil {
-		o, err := parseSize(*fc.MaxObjectSize)
-		if err != nil || o == 0 {
-			return nil, fmt.Errorf("%s: invalid cache max_object_size %q: want a positive size such as 1m or 8MiB", where, *fc.MaxObjectSize)
-		}
-		if o > n {
-			return nil, fmt.Errorf("%s: invalid cache max_object_size %q: larger than max_size %q", where, *fc.MaxObjectSize, fc.MaxSize)
-		}
-		cc.maxObjectSize = o
-	}
-	return cc, nil
-}
-
-// parseCacheFlag reads --cache SIZE.
-func parseCacheFlag(v string) (*cacheConfig, error) {
-	n, err := parseSize(v)
-	if err != nil {
-		return nil, fmt.Errorf("invalid --cache %q: %w", v, err)
-	}
-	if n < minCacheSize {
-		return nil, fmt.Errorf("invalid --cache %q: at least 64KiB (leave the flag out for no cache)", v)
-	}
-	return &cacheConfig{maxSize: n}, nil
-}
-
-// namedCache is one configured cache.
-type namedCache struct {
-	name  string
-	cache *httpcache.Cache
-}
 
 // buildCaches makes a cache for every listener and route with a cache
 // block and returns them by listener, each route's cache in order (nil for
 // none).
 func (a *agent) buildCaches() ([][]*httpcache.Cache, error) {
-	out := make([][]*httpcache.Cache, len(a.cfg.listeners))
+	out := make([][]*httpcache.Cache, len(a.cfg.Listeners))
 	var total int64
-	mk := func(name string, cc *cacheConfig) (*httpcache.Cache, error) {
-		c, err := httpcache.New(httpcache.Config{MaxSize: cc.maxSize, MaxObjectSize: cc.maxObjectSize})
+	mk := func(name string, cc *agentconfig.Cache) (*httpcache.Cache, error) {
+		c, err := httpcache.New(httpcache.Config{MaxSize: cc.MaxSize, MaxObjectSize: cc.MaxObjectSize})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		a.caches = append(a.caches, namedCache{name: name, cache: c})
-		total += cc.maxSize
+		a.caches = append(a.caches, httpcache.Named{Name: name, Cache: c})
+		total += cc.MaxSize
 		return c, nil
 	}
-	for i, l := range a.cfg.listeners {
+	for i, l := range a.cfg.Listeners {
 		var shared *httpcache.Cache
-		if l.cache != nil {
-			c, err := mk(fmt.Sprintf("listener %q", l.name), l.cache)
+		if l.Cache != nil {
+			c, err := mk(fmt.Sprintf("listener %q", l.Name), l.Cache)
 			if err != nil {
 				return nil, err
 			}
 			shared = c
 		}
-		out[i] = make([]*httpcache.Cache, len(l.routes))
-		for j, r := range l.routes {
+		out[i] = make([]*httpcache.Cache, len(l.Routes))
+		for j, r := range l.Routes {
 			out[i][j] = shared
-			if r.cache != nil {
-				c, err := mk(fmt.Sprintf("listener %q route %d (%s)", l.name, j, r.service), r.cache)
+			if r.Cache != nil {
+				c, err := mk(fmt.Sprintf("listener %q route %d (%s)", l.Name, j, r.Service), r.Cache)
 				if err != nil {
 					return nil, err
 				}
@@ -141,9 +74,9 @@ func (a *agent) setMemoryLimit(total int64) {
 func (a *agent) adminCaches() []admin.Cache {
 	out := make([]admin.Cache, 0, len(a.caches))
 	for _, nc := range a.caches {
-		c := nc.cache
+		c := nc.Cache
 		out = append(out, admin.Cache{
-			Name: nc.name,
+			Name: nc.Name,
 			Purge: func(host, target string, prefix bool) int {
 				return c.Purge(httpcache.Key(host, target), prefix)
 			},
@@ -155,111 +88,4 @@ func (a *agent) adminCaches() []admin.Cache {
 		})
 	}
 	return out
-}
-
-// cacheCollector exports the caches' counters at scrape time.
-type cacheCollector struct{ caches []namedCache }
-
-var (
-	cacheHitsDesc      = prometheus.NewDesc("meshlb_cache_hits_total", "Requests answered from the HTTP cache without reaching an instance (stale ones included).", []string{"cache"}, nil)
-	cacheMissesDesc    = prometheus.NewDesc("meshlb_cache_misses_total", "Cacheable requests forwarded to an instance: not stored, stale, or the client asked to revalidate.", []string{"cache"}, nil)
-	cacheStaleDesc     = prometheus.NewDesc("meshlb_cache_stale_served_total", "Stale responses served (max-stale, stale-while-revalidate, stale-if-error, no instance reachable).", []string{"cache"}, nil)
-	cacheCollapsedDesc = prometheus.NewDesc("meshlb_cache_collapsed_waits_total", "Requests that waited for another request fetching the same URL (request collapsing).", []string{"cache"}, nil)
-	cacheStoresDesc    = prometheus.NewDesc("meshlb_cache_stores_total", "Responses stored (304 updates included).", []string{"cache"}, nil)
-	cacheObjectsDesc   = prometheus.NewDesc("meshlb_cache_objects", "Responses (variants) stored.", []string{"cache"}, nil)
-	cacheBytesDesc     = prometheus.NewDesc("meshlb_cache_bytes", "Bytes counted against max_size: bodies, fields and bookkeeping.", []string{"cache"}, nil)
-	cacheMaxDesc       = prometheus.NewDesc("meshlb_cache_max_bytes", "The cache's max_size.", []string{"cache"}, nil)
-)
-
-func (cc *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{cacheHitsDesc, cacheMissesDesc, cacheStaleDesc, cacheCollapsedDesc,
-		cacheStoresDesc, cacheObjectsDesc, cacheBytesDesc, cacheMaxDesc} {
-		ch <- d
-	}
-}
-
-func (cc *cacheCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, nc := range cc.caches {
-		s := nc.cache.Stats()
-		for _, m := range []struct {
-			d *prometheus.Desc
-			t prometheus.ValueType
-			v int64
-		}{
-			{cacheHitsDesc, prometheus.CounterValue, s.Hits},
-			{cacheMissesDesc, prometheus.CounterValue, s.Misses},
-			{cacheStaleDesc, prometheus.CounterValue, s.StaleServed},
-			{cacheCollapsedDesc, prometheus.CounterValue, s.CollapsedWaits},
-			{cacheStoresDesc, prometheus.CounterValue, s.Stores},
-			{cacheObjectsDesc, prometheus.GaugeValue, s.Objects},
-			{cacheBytesDesc, prometheus.GaugeValue, s.Weight},
-			{cacheMaxDesc, prometheus.GaugeValue, s.MaxSize},
-		} {
-			ch <- prometheus.MustNewConstMetric(m.d, m.t, float64(m.v), nc.name)
-		}
-	}
-}
-
-const cacheUsage = `Usage: agent cache purge [--prefix] [--admin ADDR] URL
-
-Drops stored responses from every HTTP cache of a running agent, through its
-admin API: the URL's host (port ignored) and path with query, every Vary
-variant of it; with --prefix every stored URL of that host whose path starts
-with the URL's path (nginx's proxy_cache_purge, with a wildcard).
-
-Examples:
-  agent cache purge http://api.example.com/v1/items?page=2
-  agent cache purge --prefix http://api.example.com/static/
-
-Flags:
-`
-
-// runCache is `agent cache purge`.
-func runCache(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "purge" {
-		fmt.Fprint(stderr, "agent cache: want a subcommand: purge\n\n"+cacheUsage)
-		return exitBadInput
-	}
-	fs := flag.NewFlagSet("agent cache purge", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), cacheUsage)
-		fs.PrintDefaults()
-	}
-	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
-	prefix := fs.Bool("prefix", false, "drop every stored URL of the host whose path starts with the URL's path")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitBadInput
-	}
-	if fs.NArg() != 1 {
-		fmt.Fprintf(stderr, "agent cache purge: want one URL, got %d arguments\n", fs.NArg())
-		return exitBadInput
-	}
-	if err := checkAdminAddr(*addr); err != nil {
-		fmt.Fprintf(stderr, "agent cache purge: invalid --admin %q: %v\n", *addr, err)
-		return exitBadInput
-	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fmt.Fprintf(stderr, "agent cache purge: invalid --admin %q: %v\n", *addr, err)
-		return exitBadInput
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
-	res, err := adminpb.NewAdminClient(conn).PurgeCache(ctx, &adminpb.PurgeCacheRequest{Url: fs.Arg(0), Prefix: *prefix})
-	if err != nil {
-		fmt.Fprintf(stderr, "agent cache purge: %s: %s\n", *addr, status.Convert(err).Message())
-		return exitFailure
-	}
-	if res.GetCaches() == 0 {
-		fmt.Fprintln(stderr, "agent cache purge: the agent has no cache (--cache or a cache block)")
-		return exitFailure
-	}
-	fmt.Fprintf(stdout, "purged %d URL(s) from %d cache(s)\n", res.GetPurged(), res.GetCaches())
-	return exitOK
 }

@@ -96,39 +96,3 @@ func TestHostileClients(t *testing.T) {
 		}
 	})
 }
-
-func FuzzConfigFile(f *testing.F) {
-	f.Add([]byte(`admin = "127.0.0.1:9070"
-service "hello" { balance = "least_conn"  max_fails = 2  fail_timeout = "5s" }
-listener "web" {
-  address = "127.0.0.1:8070"
-  route { host = "*.example.com"  path_prefix = "/api"  service = "hello" }
-}
-proxy { connect_timeout = "1s"  max_body_size = "1m" }`))
-	f.Add([]byte(`listener "x" { address = ":1" }`))
-	f.Add([]byte(`service "a" { balance = "hash:header:X-User" }`))
-	f.Add([]byte("\x00{"))
-	f.Fuzz(func(t *testing.T, src []byte) {
-		c := &config{maxAttempts: 3, maxHeaderBytes: 64 << 10}
-		err := c.loadBytes("fuzz.hcl", src)
-		if err != nil {
-			if !strings.Contains(err.Error(), "fuzz.hcl") {
-				t.Fatalf("error does not name the file: %v", err)
-			}
-			return
-		}
-		for _, l := range c.listeners {
-			if len(l.routes) == 0 {
-				t.Fatalf("accepted listener %q without routes", l.name)
-			}
-			for _, r := range l.routes {
-				if c.service(r.service) == nil {
-					t.Fatalf("route to unknown service %q accepted", r.service)
-				}
-			}
-		}
-		if c.maxAttempts < 1 || c.maxBodyBytes < 0 {
-			t.Fatalf("invalid limits accepted: %+v", c)
-		}
-	})
-}

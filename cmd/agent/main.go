@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,10 +22,13 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshlb/meshlb/discovery"
 	"github.com/meshlb/meshlb/internal/admin"
+	"github.com/meshlb/meshlb/internal/admin/adminclient"
+	"github.com/meshlb/meshlb/internal/agentconfig"
 	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
 	"github.com/meshlb/meshlb/internal/httpguard"
@@ -47,18 +49,19 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run is the agent's main: the status subcommand, or the agent itself.
+// run is the agent's main: a subcommand, or the agent itself.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "status" {
-		return runStatus(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] { // the clients of a running agent's admin API
+		case "status":
+			return adminclient.Status(args[1:], stdout, stderr)
+		case "requests":
+			return adminclient.Requests(args[1:], stdout, stderr)
+		case "cache":
+			return adminclient.Cache(args[1:], stdout, stderr)
+		}
 	}
-	if len(args) > 0 && args[0] == "requests" {
-		return runRequests(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "cache" {
-		return runCache(args[1:], stdout, stderr)
-	}
-	cfg, err := parseArgs(args, stderr)
+	cfg, err := agentconfig.Parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -66,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agent: %v\n", err)
 		return exitBadInput
 	}
-	logger, err := cli.NewLogger("agent", cfg.logLevel, cfg.logJSON, stderr)
+	logger, err := cli.NewLogger("agent", cfg.LogLevel, cfg.LogJSON, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "agent: %v\n", err)
 		return exitBadInput
@@ -79,24 +82,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return a.run()
 }
 
-// serviceState is one watched service: its balancer and its watcher.
+// serviceState is one watched service: its local watch feeds its Failover
+// (through the feed's empty-pool grace), which ranks the local instances,
+// the backups and the failover datacenters' into the balancer's tiers.
 type serviceState struct {
 	name     string
 	balancer *lb.Balancer
 	watcher  *discovery.Watcher
-
-	mu         sync.Mutex  // serializes updates; never taken on the request path
-	emptyTimer *time.Timer // pending "pool became empty", see onUpdate
-	tiers      tierState   // backups and failover datacenters (failover.go)
+	feed     *discovery.LocalFeed
+	failover *discovery.Failover
 }
 
 type agent struct {
-	cfg      *config
+	cfg      *agentconfig.Config
 	log      hclog.Logger
 	client   *api.Client
 	services map[string]*serviceState
 	ordered  []*serviceState
-	metrics  *metrics
+	requests *proxy.RequestMetrics // meshlb_http_requests_total and its histogram
 
 	listeners []net.Listener
 	servers   []*http.Server
@@ -115,36 +118,39 @@ type agent struct {
 	saveMu   sync.Mutex
 	saveKick chan struct{}
 
-	caches      []namedCache         // every HTTP cache, for metrics and the admin API
+	caches      []httpcache.Named    // every HTTP cache, for metrics and the admin API
 	routeCaches [][]*httpcache.Cache // by listener, by route; nil: none
 
 	recent *recent.Ring // nil with --recent 0
 }
 
-func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
+func newAgent(cfg *agentconfig.Config, logger hclog.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: logger, services: map[string]*serviceState{}, saveKick: make(chan struct{}, 1)}
-	upTLS, upCert, err := cfg.upstreamTLS.load()
+	upTLS, upCert, err := cfg.UpstreamTLS.Load()
 	if err != nil {
 		return nil, err
 	}
 	a.upTLS, a.upCert = upTLS, upCert
-	copts := cfg.consul
-	copts.Watchers = min(len(cfg.services), discovery.HubThreshold) // above it one hub shares few connections
-	copts.Watchers += failoverWatchers(cfg)
+	copts := cfg.Consul
+	copts.Watchers = min(len(cfg.Services), discovery.HubThreshold) // above it one hub shares few connections
+	// The failover datacenters' long polls share the client too.
+	for _, sc := range cfg.Services {
+		copts.Watchers += len(sc.Failover.Datacenters)
+	}
 	client, err := discovery.NewClient(copts)
 	if err != nil {
 		return nil, err
 	}
 	a.client = client
-	for _, sc := range cfg.services {
-		lbc := sc.lb
-		lbc.Logger = logger.Named("lb").With("service", sc.name)
-		b, err := lb.NewBalancer(sc.name, lbc)
+	for _, sc := range cfg.Services {
+		lbc := sc.LB
+		lbc.Logger = logger.Named("lb").With("service", sc.Name)
+		b, err := lb.NewBalancer(sc.Name, lbc)
 		if err != nil {
-			return nil, fmt.Errorf("service %q: %w", sc.name, err)
+			return nil, fmt.Errorf("service %q: %w", sc.Name, err)
 		}
-		s := &serviceState{name: sc.name, balancer: b}
-		a.services[sc.name] = s
+		s := &serviceState{name: sc.Name, balancer: b}
+		a.services[sc.Name] = s
 		a.ordered = append(a.ordered, s)
 	}
 	if err := a.newFailovers(); err != nil {
@@ -153,12 +159,11 @@ func newAgent(cfg *config, logger hclog.Logger) (*agent, error) {
 	if a.routeCaches, err = a.buildCaches(); err != nil {
 		return nil, err
 	}
-	a.metrics = newMetrics(a.ordered)
-	if cfg.recent > 0 {
-		a.recent = recent.New(cfg.recent)
+	a.requests = proxy.NewRequestMetrics()
+	if cfg.Recent > 0 {
+		a.recent = recent.New(cfg.Recent)
 	}
-	a.metrics.reg.MustRegister(&cacheCollector{caches: a.caches})
-	for _, d := range cfg.deprecated {
+	for _, d := range cfg.Deprecated {
 		logger.Warn(d)
 	}
 	return a, nil
@@ -188,22 +193,21 @@ func (a *agent) run() int {
 		a.closeListeners()
 		return exitBadInput
 	}
-	a.metrics.reg.MustRegister(&budgetCollector{proxies: a.proxies})
 
 	var wg sync.WaitGroup
 	followed := make([]discovery.Followed, 0, len(a.ordered))
 	for _, s := range a.ordered {
-		sc := a.cfg.service(s.name)
+		sc := a.cfg.Service(s.name)
 		s := s
 		followed = append(followed, discovery.Followed{Watch: discovery.WatchConfig{
-			Service: s.name, Tag: sc.tag, Stale: a.cfg.stale, Cached: a.cfg.cached,
+			Service: s.name, Tag: sc.Tag, Stale: a.cfg.Stale, Cached: a.cfg.Cached,
 			// A change lands within 100ms even when changes come back to back.
 			QueryInterval: 100 * time.Millisecond,
 			Logger:        a.log.Named("watch").With("service", s.name),
 		}, OnUpdate: func(insts []lb.Instance) { a.onUpdate(ctx, s, insts) }})
 	}
 	follower, err := discovery.NewFollower(a.client, discovery.HubConfig{
-		Stale: a.cfg.stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
+		Stale: a.cfg.Stale, QueryInterval: 100 * time.Millisecond, Logger: a.log.Named("watch"),
 	}, followed)
 	if err != nil {
 		a.log.Error("invalid watch", "error", err)
@@ -212,11 +216,17 @@ func (a *agent) run() int {
 	}
 	for i, w := range follower.Watchers() {
 		a.ordered[i].watcher = w
+		a.ordered[i].feed.SetWatcher(w)
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = follower.Run(ctx) }()
-	a.runFailovers(ctx, &wg)
-	if a.cfg.snapshotFile != "" {
+	for _, s := range a.ordered {
+		if f := s.failover; f.Active() { // the failover datacenters' watches
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = f.Run(ctx) }()
+		}
+	}
+	if a.cfg.SnapshotFile != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.saveLoop(ctx) }()
 	}
@@ -230,8 +240,8 @@ func (a *agent) run() int {
 		// cleartext connections, passes TLS records through (Go's server must
 		// see *tls.Conn for ALPN), and caps connections on both.
 		ln = httpguard.Listen(ln, httpguard.Options{
-			MaxHeaderBytes: a.cfg.maxHeaderBytes,
-			MaxConns:       a.cfg.maxConns,
+			MaxHeaderBytes: a.cfg.MaxHeaderBytes,
+			MaxConns:       a.cfg.MaxConns,
 			Logger:         a.log,
 		})
 		serve := srv.Serve
@@ -296,37 +306,63 @@ wait:
 	return code
 }
 
-// onUpdate applies a watch update to the service's pool. An update that
-// would empty a non-empty pool is held for --empty-pool-grace: a Consul
-// agent that restarted empty answers "no instances" until the registrars
-// have registered again, and dropping every instance meanwhile would turn
-// a Consul restart into an outage. Instances that really are gone are
-// still avoided by passive health during the grace.
+// onUpdate applies a watch update to the service's pool and tells the
+// proxies about the instances that left it because Consul reports them
+// failed: they close their idle connections and send the idempotent
+// requests waiting on them elsewhere at once, rather than waiting for TCP
+// or the response header timeout; the others fail with 502.
 func (a *agent) onUpdate(ctx context.Context, s *serviceState, insts []lb.Instance) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.emptyTimer != nil {
-		s.emptyTimer.Stop()
-		s.emptyTimer = nil
-	}
-	if len(insts) == 0 && s.tiers.local > 0 && a.cfg.emptyGrace > 0 && a.mayHaveLostState(s) {
-		a.log.Warn("consul reports no instances; keeping the last pool for the grace period in case Consul lost its state",
-			"service", s.name, "instances", s.tiers.local, "grace", a.cfg.emptyGrace)
-		s.emptyTimer = time.AfterFunc(a.cfg.emptyGrace, func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if ctx.Err() != nil || s.emptyTimer == nil {
-				return
-			}
-			s.emptyTimer = nil
-			a.log.Warn("pool emptied: consul still reports no instances after the grace period", "service", s.name)
-			a.setLocal(s, nil)
-		})
+	old := s.balancer.Pool()
+	if !s.feed.Update(ctx, insts) || s.watcher == nil {
 		return
 	}
-	old := s.balancer.Pool()
-	a.setLocal(s, insts)
-	a.instancesLeft(s, old, insts)
+	gone := s.watcher.FailedLeft(old, insts)
+	if len(gone) == 0 {
+		return
+	}
+	n := 0
+	for _, p := range a.proxies {
+		n += p.InstancesLeft(gone)
+	}
+	ids := make([]string, len(gone))
+	for i, in := range gone {
+		ids[i] = in.ID
+	}
+	a.log.Info("failed instances left the pool: their waiting requests cancelled", "service", s.name, "instances", ids, "cancelled", n)
+}
+
+// newFailovers makes each service's Failover and the feed of its local
+// watch.
+func (a *agent) newFailovers() error {
+	for _, s := range a.ordered {
+		sc := a.cfg.Service(s.name)
+		fc := sc.Failover
+		fc.Service, fc.Tag = s.name, sc.Tag
+		fc.Logger = a.log.Named("failover")
+		f, err := discovery.NewFailover(a.client, fc, func(tiers []lb.Tier) { a.applyTiers(s, tiers) })
+		if err != nil {
+			return err
+		}
+		s.failover = f
+		s.feed = discovery.NewLocalFeed(f, a.cfg.EmptyGrace, a.log.With("service", s.name))
+	}
+	return nil
+}
+
+// applyTiers publishes the ranked tiers. It runs under the Failover's lock,
+// from the local update or a failover datacenter's watch.
+func (a *agent) applyTiers(s *serviceState, tiers []lb.Tier) {
+	s.balancer.UpdateTiers(tiers)
+	n := 0
+	for _, t := range tiers {
+		n += len(t.Instances)
+	}
+	if len(tiers) > 0 && n > len(tiers[0].Instances) {
+		a.log.Info("pool updated", "service", s.name, "instances", n, "tiers", len(s.balancer.Pool().Tiers()))
+	} else {
+		a.log.Info("pool updated", "service", s.name, "instances", n)
+	}
+	a.kickSave()
 }
 
 // reloadCerts reads every listener's TLS files again (SIGHUP). New
@@ -339,10 +375,10 @@ func (a *agent) reloadCerts() {
 		}
 		cert, key := cr.Files()
 		if err := cr.Reload(); err != nil {
-			a.log.Error("TLS reload failed; keeping the previous certificate", "listener", a.cfg.listeners[i].name, "error", err)
+			a.log.Error("TLS reload failed; keeping the previous certificate", "listener", a.cfg.Listeners[i].Name, "error", err)
 			continue
 		}
-		a.log.Info("TLS certificate reloaded", "listener", a.cfg.listeners[i].name, "cert", cert, "key", key)
+		a.log.Info("TLS certificate reloaded", "listener", a.cfg.Listeners[i].Name, "cert", cert, "key", key)
 	}
 	if a.upCert != nil {
 		cert, key := a.upCert.Files()
@@ -354,51 +390,19 @@ func (a *agent) reloadCerts() {
 	}
 }
 
-// load reads the upstream TLS files and returns the proxy's UpstreamTLS
-// (nil when nothing is set) and the client certificate's reloader (nil
-// without one). Errors name the flag or config field and the file.
-func (u *upstreamTLS) load() (*tls.Config, *certreload.Reloader, error) {
-	if u.ca.value == "" && u.cert.value == "" && u.serverName.value == "" {
-		return nil, nil, nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.serverName.value}
-	if u.ca.value != "" {
-		pem, err := os.ReadFile(u.ca.value)
-		if err != nil {
-			return nil, nil, fmt.Errorf("invalid %v: %w", u.ca, err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("invalid %v: no PEM certificate in it", u.ca)
-		}
-	}
-	var cr *certreload.Reloader
-	if u.cert.value != "" {
-		var err error
-		if cr, err = certreload.New(u.cert.value, u.key.value); err != nil {
-			return nil, nil, fmt.Errorf("invalid upstream TLS client certificate (%s, %s): %w", u.cert.from, u.key.from, err)
-		}
-		// Asked for at each handshake, so a reload applies to new connections.
-		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return cr.GetCertificate(nil)
-		}
-	}
-	return tc, cr, nil
-}
-
 // listen binds the client listeners and the admin listener.
 func (a *agent) listen() error {
-	for _, l := range a.cfg.listeners {
-		ln, err := net.Listen("tcp", l.address)
+	for _, l := range a.cfg.Listeners {
+		ln, err := net.Listen("tcp", l.Address)
 		if err != nil {
-			return fmt.Errorf("listener %q on %s: %w", l.name, l.address, err)
+			return fmt.Errorf("listener %q on %s: %w", l.Name, l.Address, err)
 		}
 		a.listeners = append(a.listeners, ln)
 	}
-	if a.cfg.admin != "" {
-		ln, err := net.Listen("tcp", a.cfg.admin)
+	if a.cfg.Admin != "" {
+		ln, err := net.Listen("tcp", a.cfg.Admin)
 		if err != nil {
-			return fmt.Errorf("admin listener on %s: %w (use --admin ADDR or --admin off)", a.cfg.admin, err)
+			return fmt.Errorf("admin listener on %s: %w (use --admin ADDR or --admin off)", a.cfg.Admin, err)
 		}
 		a.adminLn = ln
 	}
@@ -415,20 +419,20 @@ func (a *agent) closeListeners() {
 }
 
 func (a *agent) buildServers() error {
-	for li, l := range a.cfg.listeners {
-		routes := make([]proxy.Route, 0, len(l.routes))
-		for ri, r := range l.routes {
-			routes = append(routes, proxy.Route{Host: r.host, PathPrefix: r.pathPrefix, Protocol: r.protocol, Balancer: a.services[r.service].balancer,
-				Cache: a.routeCaches[li][ri], TryTimeout: a.cfg.service(r.service).tryTimeout})
+	for li, l := range a.cfg.Listeners {
+		routes := make([]proxy.Route, 0, len(l.Routes))
+		for ri, r := range l.Routes {
+			routes = append(routes, proxy.Route{Host: r.Host, PathPrefix: r.PathPrefix, Protocol: r.Protocol, Balancer: a.services[r.Service].balancer,
+				Cache: a.routeCaches[li][ri], TryTimeout: a.cfg.Service(r.Service).TryTimeout})
 		}
 		p, err := proxy.New(proxy.Config{
-			ConnectTimeout:        a.cfg.connectTimeout,
-			ResponseHeaderTimeout: a.cfg.responseHeaderTimeout,
-			IdleConnTimeout:       a.cfg.idleTimeout,
-			MaxAttempts:           a.cfg.maxAttempts,
-			TrustedProxies:        a.cfg.trustedProxies,
-			Logger:                a.log.Named("proxy").With("listener", l.name),
-			AccessLog:             a.cfg.accessLog,
+			ConnectTimeout:        a.cfg.ConnectTimeout,
+			ResponseHeaderTimeout: a.cfg.ResponseHeaderTimeout,
+			IdleConnTimeout:       a.cfg.IdleTimeout,
+			MaxAttempts:           a.cfg.MaxAttempts,
+			TrustedProxies:        a.cfg.TrustedProxies,
+			Logger:                a.log.Named("proxy").With("listener", l.Name),
+			AccessLog:             a.cfg.AccessLog,
 			Tracing:               a.tracingOn,
 			OnFailure: func(service, instance, traceID string, status int) {
 				a.adminAPI.RecordFailure(service, instance, traceID, status, time.Now())
@@ -437,27 +441,27 @@ func (a *agent) buildServers() error {
 			Recorder:    a.recorder(),
 		}, routes)
 		if err != nil {
-			return fmt.Errorf("listener %q: %w", l.name, err)
+			return fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 		a.proxies = append(a.proxies, p)
-		h := a.metrics.instrument(l.name, limitBody(a.cfg.maxBodyBytes, p))
+		h := a.requests.Instrument(l.Name, proxy.LimitBody(a.cfg.MaxBodyBytes, p))
 		sc := proxy.ServerConfig{
-			ReadHeaderTimeout:    a.cfg.readHeaderTimeout,
+			ReadHeaderTimeout:    a.cfg.ReadHeaderTimeout,
 			IdleTimeout:          120 * time.Second,
-			MaxHeaderBytes:       a.cfg.maxHeaderBytes,
-			MaxConcurrentStreams: a.cfg.maxStreams,
+			MaxHeaderBytes:       a.cfg.MaxHeaderBytes,
+			MaxConcurrentStreams: a.cfg.MaxStreams,
 		}
 		if err := sc.Validate(); err != nil {
-			return fmt.Errorf("listener %q: %w", l.name, err)
+			return fmt.Errorf("listener %q: %w", l.Name, err)
 		}
-		srv := proxy.NewServer(l.address, h, sc, a.log.Named("http"))
+		srv := proxy.NewServer(l.Address, h, sc, a.log.Named("http"))
 		// Lets the guard follow upgrades the server accepts or declines.
 		srv.ConnState = httpguard.ConnState
 		var cr *certreload.Reloader
-		if l.certFile != "" {
+		if l.CertFile != "" {
 			var err error
-			if cr, err = certreload.New(l.certFile, l.keyFile); err != nil {
-				return fmt.Errorf("listener %q: %w", l.name, err)
+			if cr, err = certreload.New(l.CertFile, l.KeyFile); err != nil {
+				return fmt.Errorf("listener %q: %w", l.Name, err)
 			}
 			srv.TLSConfig = &tls.Config{
 				MinVersion:     tls.VersionTLS12,
@@ -468,28 +472,31 @@ func (a *agent) buildServers() error {
 		a.certs = append(a.certs, cr)
 		a.servers = append(a.servers, srv)
 		var loop *proxy.LoopServer // TLS listeners have none
-		if srv.TLSConfig == nil && a.cfg.eventLoops > 0 {
+		if srv.TLSConfig == nil && a.cfg.EventLoops > 0 {
 			loop = proxy.NewLoopServer(srv, proxy.LoopOptions{
-				Loops: a.cfg.eventLoops,
+				Loops: a.cfg.EventLoops,
 				// Connections handed to net/http are checked as before;
 				// the cap is kept on the TCP listener.
 				WrapHandoff: func(ln net.Listener) net.Listener {
-					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.maxHeaderBytes, Logger: a.log})
+					return httpguard.Listen(ln, httpguard.Options{MaxHeaderBytes: a.cfg.MaxHeaderBytes, Logger: a.log})
 				},
 				Detach: httpguard.Detach,
-				Logger: a.log.Named("loop").With("listener", l.name),
+				Logger: a.log.Named("loop").With("listener", l.Name),
 				// The requests the loop serves itself (no goroutine)
 				// are counted as instrument counts the others.
 				Proxy:   p,
-				Observe: a.metrics.observer(l.name),
+				Observe: a.requests.Observer(l.Name),
 			})
 		}
 		a.loops = append(a.loops, loop)
 	}
 	if a.adminLn != nil {
 		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", a.healthz)
-		mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /healthz", a.adminAPI.Healthz)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(a.requests, a.adminAPI.PoolCollector(), proxy.NewBudgetCollector(a.proxies),
+			httpcache.NewCollector(a.caches), prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		// One port for browsers (HTTP/1) and gRPC clients (h2c). No
 		// WriteTimeout: it would cut watch streams.
 		var protos http.Protocols
@@ -498,28 +505,6 @@ func (a *agent) buildServers() error {
 		a.admin = &http.Server{Handler: a.adminAPI.Handler(mux), ReadHeaderTimeout: 5 * time.Second, Protocols: &protos}
 	}
 	return nil
-}
-
-// limitBody answers 413 to a request whose declared body is larger than
-// max, and caps an undeclared (chunked) one; max 0 means no limit.
-func limitBody(max int64, next http.Handler) http.Handler {
-	if max <= 0 {
-		return next
-	}
-	msg := fmt.Sprintf("request body larger than %d bytes\n", max)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > max {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.Header().Set("Connection", "close")
-			w.WriteHeader(http.StatusRequestEntityTooLarge)
-			io.WriteString(w, msg)
-			return
-		}
-		if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
-			r.Body = http.MaxBytesReader(w, r.Body, max)
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // buildAdminAPI makes the admin API (gRPC, status page) over the pools.
@@ -537,10 +522,16 @@ func (a *agent) buildAdminAPI() {
 				info.LastError = st.LastError.Error()
 			}
 			return info
+		}, Datacenters: func() []admin.DatacenterInfo {
+			var out []admin.DatacenterInfo
+			for _, dc := range s.failover.Datacenters() {
+				out = append(out, admin.DatacenterInfo{Datacenter: dc.Datacenter, Up: !dc.Failing})
+			}
+			return out
 		}})
 	}
-	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.adminAllow, Logger: a.log.Named("admin"),
-		Recent: a.recent, TraceUI: a.cfg.traceUI, Caches: a.adminCaches()})
+	a.adminAPI = admin.New(admin.Options{Services: svcs, AllowRemote: a.cfg.AdminAllow, Logger: a.log.Named("admin"),
+		Recent: a.recent, TraceUI: a.cfg.TraceUI, Caches: a.adminCaches()})
 }
 
 // recorder is the proxies' Recorder: the ring of recent requests, or none.
@@ -549,27 +540,6 @@ func (a *agent) recorder() proxy.Recorder {
 		return nil // not a nil *recent.Ring in a non-nil interface
 	}
 	return a.recent
-}
-
-// healthz answers 200 once every service has a pool (from Consul or from
-// the snapshot file), else 503 naming the services still waiting.
-func (a *agent) healthz(w http.ResponseWriter, _ *http.Request) {
-	var waiting []string
-	var b strings.Builder
-	for _, s := range a.ordered {
-		pool := s.balancer.Pool()
-		if pool == nil {
-			waiting = append(waiting, s.name)
-			fmt.Fprintf(&b, "%s: waiting for the first pool from Consul\n", s.name)
-			continue
-		}
-		fmt.Fprintf(&b, "%s: %d instances\n", s.name, len(pool.Instances))
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if len(waiting) > 0 {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	io.WriteString(w, b.String())
 }
 
 // shutdown stops accepting, lets in-flight requests finish (bounded), stops
@@ -607,10 +577,10 @@ func (a *agent) shutdown(cancel context.CancelFunc, wg *sync.WaitGroup) {
 // restoreSnapshot loads the last known pools so the agent serves at once
 // after a restart, even before Consul answers. Consul's answers replace them.
 func (a *agent) restoreSnapshot() {
-	if a.cfg.snapshotFile == "" {
+	if a.cfg.SnapshotFile == "" {
 		return
 	}
-	pools, err := discovery.LoadSnapshot(a.cfg.snapshotFile)
+	pools, err := discovery.LoadSnapshot(a.cfg.SnapshotFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
@@ -620,10 +590,8 @@ func (a *agent) restoreSnapshot() {
 	}
 	for name, insts := range pools {
 		if s, ok := a.services[name]; ok && len(insts) > 0 {
-			s.mu.Lock()
-			a.setLocal(s, insts)
-			s.mu.Unlock()
-			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.snapshotFile)
+			s.feed.Restore(insts)
+			a.log.Info("pool restored from snapshot", "service", name, "instances", len(insts), "file", a.cfg.SnapshotFile)
 		}
 	}
 }
@@ -653,30 +621,18 @@ func (a *agent) saveLoop(ctx context.Context) {
 }
 
 func (a *agent) saveSnapshot() {
-	if a.cfg.snapshotFile == "" {
+	if a.cfg.SnapshotFile == "" {
 		return
 	}
 	a.saveMu.Lock()
 	defer a.saveMu.Unlock()
 	pools := map[string][]lb.Instance{}
 	for _, s := range a.ordered {
-		pool := s.balancer.Pool()
-		if pool == nil {
-			continue
+		if pool := s.balancer.Pool(); pool != nil {
+			pools[s.name] = discovery.SnapshotInstances(pool)
 		}
-		insts := make([]lb.Instance, 0, len(pool.Instances))
-		tiers := pool.Tiers()
-		for _, in := range pool.Instances {
-			if in.Tier < len(tiers) && tiers[in.Tier].Remote {
-				continue // another datacenter's: not for a restart's local pool
-			}
-			c := *in
-			c.Stats = nil
-			insts = append(insts, c)
-		}
-		pools[s.name] = insts
 	}
-	if err := discovery.SaveSnapshot(a.cfg.snapshotFile, pools); err != nil {
-		a.log.Warn("cannot save the pool snapshot", "file", a.cfg.snapshotFile, "error", err)
+	if err := discovery.SaveSnapshot(a.cfg.SnapshotFile, pools); err != nil {
+		a.log.Warn("cannot save the pool snapshot", "file", a.cfg.SnapshotFile, "error", err)
 	}
 }

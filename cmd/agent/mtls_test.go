@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -228,73 +226,6 @@ func TestUpstreamTLSFlagsAndConfigRefused(t *testing.T) {
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("error %q does not say %q", out.String(), w)
 				}
-			}
-		})
-	}
-}
-
-func TestUpstreamTLSConfigLoads(t *testing.T) {
-	dir := t.TempDir()
-	ca := testpki.NewCA(t, dir, "ca")
-	cert, key := ca.Issue(t, dir, "agent", "agent", false)
-	other, otherKey := ca.Issue(t, dir, "other", "other", false)
-	hcl := filepath.Join(dir, "agent.hcl")
-	src := fmt.Sprintf("listener \"web\" {\n  address = \"127.0.0.1:0\"\n  route { service = \"s\" }\n}\n"+
-		"upstream_tls {\n  ca_file = %q\n  cert_file = %q\n  key_file = %q\n  server_name = \"mesh.internal\"\n}\n", ca.File, other, otherKey)
-	if err := os.WriteFile(hcl, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		name       string
-		args       []string
-		nilConfig  bool
-		wantCN     string // of the client certificate; "" for none
-		wantName   string
-		wantRoots  bool
-		wantReload bool
-	}{
-		{"nothing set", []string{"--listen", ":0", "--service", "s"}, true, "", "", false, false},
-		{"CA only", []string{"--listen", ":0", "--service", "s", "--upstream-tls-ca", ca.File}, false, "", "", true, false},
-		{"server name only: system roots", []string{"--listen", ":0", "--service", "s", "--upstream-tls-server-name", "10.0.0.7"}, false, "", "10.0.0.7", false, false},
-		{"file", []string{"--config", hcl}, false, "other", "mesh.internal", true, true},
-		{"flags override the file", []string{"--config", hcl, "--upstream-tls-cert", cert, "--upstream-tls-key", key, "--upstream-tls-server-name", "sidecar.mesh."},
-			false, "agent", "sidecar.mesh.", true, true},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := parseArgs(tc.args, io.Discard)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tc2, cr, err := cfg.upstreamTLS.load()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if (tc2 == nil) != tc.nilConfig || (cr != nil) != tc.wantReload {
-				t.Fatalf("config %v, reloader %v; want nil config %v, reloader %v", tc2, cr, tc.nilConfig, tc.wantReload)
-			}
-			if tc2 == nil {
-				return
-			}
-			if tc2.ServerName != tc.wantName || (tc2.RootCAs != nil) != tc.wantRoots || tc2.MinVersion != tls.VersionTLS12 {
-				t.Errorf("ServerName %q, roots %v, MinVersion %x; want %q, %v, TLS 1.2", tc2.ServerName, tc2.RootCAs != nil, tc2.MinVersion, tc.wantName, tc.wantRoots)
-			}
-			if tc.wantCN == "" {
-				if tc2.GetClientCertificate != nil || len(tc2.Certificates) > 0 {
-					t.Error("a client certificate is configured; want none")
-				}
-				return
-			}
-			c, err := tc2.GetClientCertificate(&tls.CertificateRequestInfo{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			leaf, err := x509.ParseCertificate(c.Certificate[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			if leaf.Subject.CommonName != tc.wantCN {
-				t.Errorf("client certificate %q, want %q", leaf.Subject.CommonName, tc.wantCN)
 			}
 		})
 	}

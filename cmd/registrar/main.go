@@ -9,9 +9,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,7 +22,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/meshlb/meshlb/discovery"
+	"github.com/meshlb/meshlb/internal/certreload"
 	"github.com/meshlb/meshlb/internal/cli"
+	"github.com/meshlb/meshlb/internal/mesh"
+	"github.com/meshlb/meshlb/internal/probe"
 	"github.com/meshlb/meshlb/internal/sockpid"
 	"github.com/meshlb/meshlb/internal/wire"
 )
@@ -51,10 +56,15 @@ func run(args []string, stderr io.Writer) int {
 		return exitBadInput
 	}
 	// Read the TLS files before anything starts: a bad one is bad input.
-	var mtls *meshTLS
+	var mtls *mesh.TLS
 	if cfg.meshTLSOn() {
-		if mtls, err = newMeshTLS(cfg.meshTLSCert, cfg.meshTLSKey, cfg.meshTLSClientCA); err != nil {
-			fmt.Fprintf(stderr, "registrar: %v\n", err)
+		cert, err := certreload.New(cfg.meshTLSCert, cfg.meshTLSKey)
+		if err != nil {
+			fmt.Fprintf(stderr, "registrar: invalid --mesh-tls-cert/--mesh-tls-key: %v\n", err)
+			return exitBadInput
+		}
+		if mtls, err = mesh.NewTLS(cert, cfg.meshTLSClientCA); err != nil {
+			fmt.Fprintf(stderr, "registrar: invalid --mesh-tls-client-ca: %v\n", err)
 			return exitBadInput
 		}
 	}
@@ -79,15 +89,8 @@ type registrar struct {
 	appErr  error
 	pid     int
 	reg     *discovery.Registration
-	mesh    inbound  // nil unless --mesh-port
-	tls     *meshTLS // nil unless the mesh port serves TLS
-}
-
-// inbound is the mesh-mode listener in front of the app.
-type inbound interface {
-	SetDraining(bool)
-	InFlight() int64
-	Shutdown(context.Context) error
+	mesh    *mesh.Inbound // nil unless --mesh-port
+	tls     *mesh.TLS     // nil unless the mesh port serves TLS
 }
 
 func (r *registrar) run() int {
@@ -99,7 +102,7 @@ func (r *registrar) run() int {
 	defer cancel()
 
 	if r.cfg.meshPort != 0 {
-		if err := checkTracing(ctx, r); err != nil {
+		if err := mesh.CheckTracing(ctx, r.process("check"), r.log); err != nil {
 			r.log.Error("invalid tracing configuration", "error", err)
 			return exitBadInput
 		}
@@ -123,7 +126,8 @@ func (r *registrar) run() int {
 	}
 	r.reg = reg
 	if r.cfg.meshPort != 0 {
-		m, err := startMesh(ctx, r)
+		m, err := mesh.Serve(ctx, mesh.ServeConfig{Port: r.cfg.meshPort, Process: r.process(reg.Service().ID), TLS: r.tls, Logger: r.log,
+			AppAddr: net.JoinHostPort(r.cfg.probeHost, strconv.Itoa(r.cfg.port))})
 		if err != nil {
 			r.log.Error("cannot start mesh mode", "mesh_port", r.cfg.meshPort, "error", err)
 			r.stopApp()
@@ -182,12 +186,17 @@ func (r *registrar) run() int {
 // reloadTLS reads the mesh port's TLS files again (SIGHUP): new handshakes
 // use them, open connections are not dropped.
 func (r *registrar) reloadTLS() {
-	if err := r.tls.reload(); err != nil {
+	if err := r.tls.Reload(); err != nil {
 		r.log.Error("mesh TLS reload failed: what did not load keeps its previous contents", "error", err)
 		return
 	}
-	cert, key := r.tls.cert.Files()
+	cert, key := r.tls.Files()
 	r.log.Info("mesh TLS reloaded", "cert", cert, "key", key, "client_ca", r.cfg.meshTLSClientCA)
+}
+
+// process describes the app in the mesh port's spans.
+func (r *registrar) process(serviceID string) mesh.Process {
+	return mesh.Process{Service: r.cfg.service, InstanceID: serviceID, PID: r.pid, Host: r.host}
 }
 
 func (r *registrar) mode() string {
@@ -246,13 +255,14 @@ func (r *registrar) attach(ctx context.Context, sigs <-chan os.Signal) error {
 // probeLoop probes the app and hands the result to the registration. In
 // attach mode it also follows the app's PID when the app is restarted.
 func (r *registrar) probeLoop(ctx context.Context) {
-	p := newProber(r.cfg)
-	defer p.close()
+	p := probe.New(probe.Config{Kind: r.cfg.check, Addr: net.JoinHostPort(r.cfg.probeHost, strconv.Itoa(r.cfg.port)),
+		Path: r.cfg.checkPath, Timeout: r.cfg.checkTimeout, GRPCService: r.cfg.grpcService})
+	defer p.Close()
 	var last discovery.Health
 	t := time.NewTicker(r.cfg.checkInterval)
 	defer t.Stop()
 	for {
-		h := p.probe(ctx)
+		h := p.Probe(ctx)
 		if ctx.Err() != nil {
 			return
 		}

@@ -3,13 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
-	"log"
-	"net"
-	"net/http"
-	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"slices"
@@ -108,154 +103,6 @@ func TestMeshTLSFlagsInHelpAndHTTPSTag(t *testing.T) {
 	}
 }
 
-// meshServer serves a hello handler behind m's TLS, as startMesh does.
-func meshServer(t *testing.T, m *meshTLS) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }),
-		ReadHeaderTimeout: 5 * time.Second,
-		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ErrorLog:          log.New(io.Discard, "", 0), // refused handshakes are expected
-	}
-	go srv.Serve(tls.NewListener(ln, m.listenerConfig()))
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
-}
-
-// tlsClient trusts ca and presents the given client certificate (none when
-// certFile is "").
-func tlsClient(t *testing.T, ca *testpki.CA, certFile, keyFile string) *http.Client {
-	t.Helper()
-	tr := &http.Transport{TLSClientConfig: ca.ClientConfig(t, certFile, keyFile), MaxIdleConnsPerHost: 1}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
-}
-
-// fetch GETs url and returns the body, the server certificate's CN and
-// whether the connection was reused.
-func fetch(ctx context.Context, c *http.Client, url string) (string, string, bool, error) {
-	reused := false
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	res, err := c.Do(req)
-	if err != nil {
-		return "", "", false, err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		return "", "", false, err
-	}
-	if res.StatusCode != http.StatusOK {
-		return "", "", false, errors.New("status " + res.Status + ": " + string(b))
-	}
-	cn := ""
-	if res.TLS != nil {
-		cn = res.TLS.PeerCertificates[0].Subject.CommonName
-	}
-	return string(b), cn, reused, nil
-}
-
-func TestMeshTLSClientCertsAndReload(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	dir := t.TempDir()
-	ca := testpki.NewCA(t, dir, "agents-ca")
-	serverCert, serverKey := ca.Issue(t, dir, "mesh", "first", true)
-	clientCert, clientKey := ca.Issue(t, dir, "agent", "agent", false)
-	other := testpki.NewCA(t, dir, "other-ca")
-	strangerCert, strangerKey := other.Issue(t, dir, "stranger", "stranger", false)
-	clientCAFile := filepath.Join(dir, "client-ca.pem")
-	copyFile(t, ca.File, clientCAFile)
-
-	m, err := newMeshTLS(serverCert, serverKey, clientCAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "https://" + meshServer(t, m) + "/"
-
-	agent := tlsClient(t, ca, clientCert, clientKey)
-	if body, cn, _, err := fetch(ctx, agent, url); err != nil || body != "hello" || cn != "first" {
-		t.Fatalf("client with a certificate from the CA: body %q, server certificate %q, %v; want hello from first", body, cn, err)
-	}
-	for _, tc := range []struct {
-		name   string
-		client *http.Client
-	}{
-		{"no client certificate", tlsClient(t, ca, "", "")},
-		{"certificate from another CA", tlsClient(t, ca, strangerCert, strangerKey)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if body, _, _, err := fetch(ctx, tc.client, url); err == nil {
-				t.Errorf("served %q; want the handshake refused", body)
-			}
-		})
-	}
-	t.Run("plain HTTP", func(t *testing.T) {
-		plainURL := "http://" + strings.TrimPrefix(url, "https://")
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, plainURL, nil)
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return // refused outright: fine
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if res.StatusCode != http.StatusBadRequest || strings.Contains(string(b), "hello") {
-			t.Errorf("plain HTTP got %d %q; want Go's 400 for HTTP on a TLS port, never the handler", res.StatusCode, b)
-		}
-	})
-
-	// Reload: a new server certificate, and the client CA replaced by
-	// another one; new handshakes follow, the open connection stays.
-	ca.Issue(t, dir, "mesh", "second", true)
-	copyFile(t, other.File, clientCAFile)
-	if err := m.reload(); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
-	if body, cn, reused, err := fetch(ctx, agent, url); err != nil || !reused || cn != "first" || body != "hello" {
-		t.Errorf("the connection opened before the reload: reused %v, certificate %q, %v; want it kept", reused, cn, err)
-	}
-	if _, _, _, err := fetch(ctx, tlsClient(t, ca, clientCert, clientKey), url); err == nil {
-		t.Error("a client of the CA the reload removed was served")
-	}
-	stranger := tlsClient(t, ca, strangerCert, strangerKey)
-	if _, cn, _, err := fetch(ctx, stranger, url); err != nil || cn != "second" {
-		t.Errorf("after the reload: server certificate %q, %v; want second, the new CA's client served", cn, err)
-	}
-
-	// Broken files are reported and the current ones kept.
-	for _, f := range []string{serverCert, clientCAFile} {
-		if err := os.WriteFile(f, []byte("broken"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	err = m.reload()
-	if err == nil || !strings.Contains(err.Error(), serverCert) || !strings.Contains(err.Error(), "client CA") {
-		t.Errorf("reload of broken files: %v; want an error naming %s and the client CA", err, serverCert)
-	}
-	if _, cn, _, err := fetch(ctx, tlsClient(t, ca, strangerCert, strangerKey), url); err != nil || cn != "second" {
-		t.Errorf("after a failed reload: server certificate %q, %v; want second and the same client CA", cn, err)
-	}
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to+".tmp", b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(to+".tmp", to); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestMeshTLSReloadsOnSIGHUP runs a registrar attached to a running app
 // with a TLS mesh port: it registers the https tag, serves the app over
 // TLS to clients with a certificate, and SIGHUP makes new handshakes use
@@ -282,8 +129,8 @@ func TestMeshTLSReloadsOnSIGHUP(t *testing.T) {
 
 	url := "https://127.0.0.1:" + strconv.Itoa(meshPort) + "/"
 	fresh := func() (string, string, error) {
-		c := tlsClient(t, ca, clientCert, clientKey)
-		body, cn, _, err := fetch(ctx, c, url)
+		c := ca.HTTPClient(t, clientCert, clientKey)
+		body, cn, _, err := testpki.Fetch(ctx, c, url)
 		c.CloseIdleConnections()
 		return body, cn, err
 	}

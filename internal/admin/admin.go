@@ -48,6 +48,16 @@ type Service struct {
 	// refresh, from several goroutines: it must be cheap and safe for
 	// concurrent use.
 	Status func() WatchInfo
+	// Datacenters reports, for a service with failover datacenters,
+	// whether each one's reads succeed; it may be nil. It is called at
+	// every /metrics scrape, under the same rules as Status.
+	Datacenters func() []DatacenterInfo
+}
+
+// DatacenterInfo is the state of one failover datacenter's watch.
+type DatacenterInfo struct {
+	Datacenter string
+	Up         bool // its last read succeeded: its instances count
 }
 
 // WatchInfo is the state of the discovery watch of a service.

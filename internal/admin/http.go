@@ -2,6 +2,8 @@ package admin
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -144,4 +146,26 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 		}
 	}
+}
+
+// Healthz answers 200 once every service has a pool (from Consul or from
+// the agent's snapshot file), else 503 naming the services still waiting.
+// The agent serves it at /healthz.
+func (s *Server) Healthz(w http.ResponseWriter, _ *http.Request) {
+	var waiting []string
+	var b strings.Builder
+	for _, svc := range s.services {
+		pool := svc.Balancer.Pool()
+		if pool == nil {
+			waiting = append(waiting, svc.Name)
+			fmt.Fprintf(&b, "%s: waiting for the first pool from Consul\n", svc.Name)
+			continue
+		}
+		fmt.Fprintf(&b, "%s: %d instances\n", svc.Name, len(pool.Instances))
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(waiting) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	io.WriteString(w, b.String())
 }

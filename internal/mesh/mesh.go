@@ -1,12 +1,13 @@
-// Package mesh is the registrar's inbound handler in mesh mode: it serves
-// the registered mesh port and forwards every request to the app on
-// loopback, with a SERVER span that describes the app process, and it tells
-// edges when the instance is draining.
+// Package mesh is the registrar's inbound side in mesh mode: Serve listens
+// on the registered mesh port (plain HTTP, or TLS with optional client
+// certificates, reloadable: TLS) and its Handler forwards every request to
+// the app on loopback, with a SERVER span that describes the app process,
+// and tells edges when the instance is draining.
 //
 // It is the data path of one instance: it must stay a thin, fast hop. It
 // does no balancing, no retries and no timeouts of its own (the edge agent
 // owns those), never buffers bodies, and logs nothing per request above
-// debug. It does not listen: the registrar owns the listener and server.
+// debug. It does not talk to Consul: the registrar registers the port.
 package mesh
 
 import (

@@ -1,14 +1,15 @@
-package main
+package proxy
 
-import (
-	"github.com/prometheus/client_golang/prometheus"
+import "github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshlb/meshlb/proxy"
-)
+// NewBudgetCollector exports the retry budget and per-try timeout of
+// every service, summed over the proxies (one per listener), read at
+// scrape time.
+func NewBudgetCollector(proxies []*Proxy) prometheus.Collector {
+	return &budgetCollector{proxies: proxies}
+}
 
-// budgetCollector exports the retry budget and per-try timeout of every
-// service, summed over the listeners' proxies, read at scrape time.
-type budgetCollector struct{ proxies []*proxy.Proxy }
+type budgetCollector struct{ proxies []*Proxy }
 
 var (
 	descBudgetRequests = prometheus.NewDesc("meshlb_retry_budget_requests_total",
@@ -31,13 +32,13 @@ func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
-	sum := map[string]*proxy.BudgetStats{}
+	sum := map[string]*BudgetStats{}
 	var order []string
 	for _, p := range c.proxies {
 		for _, st := range p.BudgetStats() {
 			t := sum[st.Service]
 			if t == nil {
-				t = &proxy.BudgetStats{Service: st.Service, TryTimeout: st.TryTimeout}
+				t = &BudgetStats{Service: st.Service, TryTimeout: st.TryTimeout}
 				sum[st.Service] = t
 				order = append(order, st.Service)
 			}

@@ -1,4 +1,4 @@
-package main
+package agentconfig
 
 import (
 	"io"
@@ -9,7 +9,7 @@ import (
 func TestCacheConfig(t *testing.T) {
 	write := func(t *testing.T, body string) string {
 		t.Helper()
-		c := &config{}
+		c := &Config{}
 		if err := c.loadBytes("t.hcl", []byte(body)); err != nil {
 			return err.Error()
 		}
@@ -29,16 +29,16 @@ func TestCacheConfig(t *testing.T) {
 		}
 	})
 	t.Run("--cache", func(t *testing.T) {
-		c, err := parseArgs([]string{"--listen", ":0", "--service", "s", "--cache", "64MiB"}, io.Discard)
-		if err != nil || c.listeners[0].cache == nil || c.listeners[0].cache.maxSize != 64<<20 {
+		c, err := Parse([]string{"--listen", ":0", "--service", "s", "--cache", "64MiB"}, io.Discard)
+		if err != nil || c.Listeners[0].Cache == nil || c.Listeners[0].Cache.MaxSize != 64<<20 {
 			t.Fatalf("--cache 64MiB: %+v, %v", c, err)
 		}
-		c, err = parseArgs([]string{"--listen", ":0", "--service", "s"}, io.Discard)
-		if err != nil || c.listeners[0].cache != nil {
+		c, err = Parse([]string{"--listen", ":0", "--service", "s"}, io.Discard)
+		if err != nil || c.Listeners[0].Cache != nil {
 			t.Fatalf("no --cache: a cache anyway (%v)", err)
 		}
 		for _, v := range []string{"lots", "1k", "0"} {
-			_, err := parseArgs([]string{"--listen", ":0", "--service", "s", "--cache", v}, io.Discard)
+			_, err := Parse([]string{"--listen", ":0", "--service", "s", "--cache", v}, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), `--cache "`+v+`"`) {
 				t.Errorf("--cache %s: error %v, want one naming the value", v, err)
 			}
@@ -46,25 +46,25 @@ func TestCacheConfig(t *testing.T) {
 	})
 	t.Run("--consul-cached and its deprecated alias", func(t *testing.T) {
 		for _, f := range []string{"--consul-cached", "--cached"} {
-			c, err := parseArgs([]string{"--listen", ":0", "--service", "s", f}, io.Discard)
-			if err != nil || !c.cached {
-				t.Fatalf("%s: cached %v, %v", f, c != nil && c.cached, err)
+			c, err := Parse([]string{"--listen", ":0", "--service", "s", f}, io.Discard)
+			if err != nil || !c.Cached {
+				t.Fatalf("%s: cached %v, %v", f, c != nil && c.Cached, err)
 			}
-			if dep := len(c.deprecated) > 0; dep != (f == "--cached") {
-				t.Errorf("%s: deprecation warnings %q", f, c.deprecated)
+			if dep := len(c.Deprecated) > 0; dep != (f == "--cached") {
+				t.Errorf("%s: deprecation warnings %q", f, c.Deprecated)
 			}
 		}
-		c := &config{}
-		if err := c.loadBytes("t.hcl", []byte(`consul { cached = true }`)); err != nil || !c.cached || len(c.deprecated) != 1 {
-			t.Fatalf("consul { cached }: %v %v %q", c.cached, err, c.deprecated)
+		c := &Config{}
+		if err := c.loadBytes("t.hcl", []byte(`consul { cached = true }`)); err != nil || !c.Cached || len(c.Deprecated) != 1 {
+			t.Fatalf("consul { cached }: %v %v %q", c.Cached, err, c.Deprecated)
 		}
-		c = &config{}
-		if err := c.loadBytes("t.hcl", []byte(`consul { consul_cached = true }`)); err != nil || !c.cached || len(c.deprecated) != 0 {
-			t.Fatalf("consul { consul_cached }: %v %v %q", c.cached, err, c.deprecated)
+		c = &Config{}
+		if err := c.loadBytes("t.hcl", []byte(`consul { consul_cached = true }`)); err != nil || !c.Cached || len(c.Deprecated) != 0 {
+			t.Fatalf("consul { consul_cached }: %v %v %q", c.Cached, err, c.Deprecated)
 		}
 	})
 	t.Run("HCL blocks", func(t *testing.T) {
-		c := &config{}
+		c := &Config{}
 		err := c.loadBytes("t.hcl", []byte(`
 listener "web" {
   address = ":0"
@@ -82,10 +82,10 @@ listener "web" {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := c.listeners[0]
-		if l.cache.maxSize != 256<<20 || l.cache.maxObjectSize != 8<<20 || l.routes[0].cache != nil ||
-			l.routes[1].cache.maxSize != 1<<30 || l.routes[1].cache.maxObjectSize != 0 {
-			t.Fatalf("listener cache %+v, routes %+v %+v", l.cache, l.routes[0].cache, l.routes[1].cache)
+		l := c.Listeners[0]
+		if l.Cache.MaxSize != 256<<20 || l.Cache.MaxObjectSize != 8<<20 || l.Routes[0].Cache != nil ||
+			l.Routes[1].Cache.MaxSize != 1<<30 || l.Routes[1].Cache.MaxObjectSize != 0 {
+			t.Fatalf("listener cache %+v, routes %+v %+v", l.Cache, l.Routes[0].Cache, l.Routes[1].Cache)
 		}
 		for body, want := range map[string]string{
 			"listener \"w\" {\naddress = \":0\"\ncache { max_size = \"huge\" }\nroute { service = \"a\" }\n}":                            `listener "w": invalid cache max_size "huge"`,

@@ -1,4 +1,4 @@
-package main
+package agentconfig
 
 import (
 	"io"
@@ -44,12 +44,12 @@ func TestEventLoopsFlag(t *testing.T) {
 		{"flag over file", []string{"--config", three, "--event-loops", "1"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := parseArgs(tc.args, io.Discard)
+			c, err := Parse(tc.args, io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.eventLoops != tc.want {
-				t.Errorf("eventLoops %d, want %d", c.eventLoops, tc.want)
+			if c.EventLoops != tc.want {
+				t.Errorf("eventLoops %d, want %d", c.EventLoops, tc.want)
 			}
 		})
 	}
@@ -61,7 +61,7 @@ func TestEventLoopsFlag(t *testing.T) {
 		{append(cli[:2:2], "--service", "s", "--event-loops", "5000"), "invalid --event-loops 5000"},
 		{[]string{"--config", bad}, "invalid event_loops -2"},
 	} {
-		_, err := parseArgs(tc.args, io.Discard)
+		_, err := Parse(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
 		}

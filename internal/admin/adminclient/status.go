@@ -1,27 +1,15 @@
-package main
+package adminclient
 
 import (
 	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net"
-	"os"
-	"os/signal"
-	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	"github.com/meshlb/meshlb/internal/admin"
 	"github.com/meshlb/meshlb/internal/admin/adminpb"
@@ -38,32 +26,21 @@ pools as JSON (and, with --watch, one JSON event per line after them).
 Flags:
 `
 
-// runStatus is `agent status`: it prints the pools of the agent whose admin
+// Status is `agent status`: it prints the pools of the agent whose admin
 // API listens on --admin, and with --watch follows their changes until
 // interrupted. It returns the exit code.
-func runStatus(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return statusMain(ctx, args, stdout, stderr)
+func Status(args []string, stdout, stderr io.Writer) int {
+	return interruptible(statusMain, args, stdout, stderr)
 }
 
-// statusMain is runStatus with the context that ends --watch.
+// statusMain is Status with the context that ends --watch.
 func statusMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), statusUsage)
-		fs.PrintDefaults()
-	}
-	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
+	cmd := newCommand("agent status", statusUsage, stderr)
+	fs, addr, timeout := cmd.fs, cmd.addr, cmd.timeout
 	asJSON := fs.Bool("json", false, "print JSON (for scripts) instead of a table")
 	watch := fs.Bool("watch", false, "after the pools, print their changes as they happen, until interrupted")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitBadInput
+	if ok, code := cmd.parse(args); !ok {
+		return code
 	}
 	if err := checkAdminAddr(*addr); err != nil {
 		fmt.Fprintf(stderr, "agent status: invalid --admin %q: %v\n", *addr, err)
@@ -74,9 +51,8 @@ func statusMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitBadInput
 	}
 
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fmt.Fprintf(stderr, "agent status: invalid --admin %q: %v\n", *addr, err)
+	conn, ok := cmd.dial(stderr)
+	if !ok {
 		return exitBadInput
 	}
 	defer conn.Close()
@@ -130,41 +106,6 @@ func statusMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	fmt.Fprintf(stderr, "agent status: watch ended: %v\n", callError(*addr, *timeout, err))
 	return exitFailure
-}
-
-// checkAdminAddr accepts HOST:PORT with a numeric port.
-func checkAdminAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:9070: %w", err)
-	}
-	if host == "" {
-		return errors.New("want HOST:PORT with a host, e.g. 127.0.0.1:9070")
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q: want a number from 1 to 65535", port)
-	}
-	return nil
-}
-
-// callError explains a failed call to the admin API at addr in words a
-// person can act on.
-func callError(addr string, timeout time.Duration, err error) error {
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	switch st.Code() {
-	case codes.Unavailable:
-		return fmt.Errorf("cannot reach the agent's admin API at %s (is the agent running with --admin %s?): %s",
-			addr, addr, st.Message())
-	case codes.DeadlineExceeded:
-		return fmt.Errorf("no answer from the agent's admin API at %s within %s", addr, timeout)
-	case codes.Unimplemented:
-		return fmt.Errorf("%s does not serve the meshlb admin API: %s", addr, st.Message())
-	default:
-		return fmt.Errorf("admin API at %s: %s", addr, st.Message())
-	}
 }
 
 // printPools writes the pools as a table, then a note for every pool whose
@@ -270,11 +211,4 @@ func formatEWMA(in *adminpb.Instance) string {
 	default:
 		return fmt.Sprintf("%.2fs", d.Seconds())
 	}
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

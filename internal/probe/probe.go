@@ -1,4 +1,8 @@
-package main
+// Package probe checks an app instance the way Consul's own checks would,
+// over HTTP, TCP or the gRPC health service, and says what it saw as a
+// discovery.Health for the registrar's TTL check. It talks to the app
+// only, never to Consul.
+package probe
 
 import (
 	"context"
@@ -6,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -17,9 +20,19 @@ import (
 	"github.com/meshlb/meshlb/discovery"
 )
 
-// prober checks the app the way Consul's own checks would: HTTP 2xx is
-// passing, 429 warning, anything else critical; TCP connect is passing.
-type prober struct {
+// Config says how to probe the app.
+type Config struct {
+	Kind        string // "http" (the default), "tcp" or "grpc"
+	Addr        string // host:port of the app
+	Path        string // HTTP path to GET
+	Timeout     time.Duration
+	GRPCService string // the service asked about with "grpc"; "" is the server as a whole
+}
+
+// Prober checks the app the way Consul's own checks would: HTTP 2xx and
+// 3xx are passing, 429 warning, anything else critical; a TCP connect is
+// passing; gRPC SERVING is passing. A Prober is used by one goroutine.
+type Prober struct {
 	kind    string // "http", "tcp" or "grpc"
 	addr    string // host:port of the app
 	url     string
@@ -30,27 +43,27 @@ type prober struct {
 	grpcConn    *grpc.ClientConn // made lazily, kept: gRPC reconnects by itself
 }
 
-func newProber(c *config) *prober {
-	addr := net.JoinHostPort(c.probeHost, strconv.Itoa(c.port))
-	return &prober{
-		kind:    c.check,
-		addr:    addr,
-		url:     "http://" + addr + c.checkPath,
-		timeout: c.checkTimeout,
+// New returns the prober of cfg.
+func New(cfg Config) *Prober {
+	return &Prober{
+		kind:    cfg.Kind,
+		addr:    cfg.Addr,
+		url:     "http://" + cfg.Addr + cfg.Path,
+		timeout: cfg.Timeout,
 		client: &http.Client{
-			Timeout: c.checkTimeout,
+			Timeout: cfg.Timeout,
 			Transport: &http.Transport{
 				Proxy:             nil,
 				DisableKeepAlives: true, // a probe must see a dead app, not a pooled conn
 			},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		grpcService: c.grpcService,
+		grpcService: cfg.GRPCService,
 	}
 }
 
-// close releases the gRPC connection, if any.
-func (p *prober) close() {
+// Close releases the gRPC connection, if any.
+func (p *Prober) Close() {
 	if p.grpcConn != nil {
 		p.grpcConn.Close()
 	}
@@ -58,7 +71,7 @@ func (p *prober) close() {
 
 // probeGRPC asks the app's grpc.health.v1 service: SERVING is passing,
 // anything else critical.
-func (p *prober) probeGRPC(ctx context.Context) discovery.Health {
+func (p *Prober) probeGRPC(ctx context.Context) discovery.Health {
 	if p.grpcConn == nil {
 		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -77,7 +90,8 @@ func (p *prober) probeGRPC(ctx context.Context) discovery.Health {
 	return discovery.Health{Status: api.HealthCritical, Output: out}
 }
 
-func (p *prober) probe(ctx context.Context) discovery.Health {
+// Probe checks the app once, within the timeout.
+func (p *Prober) Probe(ctx context.Context) discovery.Health {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	if p.kind == "grpc" {

@@ -1,22 +1,15 @@
-package main
+package adminclient
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshlb/meshlb/internal/admin"
@@ -47,23 +40,16 @@ Examples:
 Flags:
 `
 
-// runRequests is `agent requests`: it prints the recent requests of the
+// Requests is `agent requests`: it prints the recent requests of the
 // agent whose admin API listens on --admin. It returns the exit code.
-func runRequests(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return requestsMain(ctx, args, stdout, stderr)
+func Requests(args []string, stdout, stderr io.Writer) int {
+	return interruptible(requestsMain, args, stdout, stderr)
 }
 
 func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("agent requests", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), requestsUsage)
-		fs.PrintDefaults()
-	}
+	cmd := newCommand("agent requests", requestsUsage, stderr)
+	fs, addr, timeout := cmd.fs, cmd.addr, cmd.timeout
 	var statuses, services cli.StringList
-	addr := fs.String("admin", "127.0.0.1:9070", "the agent's admin listener `ADDR`")
 	asJSON := fs.Bool("json", false, "print one JSON object per request and line (for scripts) instead of a table")
 	failed := fs.Bool("failed", false, "only failed requests (answered 5xx)")
 	slow := fs.Duration("slow", 0, "only requests that took at least `DURATION`, e.g. 200ms")
@@ -71,12 +57,8 @@ func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Var(&services, "service", "only requests routed to service `NAME`; repeatable")
 	traceID := fs.String("trace-id", "", "only the request of trace `ID` (32 hex digits)")
 	limit := fs.Uint("limit", 50, "print at most `N` requests; 0 for all the agent keeps")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the agent's answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitBadInput
+	if ok, code := cmd.parse(args); !ok {
+		return code
 	}
 	bad := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "agent requests: "+format+"\n", a...)
@@ -108,9 +90,9 @@ func requestsMain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return bad("invalid --limit %d: too large", *limit)
 	}
 
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return bad("invalid --admin %q: %v", *addr, err)
+	conn, ok := cmd.dial(stderr)
+	if !ok {
+		return exitBadInput
 	}
 	defer conn.Close()
 	req := &adminpb.ListRequestsRequest{Failed: *failed, Status: statuses, Services: services,

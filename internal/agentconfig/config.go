@@ -1,4 +1,9 @@
-package main
+// Package agentconfig is the agent's configuration: the flags and the HCL
+// config file (several listeners, services and routes), merged (a flag
+// given on the command line wins over the file), checked, and resolved into
+// one Config that the agent wires up. Defaults live in defaults. It reads
+// files but opens no connection and starts nothing.
+package agentconfig
 
 import (
 	"errors"
@@ -97,7 +102,7 @@ type fileConfig struct {
 	TraceUI        *string          `hcl:"trace_ui,optional"`
 }
 
-// fileUpstreamTLS is TLS to instances tagged "https"; see upstreamTLS.
+// fileUpstreamTLS is TLS to instances tagged "https"; see proxy.UpstreamTLSFiles.
 type fileUpstreamTLS struct {
 	CAFile     *string `hcl:"ca_file,optional"`
 	CertFile   *string `hcl:"cert_file,optional"`
@@ -165,85 +170,96 @@ type fileRoute struct {
 	Cache      *fileCache `hcl:"cache,block"`
 }
 
-// config is the agent's resolved, validated configuration.
-type config struct {
-	admin          string // "" = off
-	adminAllow     []netip.Prefix
-	snapshotFile   string
-	accessLog      bool
-	eventLoops     int // proxy.LoopServer loops per cleartext listener; 0 = net/http for all
-	trustedProxies []netip.Prefix
-	consul         discovery.ClientOptions
-	stale, cached  bool
-	emptyGrace     time.Duration
+// Config is the agent's resolved, validated configuration: what Parse
+// makes of the flags and the config file.
+type Config struct {
+	Admin          string // "" = off
+	AdminAllow     []netip.Prefix
+	SnapshotFile   string
+	AccessLog      bool
+	EventLoops     int // proxy.LoopServer loops per cleartext listener; 0 = net/http for all
+	TrustedProxies []netip.Prefix
+	Consul         discovery.ClientOptions
+	Stale, Cached  bool
+	EmptyGrace     time.Duration
 
-	connectTimeout        time.Duration
-	responseHeaderTimeout time.Duration
-	idleTimeout           time.Duration
-	readHeaderTimeout     time.Duration
-	maxAttempts           int
-	maxHeaderBytes        int
-	maxBodyBytes          int64
-	maxStreams            int // HTTP/2 streams per client connection
-	maxConns              int // live client connections per cleartext listener; 0 = no cap
+	ConnectTimeout        time.Duration
+	ResponseHeaderTimeout time.Duration
+	IdleTimeout           time.Duration
+	ReadHeaderTimeout     time.Duration
+	MaxAttempts           int
+	MaxHeaderBytes        int
+	MaxBodyBytes          int64
+	MaxStreams            int // HTTP/2 streams per client connection
+	MaxConns              int // live client connections per cleartext listener; 0 = no cap
 
-	services    []serviceConfig
-	listeners   []listenerConfig
-	upstreamTLS upstreamTLS
+	Services    []Service
+	Listeners   []Listener
+	UpstreamTLS proxy.UpstreamTLSFiles
 
-	logLevel string
-	logJSON  bool
+	LogLevel string
+	LogJSON  bool
 
-	deprecated []string // warnings to log at start: deprecated names used
+	Deprecated []string // warnings to log at start: deprecated names used
 
-	recent  int    // recent requests kept; 0 = none
-	traceUI string // trace backend UI for the status page's links; "" = none
+	Recent  int    // recent requests kept; 0 = none
+	TraceUI string // trace backend UI for the status page's links; "" = none
+}
+
+// defaults holds every setting that neither a flag nor the config file
+// gave, in one place: the flags' defaults (and so --help) come from it, as
+// do those of the settings only the file has. A service's defaults are
+// lb's (passive health) and proxy's (per-try timeout "auto").
+func defaults() Config {
+	return Config{
+		Admin:                 "127.0.0.1:9070",
+		EventLoops:            runtime.GOMAXPROCS(0),
+		EmptyGrace:            10 * time.Second,
+		ConnectTimeout:        time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		IdleTimeout:           90 * time.Second,
+		ReadHeaderTimeout:     10 * time.Second,
+		MaxAttempts:           3,
+		MaxHeaderBytes:        64 << 10,
+		MaxConns:              10000,
+		LogLevel:              "info",
+		Recent:                recent.DefaultSize,
+	}
 }
 
 // maxRecent bounds --recent: a record is a few hundred bytes.
 const maxRecent = 100000
 
-// upstreamTLS is TLS to the instances tagged "https". Every setting is
-// optional; each remembers where it came from (a flag, or the config
-// file) so an error names it.
-type upstreamTLS struct {
-	ca, cert, key, serverName tlsSetting
-}
-
-// tlsSetting is one upstream TLS setting and the flag or file field that
-// gave it.
-type tlsSetting struct{ value, from string }
-
-func (s *tlsSetting) set(value, from string) { s.value, s.from = value, from }
-
-func (s tlsSetting) String() string { return fmt.Sprintf("%s %q", s.from, s.value) }
-
-type serviceConfig struct {
-	name string
-	tag  string
-	lb   lb.Config
-	// failover ranks backups and failover datacenters (Service, Tag and
+// Service is one balanced service: its Consul tag filter, balancing and
+// passive health, failover and per-try timeout.
+type Service struct {
+	Name string
+	Tag  string
+	LB   lb.Config
+	// Failover ranks backups and failover datacenters (Service, Tag and
 	// Logger are filled in by the agent); hasFailover: set by a failover
 	// block, which --failover-dc does not override.
-	failover    discovery.FailoverConfig
+	Failover    discovery.FailoverConfig
 	hasFailover bool
 
-	tryTimeout    time.Duration // proxy.Route.TryTimeout
+	TryTimeout    time.Duration // proxy.Route.TryTimeout
 	tryTimeoutSet bool          // try_timeout in the file: the flag does not override it
 }
 
-type listenerConfig struct {
-	name              string
-	address           string
-	certFile, keyFile string // TLS termination when set
-	routes            []routeConfig
-	cache             *cacheConfig // shared by the routes without their own; nil: none
+// Listener is one client listener and its routes.
+type Listener struct {
+	Name              string
+	Address           string
+	CertFile, KeyFile string // TLS termination when set
+	Routes            []Route
+	Cache             *Cache // shared by the routes without their own; nil: none
 }
 
-type routeConfig struct {
-	host, pathPrefix, service string
-	protocol                  string // "" (auto: gRPC over h2c, the rest HTTP/1.1) or "h2c"
-	cache                     *cacheConfig
+// Route sends the requests it matches (host, path prefix) to a service.
+type Route struct {
+	Host, PathPrefix, Service string
+	Protocol                  string // "" (auto: gRPC over h2c, the rest HTTP/1.1) or "h2c"
+	Cache                     *Cache
 }
 
 // flags holds the raw command line before it is merged with the file.
@@ -268,8 +284,12 @@ type flags struct {
 	traceUI                                                   string
 }
 
-func parseArgs(args []string, stderr io.Writer) (*config, error) {
+// Parse reads the command line (and the config file it names) into a
+// Config. --help prints the usage to stderr and returns flag.ErrHelp;
+// other errors name the flag, or the file and the field, and the value.
+func Parse(args []string, stderr io.Writer) (*Config, error) {
 	var f flags
+	d := defaults()
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -286,7 +306,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&f.upKey, "upstream-tls-key", "", "private key `FILE` (PEM) of --upstream-tls-cert")
 	fs.StringVar(&f.upServerName, "upstream-tls-server-name", "", "`NAME` the instances' certificates must carry (default: the address dialled; an IP address is checked against IP SANs)")
 	fs.StringVar(&f.configFile, "config", "", "HCL config `FILE` for several listeners, services and routes")
-	fs.StringVar(&f.admin, "admin", "127.0.0.1:9070", "admin listener `ADDR`: gRPC admin API, status page at /, /healthz, /metrics; \"off\" disables it")
+	fs.StringVar(&f.admin, "admin", d.Admin, "admin listener `ADDR`: gRPC admin API, status page at /, /healthz, /metrics; \"off\" disables it")
 	fs.Var(&f.adminAllow, "admin-allow", "`CIDR` of non-loopback callers allowed on the admin listener (repeatable; default loopback only)")
 	fs.StringVar(&f.snapshotFile, "snapshot-file", "", "`FILE` where the last known pools are saved, and restored at start if Consul is not reachable yet")
 	fs.StringVar(&f.consulAddr, "consul-addr", "", "Consul HTTP `ADDR` (overrides CONSUL_HTTP_ADDR; default 127.0.0.1:8500)")
@@ -294,24 +314,24 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&f.stale, "stale", false, "allow stale reads from any Consul server (lower load, may lag the leader)")
 	fs.BoolVar(&f.cached, "consul-cached", false, "use the Consul agent's cache / streaming backend for health queries")
 	fs.BoolVar(&f.cached, "cached", false, "deprecated alias of --consul-cached")
-	fs.IntVar(&f.maxFails, "max-fails", 3, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
-	fs.DurationVar(&f.failTimeout, "fail-timeout", 10*time.Second, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
-	fs.DurationVar(&f.connectTimeout, "connect-timeout", time.Second, "upstream connect timeout; a connect failure is retried on another instance")
-	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", 10*time.Second, "when Consul suddenly reports no instances of a service and may have lost its state (the watch failed or its index went backwards: a restarted Consul agent is empty until registrars re-register), keep serving the last pool this long; instances that went critical or were deregistered leave at once; 0 disables")
-	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request head accepted (431 beyond), 1024-1048576")
+	fs.IntVar(&f.maxFails, "max-fails", lb.DefaultMaxFails, "consecutive failures that eject an instance (nginx max_fails); -1 disables passive health")
+	fs.DurationVar(&f.failTimeout, "fail-timeout", lb.DefaultFailTimeout, "how long an ejected instance is skipped (nginx fail_timeout); doubles while it keeps failing")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", d.ConnectTimeout, "upstream connect timeout; a connect failure is retried on another instance")
+	fs.DurationVar(&f.emptyGrace, "empty-pool-grace", d.EmptyGrace, "when Consul suddenly reports no instances of a service and may have lost its state (the watch failed or its index went backwards: a restarted Consul agent is empty until registrars re-register), keep serving the last pool this long; instances that went critical or were deregistered leave at once; 0 disables")
+	fs.IntVar(&f.maxHeaderBytes, "max-header-bytes", d.MaxHeaderBytes, "largest request head accepted (431 beyond), 1024-1048576")
 	fs.StringVar(&f.maxBodySize, "max-body-size", "0", "largest request body accepted, e.g. 1m, 512k, 10485760 (413 beyond; nginx's client_max_body_size); 0 = no limit")
-	fs.IntVar(&f.maxConns, "max-conns", 10000, "client connections one listener keeps at once; over it new ones get 503 and are closed (nginx's worker_connections); 0 = no cap")
-	fs.IntVar(&f.maxStreams, "max-concurrent-streams", 250, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
+	fs.IntVar(&f.maxConns, "max-conns", d.MaxConns, "client connections one listener keeps at once; over it new ones get 503 and are closed (nginx's worker_connections); 0 = no cap")
+	fs.IntVar(&f.maxStreams, "max-concurrent-streams", proxy.DefaultMaxConcurrentStreams, "HTTP/2 (gRPC) streams one client connection may run at once, 1-10000")
 	fs.Var(&f.trusted, "trusted-proxy", "`CIDR` whose X-Forwarded-*/Forwarded headers are trusted (repeatable)")
 	fs.BoolVar(&f.accessLog, "access-log", false, "log every request (info level, with trace_id)")
 	fs.BoolVar(&f.fastLane, "fast-lane", true, "deprecated: use --event-loops (false is --event-loops 0)")
-	fs.IntVar(&f.eventLoops, "event-loops", runtime.GOMAXPROCS(0), "event loops serving HTTP/1.1 on each cleartext listener (default one per core: GOMAXPROCS); 0 = Go's net/http for everything")
+	fs.IntVar(&f.eventLoops, "event-loops", d.EventLoops, "event loops serving HTTP/1.1 on each cleartext listener (default one per core: GOMAXPROCS); 0 = Go's net/http for everything")
 	fs.Var(&f.failoverDCs, "failover-dc", "Consul `DATACENTER` to fail over to when fewer than min_healthy (1) local instances pass (repeatable, in order; watched all the time); for every service without a failover block")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: "+cli.LogLevels)
+	fs.StringVar(&f.logLevel, "log-level", d.LogLevel, "log `LEVEL`: "+cli.LogLevels)
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	fs.StringVar(&f.cache, "cache", "", "cache `SIZE` for --listen, e.g. 256m or 1GiB: an RFC 9111 shared HTTP cache of GET/HEAD responses (nginx's proxy_cache); off by default")
 	fs.StringVar(&f.tryTimeout, "try-timeout", "auto", "per-try timeout of idempotent requests: with no response head by then, the request also goes to another instance and the first answer wins (hedging, bounded by a retry budget of 20% of requests + 10/s); `DURATION` (e.g. 300ms), \"auto\" (3x the service's recent p99, 50ms-10s; 1s until latency is known) or \"off\"; a service's try_timeout in the config file wins")
-	fs.IntVar(&f.recent, "recent", recent.DefaultSize, "recent requests kept for `agent requests` and the status page (failed and slow ones kept longer); 0 = none")
+	fs.IntVar(&f.recent, "recent", d.Recent, "recent requests kept for `agent requests` and the status page (failed and slow ones kept longer); 0 = none")
 	fs.StringVar(&f.traceUI, "trace-ui", "", "trace backend UI `URL` the status page links trace ids to: Jaeger's base URL (/trace/ID is appended) or a URL with {trace_id}")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -324,135 +344,54 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	return f.resolve()
 }
 
-func (f *flags) resolve() (*config, error) {
-	c := &config{
-		admin: f.admin, snapshotFile: f.snapshotFile, accessLog: f.accessLog, eventLoops: f.eventLoops,
-		consul: discovery.ClientOptions{Address: f.consulAddr, TokenFile: f.consulTokenFile},
-		stale:  f.stale, cached: f.cached, emptyGrace: f.emptyGrace,
-		connectTimeout: f.connectTimeout, responseHeaderTimeout: 60 * time.Second,
-		idleTimeout: 90 * time.Second, readHeaderTimeout: 10 * time.Second,
-		maxAttempts: 3, maxHeaderBytes: 64 << 10, maxConns: f.maxConns,
-		logLevel: f.logLevel, logJSON: f.logJSON,
-		recent: f.recent, traceUI: f.traceUI,
-	}
+func (f *flags) resolve() (*Config, error) {
+	d := defaults()
+	c := &d
+	// The settings the file does not have; the others are the defaults,
+	// then the file's, then the flags given (below).
+	c.EmptyGrace, c.LogLevel, c.LogJSON = f.emptyGrace, f.logLevel, f.logJSON
 	if err := lb.ValidatePolicy(f.balance); err != nil {
 		return nil, fmt.Errorf("invalid --balance: %w", err)
 	}
+	// The file and the flags given fill one fileConfig (a flag wins over
+	// the file), which apply checks once, naming each setting by the flag
+	// or the file's field that gave it.
+	fc := &fileConfig{}
 	if f.configFile != "" {
-		if err := c.loadFile(f.configFile); err != nil {
+		var err error
+		if fc, err = readFile(f.configFile); err != nil {
 			return nil, err
 		}
 	}
-	// Flags given explicitly override the file.
-	if f.set["admin"] {
-		c.admin = f.admin
-	}
-	if f.set["snapshot-file"] {
-		c.snapshotFile = f.snapshotFile
-	}
-	if f.set["recent"] {
-		c.recent = f.recent
-	}
-	if f.set["trace-ui"] {
-		c.traceUI = f.traceUI
-	}
-	if f.set["connect-timeout"] {
-		c.connectTimeout = f.connectTimeout
-	}
-	if f.set["stale"] {
-		c.stale = f.stale
-	}
-	if f.set["cached"] || f.set["consul-cached"] {
-		c.cached = f.cached
+	o := origin{path: f.configFile, flags: f.overlay(fc)}
+	if err := c.apply(o, fc); err != nil {
+		return nil, err
 	}
 	if f.set["cached"] {
-		c.deprecated = append(c.deprecated, "--cached is deprecated: use --consul-cached")
-	}
-	if f.set["max-header-bytes"] {
-		if f.maxHeaderBytes < 1024 || f.maxHeaderBytes > 1<<20 {
-			return nil, fmt.Errorf("invalid --max-header-bytes %d: must be 1024-1048576", f.maxHeaderBytes)
-		}
-		c.maxHeaderBytes = f.maxHeaderBytes
-	}
-	if f.maxConns < 0 {
-		return nil, fmt.Errorf("invalid --max-conns %d: must be >= 0 (0 = no cap)", f.maxConns)
-	}
-	if f.set["max-conns"] {
-		c.maxConns = f.maxConns
-	}
-	if f.set["max-concurrent-streams"] {
-		if f.maxStreams < 1 || f.maxStreams > 10000 {
-			return nil, fmt.Errorf("invalid --max-concurrent-streams %d: must be 1-10000", f.maxStreams)
-		}
-		c.maxStreams = f.maxStreams
-	}
-	if f.set["max-body-size"] {
-		n, err := parseSize(f.maxBodySize)
-		if err != nil {
-			return nil, fmt.Errorf("invalid --max-body-size %q: %w", f.maxBodySize, err)
-		}
-		c.maxBodyBytes = n
-	}
-	if f.set["access-log"] {
-		c.accessLog = f.accessLog
-	}
-	if f.set["fast-lane"] && !f.set["event-loops"] {
-		c.eventLoops = 0
-		if f.fastLane {
-			c.eventLoops = runtime.GOMAXPROCS(0)
-		}
-	}
-	if f.set["event-loops"] {
-		if f.eventLoops < 0 || f.eventLoops > 1024 {
-			return nil, fmt.Errorf("invalid --event-loops %d: must be 0 (net/http for everything) to 1024", f.eventLoops)
-		}
-		c.eventLoops = f.eventLoops
-	}
-	if f.set["consul-addr"] {
-		c.consul.Address = f.consulAddr
-	}
-	if f.set["consul-token-file"] {
-		c.consul.TokenFile = f.consulTokenFile
-	}
-	for _, u := range []struct {
-		flag string
-		v    string
-		dst  *tlsSetting
-	}{
-		{"upstream-tls-ca", f.upCA, &c.upstreamTLS.ca},
-		{"upstream-tls-cert", f.upCert, &c.upstreamTLS.cert},
-		{"upstream-tls-key", f.upKey, &c.upstreamTLS.key},
-		{"upstream-tls-server-name", f.upServerName, &c.upstreamTLS.serverName},
-	} {
-		if f.set[u.flag] {
-			u.dst.set(u.v, "--"+u.flag)
-		}
+		c.Deprecated = append(c.Deprecated, "--cached is deprecated: use --consul-cached")
 	}
 	for _, p := range f.trusted {
 		pfx, err := parsePrefix(p)
 		if err != nil {
 			return nil, fmt.Errorf("invalid --trusted-proxy %q: %w", p, err)
 		}
-		c.trustedProxies = append(c.trustedProxies, pfx)
+		c.TrustedProxies = append(c.TrustedProxies, pfx)
 	}
 	for _, p := range f.adminAllow {
 		pfx, err := parsePrefix(p)
 		if err != nil {
 			return nil, fmt.Errorf("invalid --admin-allow %q: %w", p, err)
 		}
-		c.adminAllow = append(c.adminAllow, pfx)
+		c.AdminAllow = append(c.AdminAllow, pfx)
 	}
-	if f.maxFails == 0 || f.maxFails < -1 {
-		return nil, fmt.Errorf("invalid --max-fails %d: must be >= 1, or -1 to disable passive health", f.maxFails)
+	if err := checkMaxFails(f.maxFails); err != nil {
+		return nil, fmt.Errorf("invalid --max-fails %d: %w", f.maxFails, err)
 	}
-	if f.failTimeout <= 0 {
-		return nil, fmt.Errorf("invalid --fail-timeout %v: must be > 0", f.failTimeout)
+	if _, err := parseDuration("--fail-timeout", f.failTimeout.String()); err != nil {
+		return nil, err // the rule of a service's fail_timeout
 	}
 	if f.emptyGrace < 0 {
 		return nil, fmt.Errorf("invalid --empty-pool-grace %v: must be >= 0", f.emptyGrace)
-	}
-	if f.connectTimeout <= 0 {
-		return nil, fmt.Errorf("invalid --connect-timeout %v: must be > 0", f.connectTimeout)
 	}
 
 	if (f.tlsCert == "") != (f.tlsKey == "") {
@@ -473,22 +412,22 @@ func (f *flags) resolve() (*config, error) {
 		if err := discovery.ValidateServiceName(f.service); err != nil {
 			return nil, fmt.Errorf("invalid --service: %w", err)
 		}
-		if c.service(f.service) == nil {
-			c.services = append(c.services, serviceConfig{name: f.service,
-				lb: lb.Config{Policy: f.balance, MaxFails: f.maxFails, FailTimeout: f.failTimeout}})
+		if c.Service(f.service) == nil {
+			c.Services = append(c.Services, Service{Name: f.service,
+				LB: lb.Config{Policy: f.balance, MaxFails: f.maxFails, FailTimeout: f.failTimeout}})
 		} else if f.set["balance"] {
-			c.service(f.service).lb.Policy = f.balance
+			c.Service(f.service).LB.Policy = f.balance
 		}
-		lc := listenerConfig{name: "cli", address: f.listen,
-			certFile: f.tlsCert, keyFile: f.tlsKey, routes: []routeConfig{{service: f.service}}}
+		lc := Listener{Name: "cli", Address: f.listen,
+			CertFile: f.tlsCert, KeyFile: f.tlsKey, Routes: []Route{{Service: f.service}}}
 		if f.cache != "" {
 			cc, err := parseCacheFlag(f.cache)
 			if err != nil {
 				return nil, err
 			}
-			lc.cache = cc
+			lc.Cache = cc
 		}
-		c.listeners = append(c.listeners, lc)
+		c.Listeners = append(c.Listeners, lc)
 	} else if f.cache != "" {
 		return nil, errors.New("--cache applies to --listen; in a config file use a cache block in the listener or route")
 	}
@@ -496,23 +435,23 @@ func (f *flags) resolve() (*config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid --try-timeout %q: %w", f.tryTimeout, err)
 	}
-	for i := range c.services {
-		s := &c.services[i]
+	for i := range c.Services {
+		s := &c.Services[i]
 		if !s.hasFailover && len(f.failoverDCs) > 0 {
-			s.failover.Datacenters = append([]string(nil), f.failoverDCs...)
-			s.failover.Service = s.name
-			if err := s.failover.Validate(); err != nil {
+			s.Failover.Datacenters = append([]string(nil), f.failoverDCs...)
+			s.Failover.Service = s.Name
+			if err := s.Failover.Validate(); err != nil {
 				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
 			}
 		}
 		if !s.tryTimeoutSet {
-			s.tryTimeout = tryTimeout
+			s.TryTimeout = tryTimeout
 		}
-		if s.lb.MaxFails == 0 {
-			s.lb.MaxFails = f.maxFails
+		if s.LB.MaxFails == 0 {
+			s.LB.MaxFails = f.maxFails
 		}
-		if s.lb.FailTimeout == 0 {
-			s.lb.FailTimeout = f.failTimeout
+		if s.LB.FailTimeout == 0 {
+			s.LB.FailTimeout = f.failTimeout
 		}
 	}
 	if err := c.validate(); err != nil {
@@ -521,10 +460,10 @@ func (f *flags) resolve() (*config, error) {
 	return c, nil
 }
 
-func (c *config) service(name string) *serviceConfig {
-	for i := range c.services {
-		if c.services[i].name == name {
-			return &c.services[i]
+func (c *Config) Service(name string) *Service {
+	for i := range c.Services {
+		if c.Services[i].Name == name {
+			return &c.Services[i]
 		}
 	}
 	return nil
@@ -570,96 +509,200 @@ func parseDuration(what, s string) (time.Duration, error) {
 	return d, nil
 }
 
-// loadFile reads the HCL file into c. Errors name the file, line and value.
-func (c *config) loadFile(path string) error {
+// readFile reads and decodes the HCL file; apply checks what it holds.
+// Errors name the file, line and value.
+func readFile(path string) (*fileConfig, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("reading config file: %w", err)
+		return nil, fmt.Errorf("reading config file: %w", err)
 	}
-	return c.loadBytes(path, src)
+	return decode(path, src)
 }
 
-// loadBytes parses HCL source; path names it in errors.
-func (c *config) loadBytes(path string, src []byte) error {
+// decode parses HCL source; path names it in errors.
+func decode(path string, src []byte) (*fileConfig, error) {
 	var fc fileConfig
 	if err := hclsimple.Decode(path+".hcl", src, nil, &fc); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return nil, fmt.Errorf("config file %s: %w", path, err)
 	}
-	return c.apply(path, &fc)
+	return &fc, nil
 }
 
-func (c *config) apply(path string, fc *fileConfig) error {
+// loadBytes applies HCL source alone, as if it were the config file.
+func (c *Config) loadBytes(path string, src []byte) error {
+	fc, err := decode(path, src)
+	if err != nil {
+		return err
+	}
+	return c.apply(origin{path: path}, fc)
+}
+
+// origin names the settings of a fileConfig in errors: by the flag that
+// gave one, or else by the file's field.
+type origin struct {
+	path  string            // the config file; "" for none
+	flags map[string]string // file field → the flag that set it
+}
+
+// name is how errors call field: "--max-header-bytes" or
+// "proxy.max_header_bytes".
+func (o origin) name(field string) string {
+	if fl, ok := o.flags[field]; ok {
+		return fl
+	}
+	return field
+}
+
+// wrap puts the file's name before an error about field, unless a flag
+// gave it.
+func (o origin) wrap(field string, err error) error {
+	if _, ok := o.flags[field]; ok {
+		return err
+	}
+	return fmt.Errorf("config file %s: %w", o.path, err)
+}
+
+// invalid is the error of a refused value of field: "invalid NAME VALUE:
+// why", format giving the value and why.
+func (o origin) invalid(field, format string, a ...any) error {
+	return o.wrap(field, fmt.Errorf("invalid "+o.name(field)+" "+format, a...))
+}
+
+// overlay writes the flags given on the command line into fc, over what
+// the file said, and returns the file fields they set with their flags.
+// Flags that the file has no field for are resolve's.
+func (f *flags) overlay(fc *fileConfig) map[string]string {
+	from := map[string]string{}
+	str := func(flag, field string, dst **string, v string) {
+		if f.set[flag] {
+			*dst, from[field] = &v, "--"+flag
+		}
+	}
+	boolean := func(flag, field string, dst **bool, v bool) {
+		if f.set[flag] {
+			*dst, from[field] = &v, "--"+flag
+		}
+	}
+	integer := func(flag, field string, dst **int, v int) {
+		if f.set[flag] {
+			*dst, from[field] = &v, "--"+flag
+		}
+	}
+	str("admin", "admin", &fc.Admin, f.admin)
+	str("snapshot-file", "snapshot_file", &fc.SnapshotFile, f.snapshotFile)
+	boolean("access-log", "access_log", &fc.AccessLog, f.accessLog)
+	if f.set["fast-lane"] && !f.set["event-loops"] {
+		boolean("fast-lane", "fast_lane", &fc.FastLane, f.fastLane)
+		fc.EventLoops = nil // the file's event_loops loses to the flag too
+	}
+	integer("event-loops", "event_loops", &fc.EventLoops, f.eventLoops)
+	integer("recent", "recent", &fc.Recent, f.recent)
+	str("trace-ui", "trace_ui", &fc.TraceUI, f.traceUI)
+	if fc.Consul == nil {
+		fc.Consul = &fileConsul{}
+	}
+	str("consul-addr", "consul.address", &fc.Consul.Address, f.consulAddr)
+	str("consul-token-file", "consul.token_file", &fc.Consul.TokenFile, f.consulTokenFile)
+	boolean("stale", "consul.stale", &fc.Consul.Stale, f.stale)
+	boolean("consul-cached", "consul.consul_cached", &fc.Consul.ConsulCached, f.cached)
+	boolean("cached", "consul.consul_cached", &fc.Consul.ConsulCached, f.cached)
+	if fc.Proxy == nil {
+		fc.Proxy = &fileProxy{}
+	}
+	if f.set["connect-timeout"] {
+		str("connect-timeout", "proxy.connect_timeout", &fc.Proxy.ConnectTimeout, f.connectTimeout.String())
+	}
+	integer("max-header-bytes", "proxy.max_header_bytes", &fc.Proxy.MaxHeaderBytes, f.maxHeaderBytes)
+	integer("max-conns", "proxy.max_conns", &fc.Proxy.MaxConns, f.maxConns)
+	integer("max-concurrent-streams", "proxy.max_concurrent_streams", &fc.Proxy.MaxConcurrentStreams, f.maxStreams)
+	str("max-body-size", "proxy.max_body_size", &fc.Proxy.MaxBodySize, f.maxBodySize)
+	if fc.UpstreamTLS == nil {
+		fc.UpstreamTLS = &fileUpstreamTLS{}
+	}
+	str("upstream-tls-ca", "upstream_tls.ca_file", &fc.UpstreamTLS.CAFile, f.upCA)
+	str("upstream-tls-cert", "upstream_tls.cert_file", &fc.UpstreamTLS.CertFile, f.upCert)
+	str("upstream-tls-key", "upstream_tls.key_file", &fc.UpstreamTLS.KeyFile, f.upKey)
+	str("upstream-tls-server-name", "upstream_tls.server_name", &fc.UpstreamTLS.ServerName, f.upServerName)
+	return from
+}
+
+// apply merges fc into c, checking every value once; o names them.
+func (c *Config) apply(o origin, fc *fileConfig) error {
+	path := o.path
 	wrap := func(err error) error { return fmt.Errorf("config file %s: %w", path, err) }
 	if fc.Admin != nil {
-		c.admin = *fc.Admin
+		c.Admin = *fc.Admin
 	}
 	if fc.SnapshotFile != nil {
-		c.snapshotFile = *fc.SnapshotFile
+		c.SnapshotFile = *fc.SnapshotFile
 	}
 	if fc.AccessLog != nil {
-		c.accessLog = *fc.AccessLog
+		c.AccessLog = *fc.AccessLog
 	}
 	if fc.FastLane != nil {
-		c.eventLoops = 0 // deprecated alias of event_loops
+		c.EventLoops = 0 // deprecated alias of event_loops
 		if *fc.FastLane {
-			c.eventLoops = runtime.GOMAXPROCS(0)
+			c.EventLoops = defaults().EventLoops
 		}
 	}
 	if fc.EventLoops != nil {
 		if *fc.EventLoops < 0 || *fc.EventLoops > 1024 {
-			return fmt.Errorf("invalid event_loops %d: must be 0 (net/http for everything) to 1024", *fc.EventLoops)
+			return o.invalid("event_loops", "%d: must be 0 (net/http for everything) to 1024", *fc.EventLoops)
 		}
-		c.eventLoops = *fc.EventLoops
+		c.EventLoops = *fc.EventLoops
 	}
 	if fc.Recent != nil {
-		c.recent = *fc.Recent
+		c.Recent = *fc.Recent
 	}
 	if fc.TraceUI != nil {
-		c.traceUI = *fc.TraceUI
+		c.TraceUI = *fc.TraceUI
 	}
 	for _, p := range fc.TrustedProxies {
 		pfx, err := parsePrefix(p)
 		if err != nil {
 			return wrap(fmt.Errorf("invalid trusted_proxies entry %q: %w", p, err))
 		}
-		c.trustedProxies = append(c.trustedProxies, pfx)
+		c.TrustedProxies = append(c.TrustedProxies, pfx)
 	}
 	if u := fc.UpstreamTLS; u != nil {
 		for _, s := range []struct {
 			field string
 			v     *string
-			dst   *tlsSetting
+			dst   *proxy.TLSSetting
 		}{
-			{"ca_file", u.CAFile, &c.upstreamTLS.ca},
-			{"cert_file", u.CertFile, &c.upstreamTLS.cert},
-			{"key_file", u.KeyFile, &c.upstreamTLS.key},
-			{"server_name", u.ServerName, &c.upstreamTLS.serverName},
+			{"ca_file", u.CAFile, &c.UpstreamTLS.CA},
+			{"cert_file", u.CertFile, &c.UpstreamTLS.Cert},
+			{"key_file", u.KeyFile, &c.UpstreamTLS.Key},
+			{"server_name", u.ServerName, &c.UpstreamTLS.ServerName},
 		} {
-			if s.v == nil {
-				continue
-			}
-			if *s.v == "" {
+			field := "upstream_tls." + s.field
+			switch fl, flag := o.flags[field]; {
+			case s.v == nil:
+			case flag: // an empty flag clears what the file set
+				s.dst.Set(*s.v, fl)
+			case *s.v == "":
 				return wrap(fmt.Errorf("upstream_tls %s is empty: leave it out instead", s.field))
+			default:
+				s.dst.Set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
 			}
-			s.dst.set(*s.v, fmt.Sprintf("upstream_tls %s in %s", s.field, path))
 		}
 	}
 	if fc.Consul != nil {
 		if fc.Consul.Address != nil {
-			c.consul.Address = *fc.Consul.Address
+			c.Consul.Address = *fc.Consul.Address
 		}
 		if fc.Consul.TokenFile != nil {
-			c.consul.TokenFile = *fc.Consul.TokenFile
+			c.Consul.TokenFile = *fc.Consul.TokenFile
 		}
 		if fc.Consul.Stale != nil {
-			c.stale = *fc.Consul.Stale
+			c.Stale = *fc.Consul.Stale
 		}
 		if fc.Consul.Cached != nil {
-			c.cached = *fc.Consul.Cached
-			c.deprecated = append(c.deprecated, "consul { cached } is deprecated: use consul_cached")
+			c.Cached = *fc.Consul.Cached
+			c.Deprecated = append(c.Deprecated, "consul { cached } is deprecated: use consul_cached")
 		}
 		if fc.Consul.ConsulCached != nil {
-			c.cached = *fc.Consul.ConsulCached
+			c.Cached = *fc.Consul.ConsulCached
 		}
 	}
 	if p := fc.Proxy; p != nil {
@@ -668,245 +711,207 @@ func (c *config) apply(path string, fc *fileConfig) error {
 			src  *string
 			dst  *time.Duration
 		}{
-			{"proxy.connect_timeout", p.ConnectTimeout, &c.connectTimeout},
-			{"proxy.response_header_timeout", p.ResponseHeaderTimeout, &c.responseHeaderTimeout},
-			{"proxy.idle_timeout", p.IdleTimeout, &c.idleTimeout},
-			{"proxy.read_header_timeout", p.ReadHeaderTimeout, &c.readHeaderTimeout},
+			{"proxy.connect_timeout", p.ConnectTimeout, &c.ConnectTimeout},
+			{"proxy.response_header_timeout", p.ResponseHeaderTimeout, &c.ResponseHeaderTimeout},
+			{"proxy.idle_timeout", p.IdleTimeout, &c.IdleTimeout},
+			{"proxy.read_header_timeout", p.ReadHeaderTimeout, &c.ReadHeaderTimeout},
 		} {
 			if d.src == nil {
 				continue
 			}
-			v, err := parseDuration(d.name, *d.src)
+			v, err := parseDuration(o.name(d.name), *d.src)
 			if err != nil {
-				return wrap(err)
+				return o.wrap(d.name, err)
 			}
 			*d.dst = v
 		}
 		if p.MaxAttempts != nil {
 			if *p.MaxAttempts < 1 || *p.MaxAttempts > 10 {
-				return wrap(fmt.Errorf("invalid proxy.max_attempts %d: must be 1-10", *p.MaxAttempts))
+				return o.invalid("proxy.max_attempts", "%d: must be 1-10", *p.MaxAttempts)
 			}
-			c.maxAttempts = *p.MaxAttempts
+			c.MaxAttempts = *p.MaxAttempts
 		}
 		if p.MaxBodySize != nil {
 			n, err := parseSize(*p.MaxBodySize)
 			if err != nil {
-				return wrap(fmt.Errorf("invalid proxy.max_body_size %q: %w", *p.MaxBodySize, err))
+				return o.invalid("proxy.max_body_size", "%q: %w", *p.MaxBodySize, err)
 			}
-			c.maxBodyBytes = n
+			c.MaxBodyBytes = n
 		}
 		if p.MaxConns != nil {
 			if *p.MaxConns < 0 {
-				return wrap(fmt.Errorf("invalid proxy.max_conns %d: must be >= 0 (0 = no cap)", *p.MaxConns))
+				return o.invalid("proxy.max_conns", "%d: must be >= 0 (0 = no cap)", *p.MaxConns)
 			}
-			c.maxConns = *p.MaxConns
+			c.MaxConns = *p.MaxConns
 		}
 		if p.MaxConcurrentStreams != nil {
 			if *p.MaxConcurrentStreams < 1 || *p.MaxConcurrentStreams > 10000 {
-				return wrap(fmt.Errorf("invalid proxy.max_concurrent_streams %d: must be 1-10000", *p.MaxConcurrentStreams))
+				return o.invalid("proxy.max_concurrent_streams", "%d: must be 1-10000", *p.MaxConcurrentStreams)
 			}
-			c.maxStreams = *p.MaxConcurrentStreams
+			c.MaxStreams = *p.MaxConcurrentStreams
 		}
 		if p.MaxHeaderBytes != nil {
 			if *p.MaxHeaderBytes < 1024 || *p.MaxHeaderBytes > 1<<20 {
-				return wrap(fmt.Errorf("invalid proxy.max_header_bytes %d: must be 1024-1048576", *p.MaxHeaderBytes))
+				return o.invalid("proxy.max_header_bytes", "%d: must be 1024-1048576", *p.MaxHeaderBytes)
 			}
-			c.maxHeaderBytes = *p.MaxHeaderBytes
+			c.MaxHeaderBytes = *p.MaxHeaderBytes
 		}
 	}
 	for _, s := range fc.Services {
 		if err := discovery.ValidateServiceName(s.Name); err != nil {
 			return wrap(fmt.Errorf("service block: %w", err))
 		}
-		if c.service(s.Name) != nil {
+		if c.Service(s.Name) != nil {
 			return wrap(fmt.Errorf("service %q defined twice", s.Name))
 		}
-		sc := serviceConfig{name: s.Name}
+		sc := Service{Name: s.Name}
 		if s.Balance != nil {
 			if err := lb.ValidatePolicy(*s.Balance); err != nil {
 				return wrap(fmt.Errorf("service %q: invalid balance: %w", s.Name, err))
 			}
-			sc.lb.Policy = *s.Balance
+			sc.LB.Policy = *s.Balance
 		}
 		if s.Tag != nil {
-			sc.tag = *s.Tag
+			sc.Tag = *s.Tag
 		}
 		if s.MaxFails != nil {
-			if *s.MaxFails == 0 || *s.MaxFails < -1 {
-				return wrap(fmt.Errorf("service %q: invalid max_fails %d: must be >= 1, or -1 to disable", s.Name, *s.MaxFails))
+			if err := checkMaxFails(*s.MaxFails); err != nil {
+				return wrap(fmt.Errorf("service %q: invalid max_fails %d: %w", s.Name, *s.MaxFails, err))
 			}
-			sc.lb.MaxFails = *s.MaxFails
+			sc.LB.MaxFails = *s.MaxFails
 		}
 		if s.FailTimeout != nil {
 			d, err := parseDuration(fmt.Sprintf("service %q fail_timeout", s.Name), *s.FailTimeout)
 			if err != nil {
 				return wrap(err)
 			}
-			sc.lb.FailTimeout = d
+			sc.LB.FailTimeout = d
 		}
 		if s.TryTimeout != nil {
 			d, err := parseTryTimeout(*s.TryTimeout)
 			if err != nil {
 				return wrap(fmt.Errorf("service %q: invalid try_timeout %q: %w", s.Name, *s.TryTimeout, err))
 			}
-			sc.tryTimeout, sc.tryTimeoutSet = d, true
+			sc.TryTimeout, sc.tryTimeoutSet = d, true
 		}
-		sc.failover.Service = s.Name
+		sc.Failover.Service = s.Name
 		if s.BackupTag != nil {
 			if *s.BackupTag == "" {
 				return wrap(fmt.Errorf("service %q: backup_tag is empty: leave it out for the default %q", s.Name, discovery.DefaultBackupTag))
 			}
-			sc.failover.BackupTag = *s.BackupTag
+			sc.Failover.BackupTag = *s.BackupTag
 		}
 		if fo := s.Failover; fo != nil {
 			sc.hasFailover = true
-			sc.failover.Datacenters = fo.Datacenters
+			sc.Failover.Datacenters = fo.Datacenters
 			if fo.MinHealthy != nil {
 				if *fo.MinHealthy < 1 {
 					return wrap(fmt.Errorf("service %q: invalid failover min_healthy %d: must be at least 1", s.Name, *fo.MinHealthy))
 				}
-				sc.failover.MinHealthy = *fo.MinHealthy
+				sc.Failover.MinHealthy = *fo.MinHealthy
 			}
 			if fo.PreparedQuery != nil {
-				sc.failover.PreparedQuery = *fo.PreparedQuery
+				sc.Failover.PreparedQuery = *fo.PreparedQuery
 			}
-			if len(fo.Datacenters) == 0 && sc.failover.PreparedQuery == "" {
+			if len(fo.Datacenters) == 0 && sc.Failover.PreparedQuery == "" {
 				return wrap(fmt.Errorf("service %q: the failover block needs datacenters = [...] or prepared_query", s.Name))
 			}
 		}
-		if err := sc.failover.Validate(); err != nil {
+		if err := sc.Failover.Validate(); err != nil {
 			return wrap(err)
 		}
-		c.services = append(c.services, sc)
+		c.Services = append(c.Services, sc)
 	}
 	for _, l := range fc.Listeners {
-		lc := listenerConfig{name: l.Name, address: l.Address}
+		lc := Listener{Name: l.Name, Address: l.Address}
 		if l.TLS != nil {
 			if l.TLS.CertFile == "" || l.TLS.KeyFile == "" {
 				return wrap(fmt.Errorf("listener %q: tls needs cert_file and key_file", l.Name))
 			}
-			lc.certFile, lc.keyFile = l.TLS.CertFile, l.TLS.KeyFile
+			lc.CertFile, lc.KeyFile = l.TLS.CertFile, l.TLS.KeyFile
 		}
 		if len(l.Routes) == 0 {
 			return wrap(fmt.Errorf("listener %q has no route block", l.Name))
 		}
 		for _, r := range l.Routes {
-			rc := routeConfig{service: r.Service}
+			rc := Route{Service: r.Service}
 			if r.Host != nil {
-				rc.host = *r.Host
+				rc.Host = *r.Host
 			}
 			if r.Protocol != nil {
 				switch *r.Protocol {
 				case "", "auto":
 				case "h2c":
-					rc.protocol = "h2c"
+					rc.Protocol = "h2c"
 				default:
 					return wrap(fmt.Errorf("listener %q: invalid route protocol %q: use \"auto\" (gRPC over HTTP/2, the rest HTTP/1.1) or \"h2c\" (HTTP/2 cleartext for everything)", l.Name, *r.Protocol))
 				}
 			}
 			if r.PathPrefix != nil {
-				rc.pathPrefix = *r.PathPrefix
-				if rc.pathPrefix != "" && !strings.HasPrefix(rc.pathPrefix, "/") {
-					return wrap(fmt.Errorf("listener %q: invalid path_prefix %q: must start with /", l.Name, rc.pathPrefix))
+				rc.PathPrefix = *r.PathPrefix
+				if rc.PathPrefix != "" && !strings.HasPrefix(rc.PathPrefix, "/") {
+					return wrap(fmt.Errorf("listener %q: invalid path_prefix %q: must start with /", l.Name, rc.PathPrefix))
 				}
 			}
 			// A route may name a service without a service block: it gets defaults.
-			if c.service(r.Service) == nil {
+			if c.Service(r.Service) == nil {
 				if err := discovery.ValidateServiceName(r.Service); err != nil {
 					return wrap(fmt.Errorf("listener %q route: %w", l.Name, err))
 				}
-				c.services = append(c.services, serviceConfig{name: r.Service})
+				c.Services = append(c.Services, Service{Name: r.Service})
 			}
 			if r.Cache != nil {
 				cc, err := r.Cache.parse(fmt.Sprintf("listener %q route %q", l.Name, r.Service))
 				if err != nil {
 					return wrap(err)
 				}
-				rc.cache = cc
+				rc.Cache = cc
 			}
-			lc.routes = append(lc.routes, rc)
+			lc.Routes = append(lc.Routes, rc)
 		}
 		if l.Cache != nil {
 			cc, err := l.Cache.parse(fmt.Sprintf("listener %q", l.Name))
 			if err != nil {
 				return wrap(err)
 			}
-			lc.cache = cc
+			lc.Cache = cc
 		}
-		c.listeners = append(c.listeners, lc)
+		c.Listeners = append(c.Listeners, lc)
 	}
 	return nil
 }
 
-func (c *config) validate() error {
-	if c.admin == "off" {
-		c.admin = ""
+func (c *Config) validate() error {
+	if c.Admin == "off" {
+		c.Admin = ""
 	}
-	if c.admin != "" {
-		if err := validateListenAddr(c.admin); err != nil {
-			return fmt.Errorf("invalid --admin %q: %w (or \"off\")", c.admin, err)
+	if c.Admin != "" {
+		if err := validateListenAddr(c.Admin); err != nil {
+			return fmt.Errorf("invalid --admin %q: %w (or \"off\")", c.Admin, err)
 		}
 	}
 	seen := map[string]string{}
-	for _, l := range c.listeners {
-		if err := validateListenAddr(l.address); err != nil {
-			return fmt.Errorf("invalid listen address %q (listener %q): %w", l.address, l.name, err)
+	for _, l := range c.Listeners {
+		if err := validateListenAddr(l.Address); err != nil {
+			return fmt.Errorf("invalid listen address %q (listener %q): %w", l.Address, l.Name, err)
 		}
-		if other, dup := seen[l.address]; dup {
-			return fmt.Errorf("listen address %q used by listeners %q and %q", l.address, other, l.name)
+		if other, dup := seen[l.Address]; dup {
+			return fmt.Errorf("listen address %q used by listeners %q and %q", l.Address, other, l.Name)
 		}
-		seen[l.address] = l.name
+		seen[l.Address] = l.Name
 	}
-	if len(c.listeners) == 0 {
+	if len(c.Listeners) == 0 {
 		return errors.New("no listener configured: give --listen ADDR --service NAME or a listener block")
 	}
-	if c.recent < 0 || c.recent > maxRecent {
-		return fmt.Errorf("invalid --recent %d: must be 0 (off) to %d", c.recent, maxRecent)
+	if c.Recent < 0 || c.Recent > maxRecent {
+		return fmt.Errorf("invalid --recent %d: must be 0 (off) to %d", c.Recent, maxRecent)
 	}
-	if c.traceUI != "" {
-		if err := admin.CheckTraceUI(c.traceUI); err != nil {
+	if c.TraceUI != "" {
+		if err := admin.CheckTraceUI(c.TraceUI); err != nil {
 			return fmt.Errorf("--trace-ui: %w", err)
 		}
 	}
-	return c.upstreamTLS.validate()
-}
-
-// validate checks the settings go together; the files are read by load.
-func (u *upstreamTLS) validate() error {
-	if (u.cert.value == "") != (u.key.value == "") {
-		given, missing := u.cert, "--upstream-tls-key (key_file in upstream_tls)"
-		if u.cert.value == "" {
-			given, missing = u.key, "--upstream-tls-cert (cert_file in upstream_tls)"
-		}
-		return fmt.Errorf("upstream TLS client certificate: %v given without %s: they go together", given, missing)
-	}
-	if n := u.serverName.value; n != "" && !validServerName(n) {
-		return fmt.Errorf("invalid %v: want a DNS name or an IP address, without port", u.serverName)
-	}
-	return nil
-}
-
-// validServerName reports whether n can be a certificate's DNS name or IP
-// address.
-func validServerName(n string) bool {
-	if _, err := netip.ParseAddr(n); err == nil {
-		return true
-	}
-	n = strings.TrimSuffix(n, ".") // a fully qualified name
-	if len(n) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(n, ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return false
-			}
-		}
-	}
-	return true
+	return c.UpstreamTLS.Validate()
 }
 
 // validateListenAddr checks host:port syntax; binding errors come later and
@@ -928,6 +933,15 @@ func validateListenAddr(addr string) error {
 	return nil
 }
 
+// checkMaxFails is the rule of a service's max_fails and of --max-fails,
+// the default of the services without one.
+func checkMaxFails(n int) error {
+	if n == 0 || n < -1 {
+		return errors.New("must be >= 1, or -1 to disable passive health")
+	}
+	return nil
+}
+
 // parseTryTimeout reads a per-try timeout setting: "auto" (or "") for the
 // adaptive timeout, "off", or a positive duration.
 func parseTryTimeout(s string) (time.Duration, error) {
@@ -943,3 +957,65 @@ func parseTryTimeout(s string) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// fileCache is a cache block in a listener or a route:
+//
+//	cache { max_size = "256MiB"  max_object_size = "8MiB" }
+type fileCache struct {
+	MaxSize       string  `hcl:"max_size"`
+	MaxObjectSize *string `hcl:"max_object_size,optional"`
+}
+
+// Cache sizes one HTTP cache.
+type Cache struct {
+	MaxSize, MaxObjectSize int64 // MaxObjectSize 0: the default (max_size/8)
+}
+
+// minCacheSize is the smallest cache accepted: below it the bookkeeping
+// would crowd out the responses.
+const minCacheSize = 64 << 10
+
+func (fc *fileCache) parse(where string) (*Cache, error) {
+	n, err := parseCacheSize(fc.MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s: invalid cache max_size %q: %w", where, fc.MaxSize, err)
+	}
+	cc := &Cache{MaxSize: n}
+	if fc.MaxObjectSize != nil {
+		o, err := parseSize(*fc.MaxObjectSize)
+		if err != nil || o == 0 {
+			return nil, fmt.Errorf("%s: invalid cache max_object_size %q: want a positive size such as 1m or 8MiB", where, *fc.MaxObjectSize)
+		}
+		if o > n {
+			return nil, fmt.Errorf("%s: invalid cache max_object_size %q: larger than max_size %q", where, *fc.MaxObjectSize, fc.MaxSize)
+		}
+		cc.MaxObjectSize = o
+	}
+	return cc, nil
+}
+
+// parseCacheFlag reads --cache SIZE.
+func parseCacheFlag(v string) (*Cache, error) {
+	n, err := parseCacheSize(v)
+	if errors.Is(err, errCacheTooSmall) {
+		return nil, fmt.Errorf("invalid --cache %q: %w (leave the flag out for no cache)", v, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("invalid --cache %q: %w", v, err)
+	}
+	return &Cache{MaxSize: n}, nil
+}
+
+// parseCacheSize reads a cache's max_size, or --cache.
+func parseCacheSize(v string) (int64, error) {
+	n, err := parseSize(v)
+	if err != nil {
+		return 0, err
+	}
+	if n < minCacheSize {
+		return 0, errCacheTooSmall
+	}
+	return n, nil
+}
+
+var errCacheTooSmall = errors.New("at least 64KiB")

@@ -1,4 +1,4 @@
-package main
+package agentconfig
 
 import (
 	"io"
@@ -42,13 +42,13 @@ listener "web" {
 		{"flag auto", []string{"--try-timeout", "auto"}, proxy.TryTimeoutAdaptive},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := parseArgs(append([]string{"--config", file}, tc.flag...), io.Discard)
+			c, err := Parse(append([]string{"--config", file}, tc.flag...), io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// A service's own try_timeout wins over the flag.
 			for name, want := range map[string]time.Duration{"fixed": 250 * time.Millisecond, "off": proxy.TryTimeoutOff, "plain": tc.plain} {
-				if got := c.service(name).tryTimeout; got != want {
+				if got := c.Service(name).TryTimeout; got != want {
 					t.Errorf("service %s: try timeout %v, want %v", name, got, want)
 				}
 			}
