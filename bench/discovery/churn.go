@@ -37,6 +37,9 @@ type churnOptions struct {
 	wrkConns    int
 	trials      int
 	rssShape    shape
+	// agentFlags are added to the agent's command line (A/B runs, e.g.
+	// --consul-cached).
+	agentFlags []string
 }
 
 type shape struct{ services, perSvc int }
@@ -78,6 +81,27 @@ type churnResult struct {
 	warnings   int
 	warnSample []string
 	queries    []queryCost
+	// calmCPU and churnCPU: where the machine's CPU went during the calm
+	// and the churn wrk runs.
+	calmCPU, churnCPU cpuShare
+	// churnAlone: Consul and this process during the churn with the agent
+	// stopped and no requests: what the churn itself costs.
+	churnAlone cpuShare
+}
+
+// cpuShare is the CPU each process took during one wrk run.
+type cpuShare struct {
+	wall                     time.Duration
+	agent, consul, self, wrk time.Duration
+	updates                  int // "pool updated" lines meanwhile
+}
+
+// cores is d as a share of the run's wall time, in cores.
+func (c cpuShare) cores(d time.Duration) float64 {
+	if c.wall <= 0 {
+		return 0
+	}
+	return float64(d) / float64(c.wall)
 }
 
 // queryCost is Consul's cost for one variant of the health query.
@@ -101,7 +125,7 @@ func runChurn(ctx context.Context, o options, co churnOptions, srv *consultest.S
 		}
 		out = append(out, r)
 	}
-	rss := rssShape(ctx, srv, agentBin, env, work, co.rssShape)
+	rss := rssShape(ctx, srv, agentBin, env, work, co.rssShape, co.agentFlags)
 	return out, rss
 }
 
@@ -163,17 +187,25 @@ var reWrkErr = regexp.MustCompile(`(?:Non-2xx or 3xx responses|Socket errors: co
 
 // runWrk runs wrk against url and returns requests/s and errors.
 func runWrk(ctx context.Context, url, host string, conns int, d time.Duration) (float64, int, error) {
+	rps, errs, _, err := runWrkCPU(ctx, url, host, conns, d)
+	return rps, errs, err
+}
+
+// runWrkCPU is runWrk that also returns wrk's own CPU time.
+func runWrkCPU(ctx context.Context, url, host string, conns int, d time.Duration) (float64, int, time.Duration, error) {
 	args := []string{"-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())), url}
 	if host != "" {
 		args = append([]string{"-H", "Host: " + host}, args...)
 	}
-	out, err := exec.CommandContext(ctx, "wrk", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "wrk", args...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return 0, 0, fmt.Errorf("wrk: %v: %s", err, out)
+		return 0, 0, 0, fmt.Errorf("wrk: %v: %s", err, out)
 	}
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	m := reRPS.FindSubmatch(out)
 	if m == nil {
-		return 0, 0, fmt.Errorf("wrk printed no Requests/sec: %s", out)
+		return 0, 0, 0, fmt.Errorf("wrk printed no Requests/sec: %s", out)
 	}
 	rps, _ := strconv.ParseFloat(string(m[1]), 64)
 	errs := 0
@@ -181,7 +213,18 @@ func runWrk(ctx context.Context, url, host string, conns int, d time.Duration) (
 		n, _ := strconv.Atoi(string(e[1]))
 		errs += n
 	}
-	return rps, errs, nil
+	return rps, errs, cpu, nil
+}
+
+// wrkShare runs wrk and reports, beside its figures, the CPU the agent,
+// Consul, this process (backends, churn) and wrk took meanwhile.
+func wrkShare(ctx context.Context, a *agentProc, consulPID int, url, host string, conns int, d time.Duration) (float64, int, cpuShare, error) {
+	pid := a.pid()
+	u0, a0, k0, s0, t0 := a.updateCount(), cpuTime(pid), cpuTime(consulPID), cpuTime(os.Getpid()), time.Now()
+	rps, errs, wrkCPU, err := runWrkCPU(ctx, url, host, conns, d)
+	sh := cpuShare{wall: time.Since(t0), agent: cpuTime(pid) - a0, consul: cpuTime(consulPID) - k0,
+		self: cpuTime(os.Getpid()) - s0, wrk: wrkCPU, updates: a.updateCount() - u0}
+	return rps, errs, sh, err
 }
 
 func churnShape(ctx context.Context, co churnOptions, srv *consultest.Server, agentBin string, env []string, work string, sh shape) (res churnResult) {
@@ -242,7 +285,7 @@ func churnShape(ctx context.Context, co churnOptions, srv *consultest.Server, ag
 		host = names[0] + ".bench.example"
 	}
 	progress("churn %v: starting the agent", sh)
-	a, err := startAgent(ctx, agentBin, addrs[1], env, args...)
+	a, err := startAgent(ctx, agentBin, addrs[1], env, append(args, co.agentFlags...)...)
 	if err != nil {
 		res.err = err
 		return res
@@ -291,13 +334,14 @@ func churnShape(ctx context.Context, co churnOptions, srv *consultest.Server, ag
 	// Requests/s, calm and under churn.
 	url := "http://" + addrs[0] + "/"
 	progress("churn %v: wrk calm, then under churn", sh)
-	if res.rpsCalm, res.wrkErrors, err = runWrk(ctx, url, host, co.wrkConns, co.wrkDuration); err != nil {
+	if res.rpsCalm, res.wrkErrors, res.calmCPU, err = wrkShare(ctx, a, cpid, url, host, co.wrkConns, co.wrkDuration); err != nil {
 		res.err = err
 		return res
 	}
 	cctx, stop = context.WithCancel(ctx)
 	wg := churner(cctx, c, insts, co.rate, &changes)
-	rps, errs, err := runWrk(ctx, url, host, co.wrkConns, co.wrkDuration)
+	rps, errs, share, err := wrkShare(ctx, a, cpid, url, host, co.wrkConns, co.wrkDuration)
+	res.rpsChurn, res.churnCPU = rps, share
 	res.rpsChurn, res.wrkErrors = rps, res.wrkErrors+errs
 	if err != nil {
 		stop()
@@ -358,6 +402,15 @@ func churnShape(ctx context.Context, co churnOptions, srv *consultest.Server, ag
 	wg.Wait()
 	res.trialReqs, res.trialFails = requests.Load(), failed.Load()
 	res.rss, res.hwm, _ = memKiB(a.pid())
+
+	// The churn alone: the agent stopped, no requests.
+	a.stop()
+	time.Sleep(time.Second)
+	k0, s0, t0 := cpuTime(cpid), cpuTime(os.Getpid()), time.Now()
+	cctx, stop = context.WithTimeout(ctx, co.window)
+	churner(cctx, c, insts, co.rate, &changes).Wait()
+	stop()
+	res.churnAlone = cpuShare{wall: time.Since(t0), consul: cpuTime(cpid) - k0, self: cpuTime(os.Getpid()) - s0}
 	return res
 }
 
@@ -413,6 +466,10 @@ func queryCosts(srv *consultest.Server, service string) []queryCost {
 		{"plain, gzip (consul/api's default)", "", "gzip"},
 		{"?stale, identity", "?stale", "identity"},
 		{"?cached, identity", "?cached", "identity"},
+		// A blocking query on an index already passed returns at once, as
+		// the agent's reads do under churn; Consul 1.10+ answers every
+		// blocking health query from its streaming backend.
+		{"?index=1, identity (the agent's reads under churn)", "?index=1", "identity"},
 	} {
 		qc := queryCost{name: v.name}
 		var times []time.Duration
@@ -442,7 +499,7 @@ func queryCosts(srv *consultest.Server, service string) []queryCost {
 
 // rssShape loads sh.services × sh.perSvc catalog-only instances and
 // reports the agent's memory once every pool is loaded.
-func rssShape(ctx context.Context, srv *consultest.Server, agentBin string, env []string, work string, sh shape) (res churnResult) {
+func rssShape(ctx context.Context, srv *consultest.Server, agentBin string, env []string, work string, sh shape, agentFlags []string) (res churnResult) {
 	res.shape = sh
 	c := srv.Client()
 	const perNode = 100
@@ -478,7 +535,7 @@ func rssShape(ctx context.Context, srv *consultest.Server, agentBin string, env 
 		return res
 	}
 	progress("rss %v: starting the agent", sh)
-	a, err := startAgent(ctx, agentBin, addrs[1], env, "--config", cfg)
+	a, err := startAgent(ctx, agentBin, addrs[1], env, append([]string{"--config", cfg}, agentFlags...)...)
 	if err != nil {
 		res.err = err
 		return res
@@ -510,6 +567,9 @@ func rssShape(ctx context.Context, srv *consultest.Server, agentBin string, env 
 
 func printChurn(out io.Writer, co churnOptions, rows []churnResult, rss churnResult) {
 	fmt.Fprintf(out, "## Discovery under churn\n\n")
+	if len(co.agentFlags) > 0 {
+		fmt.Fprintf(out, "Agent flags added: `%s`.\n\n", strings.Join(co.agentFlags, " "))
+	}
 	fmt.Fprintf(out, "Catalog-only instances pointing at 4 backends in the bench process; %.0f re-registrations a second with a new `v` meta value, each of a random instance. ", co.rate)
 	fmt.Fprintf(out, "Agent CPU per update: the agent's user+system time from /proc over %v of changes plus 1 s (no requests), less its CPU over the same time without changes, divided by the `pool updated` lines in that time. ", co.window)
 	fmt.Fprintf(out, "rps: `wrk -t1 -c%d -d%v` through the agent, calm then under the same churn. Join → first served / leave → last served: %d trials under churn with ≈2,000 requests/s, the joining instance weighted as much as the rest of its service and registered with a passing check, as the registrar registers instances.\n\n", co.wrkConns, co.wrkDuration, co.trials)
@@ -532,6 +592,26 @@ func printChurn(out io.Writer, co churnOptions, rows []churnResult, rss churnRes
 			r.shape, r.changes, r.updates, per, ms(r.idleCPU), r.windowLen, float64(r.consulCPU)/float64(r.windowLen),
 			r.rpsCalm, r.rpsChurn, ratio, r.wrkErrors, ms(pct(r.join, 50)), ms(pct(r.join, 99)), ms(pct(r.leave, 50)), ms(pct(r.leave, 99)),
 			r.trialFails, r.trialReqs, mib(r.rss), mib(r.hwm), r.warnings)
+	}
+	fmt.Fprintf(out, "\nWhere the CPU went during the wrk runs (cores: CPU time / wall time of the run; \"bench\" is this process: the backends, the churn's registrations, the load):\n\n")
+	fmt.Fprintf(out, "| services × instances | run | rps | agent | Consul | bench | wrk | total | pool updates |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rows {
+		if r.err != nil {
+			continue
+		}
+		for _, x := range []struct {
+			name string
+			rps  float64
+			c    cpuShare
+		}{{"calm", r.rpsCalm, r.calmCPU}, {"churn", r.rpsChurn, r.churnCPU}, {"churn, agent stopped, no requests", 0, r.churnAlone}} {
+			c := x.c
+			rps := "–"
+			if x.rps > 0 {
+				rps = fmt.Sprintf("%.0f", x.rps)
+			}
+			fmt.Fprintf(out, "| %v | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %d |\n", r.shape, x.name, rps,
+				c.cores(c.agent), c.cores(c.consul), c.cores(c.self), c.cores(c.wrk), c.cores(c.agent+c.consul+c.self+c.wrk), c.updates)
+		}
 	}
 	for _, r := range rows {
 		if len(r.queries) == 0 {

@@ -72,6 +72,10 @@ func main() {
 	flag.DurationVar(&o.churnOpts.wrkDuration, "wrk-duration", 5*time.Second, "wrk run length for -churn (calm and churn each)")
 	flag.IntVar(&o.churnOpts.wrkConns, "wrk-conns", 32, "wrk connections for -churn")
 	flag.IntVar(&o.churnOpts.trials, "join-trials", 10, "join/leave trials per shape for -churn")
+	flag.Func("agent-flag", "`FLAG` added to the agent's command line for -churn (repeatable), e.g. -agent-flag=--consul-cached", func(v string) error {
+		o.churnOpts.agentFlags = append(o.churnOpts.agentFlags, v)
+		return nil
+	})
 	flag.Parse()
 	var err error
 	if o.churnOpts.shapes, err = parseShapes(*shapes); err == nil {
