@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -100,6 +101,15 @@ type fileConfig struct {
 	EventLoops     *int             `hcl:"event_loops,optional"`
 	Recent         *int             `hcl:"recent,optional"`
 	TraceUI        *string          `hcl:"trace_ui,optional"`
+
+	// What only the flags give, which the file has no place for; overlay
+	// sets it, HCL never does. serviceFlags: --max-fails, --fail-timeout,
+	// --try-timeout and --failover-dc, the default of every service
+	// without its own setting, and --balance, the policy of the service
+	// --service names (over its block). trustedFlags: how many of
+	// TrustedProxies, at the end, --trusted-proxy added to the file's.
+	serviceFlags *fileService
+	trustedFlags int
 }
 
 // fileUpstreamTLS is TLS to instances tagged "https"; see proxy.UpstreamTLSFiles.
@@ -140,6 +150,8 @@ type fileService struct {
 	BackupTag   *string       `hcl:"backup_tag,optional"`
 	Failover    *fileFailover `hcl:"failover,block"`
 	TryTimeout  *string       `hcl:"try_timeout,optional"`
+
+	flags bool // serviceFlags: errors name the flags
 }
 
 // fileFailover is a service's failover across Consul datacenters.
@@ -155,6 +167,8 @@ type fileListener struct {
 	TLS     *fileTLS    `hcl:"tls,block"`
 	Routes  []fileRoute `hcl:"route,block"`
 	Cache   *fileCache  `hcl:"cache,block"`
+
+	flags bool // the listener --listen and --service make: errors name the flags
 }
 
 type fileTLS struct {
@@ -350,10 +364,7 @@ func (f *flags) resolve() (*Config, error) {
 	// The settings the file does not have; the others are the defaults,
 	// then the file's, then the flags given (below).
 	c.EmptyGrace, c.LogLevel, c.LogJSON = f.emptyGrace, f.logLevel, f.logJSON
-	if err := lb.ValidatePolicy(f.balance); err != nil {
-		return nil, fmt.Errorf("invalid --balance: %w", err)
-	}
-	// The file and the flags given fill one fileConfig (a flag wins over
+	// The file and the flags fill one fileConfig (a flag wins over
 	// the file), which apply checks once, naming each setting by the flag
 	// or the file's field that gave it.
 	fc := &fileConfig{}
@@ -370,13 +381,6 @@ func (f *flags) resolve() (*Config, error) {
 	if f.set["cached"] {
 		c.Deprecated = append(c.Deprecated, "--cached is deprecated: use --consul-cached")
 	}
-	for _, p := range f.trusted {
-		pfx, err := parsePrefix(p)
-		if err != nil {
-			return nil, fmt.Errorf("invalid --trusted-proxy %q: %w", p, err)
-		}
-		c.TrustedProxies = append(c.TrustedProxies, pfx)
-	}
 	for _, p := range f.adminAllow {
 		pfx, err := parsePrefix(p)
 		if err != nil {
@@ -384,80 +388,37 @@ func (f *flags) resolve() (*Config, error) {
 		}
 		c.AdminAllow = append(c.AdminAllow, pfx)
 	}
-	if err := checkMaxFails(f.maxFails); err != nil {
-		return nil, fmt.Errorf("invalid --max-fails %d: %w", f.maxFails, err)
-	}
-	if _, err := parseDuration("--fail-timeout", f.failTimeout.String()); err != nil {
-		return nil, err // the rule of a service's fail_timeout
-	}
 	if f.emptyGrace < 0 {
 		return nil, fmt.Errorf("invalid --empty-pool-grace %v: must be >= 0", f.emptyGrace)
 	}
-
-	if (f.tlsCert == "") != (f.tlsKey == "") {
-		return nil, errors.New("--tls-cert and --tls-key go together")
-	}
-	if f.tlsCert != "" && f.listen == "" {
-		return nil, errors.New("--tls-cert applies to --listen; in a config file use a tls block in the listener")
-	}
-	switch {
-	case f.listen != "" && f.service == "":
-		return nil, errors.New("--listen needs --service NAME (or use --config FILE)")
-	case f.service != "" && f.listen == "":
-		return nil, errors.New("--service needs --listen ADDR (or use --config FILE)")
-	case f.listen == "" && f.configFile == "":
-		return nil, errors.New("nothing to serve: give --listen ADDR --service NAME, or --config FILE")
-	}
-	if f.listen != "" {
-		if err := discovery.ValidateServiceName(f.service); err != nil {
-			return nil, fmt.Errorf("invalid --service: %w", err)
-		}
-		if c.Service(f.service) == nil {
-			c.Services = append(c.Services, Service{Name: f.service,
-				LB: lb.Config{Policy: f.balance, MaxFails: f.maxFails, FailTimeout: f.failTimeout}})
-		} else if f.set["balance"] {
-			c.Service(f.service).LB.Policy = f.balance
-		}
-		lc := Listener{Name: "cli", Address: f.listen,
-			CertFile: f.tlsCert, KeyFile: f.tlsKey, Routes: []Route{{Service: f.service}}}
-		if f.cache != "" {
-			cc, err := parseCacheFlag(f.cache)
-			if err != nil {
-				return nil, err
-			}
-			lc.Cache = cc
-		}
-		c.Listeners = append(c.Listeners, lc)
-	} else if f.cache != "" {
-		return nil, errors.New("--cache applies to --listen; in a config file use a cache block in the listener or route")
-	}
-	tryTimeout, err := parseTryTimeout(f.tryTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("invalid --try-timeout %q: %w", f.tryTimeout, err)
-	}
-	for i := range c.Services {
-		s := &c.Services[i]
-		if !s.hasFailover && len(f.failoverDCs) > 0 {
-			s.Failover.Datacenters = append([]string(nil), f.failoverDCs...)
-			s.Failover.Service = s.Name
-			if err := s.Failover.Validate(); err != nil {
-				return nil, fmt.Errorf("invalid --failover-dc: %w", err)
-			}
-		}
-		if !s.tryTimeoutSet {
-			s.TryTimeout = tryTimeout
-		}
-		if s.LB.MaxFails == 0 {
-			s.LB.MaxFails = f.maxFails
-		}
-		if s.LB.FailTimeout == 0 {
-			s.LB.FailTimeout = f.failTimeout
-		}
+	if err := f.checkListen(); err != nil {
+		return nil, err
 	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkListen refuses the flags of the --listen listener that do not go
+// together; overlay makes the listener only from a whole set, and apply
+// checks its values.
+func (f *flags) checkListen() error {
+	switch {
+	case (f.tlsCert == "") != (f.tlsKey == ""):
+		return errors.New("--tls-cert and --tls-key go together")
+	case f.tlsCert != "" && f.listen == "":
+		return errors.New("--tls-cert applies to --listen; in a config file use a tls block in the listener")
+	case f.listen != "" && f.service == "":
+		return errors.New("--listen needs --service NAME (or use --config FILE)")
+	case f.service != "" && f.listen == "":
+		return errors.New("--service needs --listen ADDR (or use --config FILE)")
+	case f.listen == "" && f.configFile == "":
+		return errors.New("nothing to serve: give --listen ADDR --service NAME, or --config FILE")
+	case f.cache != "" && f.listen == "":
+		return errors.New("--cache applies to --listen; in a config file use a cache block in the listener or route")
+	}
+	return nil
 }
 
 func (c *Config) Service(name string) *Service {
@@ -570,7 +531,9 @@ func (o origin) invalid(field, format string, a ...any) error {
 
 // overlay writes the flags given on the command line into fc, over what
 // the file said, and returns the file fields they set with their flags.
-// Flags that the file has no field for are resolve's.
+// The flags that the file has no place for fill its hidden fields
+// (serviceFlags, trustedFlags) or make a listener block (--listen); the
+// rest, which no file setting shares, are resolve's.
 func (f *flags) overlay(fc *fileConfig) map[string]string {
 	from := map[string]string{}
 	str := func(flag, field string, dst **string, v string) {
@@ -623,6 +586,36 @@ func (f *flags) overlay(fc *fileConfig) map[string]string {
 	str("upstream-tls-cert", "upstream_tls.cert_file", &fc.UpstreamTLS.CertFile, f.upCert)
 	str("upstream-tls-key", "upstream_tls.key_file", &fc.UpstreamTLS.KeyFile, f.upKey)
 	str("upstream-tls-server-name", "upstream_tls.server_name", &fc.UpstreamTLS.ServerName, f.upServerName)
+
+	// The services' settings. The defaults of --max-fails, --fail-timeout
+	// and --try-timeout are the services' (lb's, proxy's), so these are
+	// written given or not.
+	failTimeout := f.failTimeout.String()
+	fc.serviceFlags = &fileService{MaxFails: &f.maxFails, FailTimeout: &failTimeout, TryTimeout: &f.tryTimeout, flags: true}
+	from["service.max_fails"], from["service.fail_timeout"], from["service.try_timeout"] = "--max-fails", "--fail-timeout", "--try-timeout"
+	str("balance", "service.balance", &fc.serviceFlags.Balance, f.balance)
+	if len(f.failoverDCs) > 0 {
+		fc.serviceFlags.Failover = &fileFailover{Datacenters: f.failoverDCs}
+		from["service.failover"] = "--failover-dc"
+	}
+	if len(f.trusted) > 0 { // added to the file's list
+		fc.TrustedProxies = append(fc.TrustedProxies, f.trusted...)
+		fc.trustedFlags, from["trusted_proxies"] = len(f.trusted), "--trusted-proxy"
+	}
+	// The listener of --listen and --service, after the file's; without
+	// the pair (or with half of --tls-cert/--tls-key) resolve's
+	// checkListen says why.
+	if f.listen != "" && f.service != "" {
+		l := fileListener{Name: "cli", Address: f.listen, Routes: []fileRoute{{Service: f.service}}, flags: true}
+		if f.tlsCert != "" && f.tlsKey != "" {
+			l.TLS = &fileTLS{CertFile: f.tlsCert, KeyFile: f.tlsKey}
+		}
+		if f.cache != "" {
+			l.Cache = &fileCache{MaxSize: f.cache}
+		}
+		fc.Listeners = append(fc.Listeners, l)
+		from["listener.route.service"], from["listener.cache"] = "--service", "--cache"
+	}
 	return from
 }
 
@@ -657,9 +650,13 @@ func (c *Config) apply(o origin, fc *fileConfig) error {
 	if fc.TraceUI != nil {
 		c.TraceUI = *fc.TraceUI
 	}
-	for _, p := range fc.TrustedProxies {
+	fromFile := len(fc.TrustedProxies) - fc.trustedFlags // the flags' come after the file's
+	for i, p := range fc.TrustedProxies {
 		pfx, err := parsePrefix(p)
-		if err != nil {
+		switch {
+		case err != nil && i >= fromFile:
+			return fmt.Errorf("invalid %s %q: %w", o.flags["trusted_proxies"], p, err)
+		case err != nil:
 			return wrap(fmt.Errorf("invalid trusted_proxies entry %q: %w", p, err))
 		}
 		c.TrustedProxies = append(c.TrustedProxies, pfx)
@@ -765,57 +762,8 @@ func (c *Config) apply(o origin, fc *fileConfig) error {
 			return wrap(fmt.Errorf("service %q defined twice", s.Name))
 		}
 		sc := Service{Name: s.Name}
-		if s.Balance != nil {
-			if err := lb.ValidatePolicy(*s.Balance); err != nil {
-				return wrap(fmt.Errorf("service %q: invalid balance: %w", s.Name, err))
-			}
-			sc.LB.Policy = *s.Balance
-		}
-		if s.Tag != nil {
-			sc.Tag = *s.Tag
-		}
-		if s.MaxFails != nil {
-			if err := checkMaxFails(*s.MaxFails); err != nil {
-				return wrap(fmt.Errorf("service %q: invalid max_fails %d: %w", s.Name, *s.MaxFails, err))
-			}
-			sc.LB.MaxFails = *s.MaxFails
-		}
-		if s.FailTimeout != nil {
-			d, err := parseDuration(fmt.Sprintf("service %q fail_timeout", s.Name), *s.FailTimeout)
-			if err != nil {
-				return wrap(err)
-			}
-			sc.LB.FailTimeout = d
-		}
-		if s.TryTimeout != nil {
-			d, err := parseTryTimeout(*s.TryTimeout)
-			if err != nil {
-				return wrap(fmt.Errorf("service %q: invalid try_timeout %q: %w", s.Name, *s.TryTimeout, err))
-			}
-			sc.TryTimeout, sc.tryTimeoutSet = d, true
-		}
-		sc.Failover.Service = s.Name
-		if s.BackupTag != nil {
-			if *s.BackupTag == "" {
-				return wrap(fmt.Errorf("service %q: backup_tag is empty: leave it out for the default %q", s.Name, discovery.DefaultBackupTag))
-			}
-			sc.Failover.BackupTag = *s.BackupTag
-		}
-		if fo := s.Failover; fo != nil {
-			sc.hasFailover = true
-			sc.Failover.Datacenters = fo.Datacenters
-			if fo.MinHealthy != nil {
-				if *fo.MinHealthy < 1 {
-					return wrap(fmt.Errorf("service %q: invalid failover min_healthy %d: must be at least 1", s.Name, *fo.MinHealthy))
-				}
-				sc.Failover.MinHealthy = *fo.MinHealthy
-			}
-			if fo.PreparedQuery != nil {
-				sc.Failover.PreparedQuery = *fo.PreparedQuery
-			}
-			if len(fo.Datacenters) == 0 && sc.Failover.PreparedQuery == "" {
-				return wrap(fmt.Errorf("service %q: the failover block needs datacenters = [...] or prepared_query", s.Name))
-			}
+		if err := s.parse(o, &sc); err != nil {
+			return err
 		}
 		if err := sc.Failover.Validate(); err != nil {
 			return wrap(err)
@@ -853,15 +801,18 @@ func (c *Config) apply(o origin, fc *fileConfig) error {
 					return wrap(fmt.Errorf("listener %q: invalid path_prefix %q: must start with /", l.Name, rc.PathPrefix))
 				}
 			}
-			// A route may name a service without a service block: it gets defaults.
+			// A route may name a service without a service block: it gets
+			// defaults, and the flags' settings (below).
 			if c.Service(r.Service) == nil {
-				if err := discovery.ValidateServiceName(r.Service); err != nil {
+				if err := discovery.ValidateServiceName(r.Service); err != nil && l.flags {
+					return fmt.Errorf("invalid %s: %w", o.flags["listener.route.service"], err)
+				} else if err != nil {
 					return wrap(fmt.Errorf("listener %q route: %w", l.Name, err))
 				}
 				c.Services = append(c.Services, Service{Name: r.Service})
 			}
 			if r.Cache != nil {
-				cc, err := r.Cache.parse(fmt.Sprintf("listener %q route %q", l.Name, r.Service))
+				cc, err := r.Cache.parse(fmt.Sprintf("listener %q route %q", l.Name, r.Service), "")
 				if err != nil {
 					return wrap(err)
 				}
@@ -870,13 +821,132 @@ func (c *Config) apply(o origin, fc *fileConfig) error {
 			lc.Routes = append(lc.Routes, rc)
 		}
 		if l.Cache != nil {
-			cc, err := l.Cache.parse(fmt.Sprintf("listener %q", l.Name))
-			if err != nil {
+			flag := ""
+			if l.flags {
+				flag = o.flags["listener.cache"]
+			}
+			cc, err := l.Cache.parse(fmt.Sprintf("listener %q", l.Name), flag)
+			if err != nil && l.flags {
+				return err
+			} else if err != nil {
 				return wrap(err)
 			}
 			lc.Cache = cc
 		}
 		c.Listeners = append(c.Listeners, lc)
+	}
+	// The flags' settings for the services, checked once: each service
+	// without its own takes them; --balance is the policy of --service's.
+	if sf := fc.serviceFlags; sf != nil {
+		var def Service
+		if err := sf.parse(o, &def); err != nil {
+			return err
+		}
+		for i := range c.Services {
+			if err := c.Services[i].inherit(o, def); err != nil {
+				return err
+			}
+		}
+		for _, l := range fc.Listeners {
+			if l.flags && def.LB.Policy != "" {
+				c.Service(l.Routes[0].Service).LB.Policy = def.LB.Policy
+			}
+		}
+	}
+	return nil
+}
+
+// parse reads the settings of service block s into sc, checking each; o
+// names them: a block's by the file, the service and the field; those of
+// serviceFlags by the flag.
+func (s *fileService) parse(o origin, sc *Service) error {
+	file := func(err error) error { return fmt.Errorf("config file %s: %w", o.path, err) }
+	invalid := func(field, format string, a ...any) error {
+		if s.flags {
+			return fmt.Errorf("invalid "+o.flags["service."+field]+format, a...)
+		}
+		return file(fmt.Errorf("service %q: invalid "+field+format, append([]any{s.Name}, a...)...))
+	}
+	if s.Balance != nil {
+		if err := lb.ValidatePolicy(*s.Balance); err != nil {
+			return invalid("balance", ": %w", err)
+		}
+		sc.LB.Policy = *s.Balance
+	}
+	if s.Tag != nil {
+		sc.Tag = *s.Tag
+	}
+	if s.MaxFails != nil {
+		if err := checkMaxFails(*s.MaxFails); err != nil {
+			return invalid("max_fails", " %d: %w", *s.MaxFails, err)
+		}
+		sc.LB.MaxFails = *s.MaxFails
+	}
+	if s.FailTimeout != nil {
+		what := fmt.Sprintf("service %q fail_timeout", s.Name)
+		if s.flags {
+			what = o.flags["service.fail_timeout"]
+		}
+		d, err := parseDuration(what, *s.FailTimeout)
+		if err != nil && s.flags {
+			return err
+		} else if err != nil {
+			return file(err)
+		}
+		sc.LB.FailTimeout = d
+	}
+	if s.TryTimeout != nil {
+		d, err := parseTryTimeout(*s.TryTimeout)
+		if err != nil {
+			return invalid("try_timeout", " %q: %w", *s.TryTimeout, err)
+		}
+		sc.TryTimeout, sc.tryTimeoutSet = d, true
+	}
+	sc.Failover.Service = s.Name
+	if s.BackupTag != nil {
+		if *s.BackupTag == "" {
+			return file(fmt.Errorf("service %q: backup_tag is empty: leave it out for the default %q", s.Name, discovery.DefaultBackupTag))
+		}
+		sc.Failover.BackupTag = *s.BackupTag
+	}
+	if fo := s.Failover; fo != nil {
+		sc.hasFailover = true
+		sc.Failover.Datacenters = fo.Datacenters
+		if fo.MinHealthy != nil {
+			if *fo.MinHealthy < 1 {
+				return invalid("failover min_healthy", " %d: must be at least 1", *fo.MinHealthy)
+			}
+			sc.Failover.MinHealthy = *fo.MinHealthy
+		}
+		if fo.PreparedQuery != nil {
+			sc.Failover.PreparedQuery = *fo.PreparedQuery
+		}
+		if len(fo.Datacenters) == 0 && sc.Failover.PreparedQuery == "" {
+			return file(fmt.Errorf("service %q: the failover block needs datacenters = [...] or prepared_query", s.Name))
+		}
+	}
+	return nil
+}
+
+// inherit gives s the settings of serviceFlags (def) that it has none of
+// its own for. The failover datacenters are checked for each service: the
+// errors name it.
+func (s *Service) inherit(o origin, def Service) error {
+	if def.hasFailover && !s.hasFailover {
+		s.Failover.Datacenters = slices.Clone(def.Failover.Datacenters)
+		s.Failover.Service = s.Name
+		if err := s.Failover.Validate(); err != nil {
+			return fmt.Errorf("invalid %s: %w", o.flags["service.failover"], err)
+		}
+	}
+	if def.tryTimeoutSet && !s.tryTimeoutSet {
+		s.TryTimeout = def.TryTimeout
+	}
+	if s.LB.MaxFails == 0 {
+		s.LB.MaxFails = def.LB.MaxFails
+	}
+	if s.LB.FailTimeout == 0 {
+		s.LB.FailTimeout = def.LB.FailTimeout
 	}
 	return nil
 }
@@ -975,9 +1045,16 @@ type Cache struct {
 // would crowd out the responses.
 const minCacheSize = 64 << 10
 
-func (fc *fileCache) parse(where string) (*Cache, error) {
+// parse reads a cache block; where names it in errors, or flag, when a
+// flag gave max_size (--cache; the only field a flag gives).
+func (fc *fileCache) parse(where, flag string) (*Cache, error) {
 	n, err := parseCacheSize(fc.MaxSize)
-	if err != nil {
+	switch {
+	case err != nil && flag != "" && errors.Is(err, errCacheTooSmall):
+		return nil, fmt.Errorf("invalid %s %q: %w (leave the flag out for no cache)", flag, fc.MaxSize, err)
+	case err != nil && flag != "":
+		return nil, fmt.Errorf("invalid %s %q: %w", flag, fc.MaxSize, err)
+	case err != nil:
 		return nil, fmt.Errorf("%s: invalid cache max_size %q: %w", where, fc.MaxSize, err)
 	}
 	cc := &Cache{MaxSize: n}
@@ -994,19 +1071,7 @@ func (fc *fileCache) parse(where string) (*Cache, error) {
 	return cc, nil
 }
 
-// parseCacheFlag reads --cache SIZE.
-func parseCacheFlag(v string) (*Cache, error) {
-	n, err := parseCacheSize(v)
-	if errors.Is(err, errCacheTooSmall) {
-		return nil, fmt.Errorf("invalid --cache %q: %w (leave the flag out for no cache)", v, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("invalid --cache %q: %w", v, err)
-	}
-	return &Cache{MaxSize: n}, nil
-}
-
-// parseCacheSize reads a cache's max_size, or --cache.
+// parseCacheSize reads a cache's max_size (or --cache).
 func parseCacheSize(v string) (int64, error) {
 	n, err := parseSize(v)
 	if err != nil {
