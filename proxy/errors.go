@@ -62,8 +62,12 @@ func (x *exchange) failUpstream() {
 		return
 	}
 	if errors.Is(x.err, errInstanceLeft) {
+		why := "not sent again: not idempotent"
+		if x.idempotent && x.replayable() {
+			why = "no other attempt was possible (no other instance, or max_attempts reached)"
+		}
 		x.fail(http.StatusBadGateway, "instance "+x.inst.ID+" of service "+x.route.service+
-			" left the pool while the request was in flight; not sent again: not idempotent")
+			" left the pool while the request was in flight; "+why)
 		return
 	}
 	if isTimeout(x.err) {

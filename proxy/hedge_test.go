@@ -276,3 +276,42 @@ func TestInstancesLeftResendsIdempotentAndFailsPOST(t *testing.T) {
 		t.Errorf("the other instance got %d requests, want 1 (the GET; never the POST)", other.hits.Load())
 	}
 }
+
+// TestInstancesLeftWithNoOtherSaysWhy: when the last instance leaves, the
+// GET that would have been resent and the POST that never is fail with
+// 502, each saying why it was not sent again.
+func TestInstancesLeftWithNoOtherSaysWhy(t *testing.T) {
+	ctx := testCtx(t)
+	release := make(chan struct{})
+	defer close(release)
+	gone := stallUpstream(t, "gone", release)
+	bal := newBalancer(t, "web", gone.instance())
+	f := newFrontend(t, Config{}, Route{Balancer: bal, TryTimeout: TryTimeoutOff})
+	type out struct {
+		method, body string
+		status       int
+	}
+	results := make(chan out, 2)
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		go func() {
+			res, body := f.do(t, ctx, m, "/", strings.NewReader("x"), nil)
+			results <- out{m, body, res.StatusCode}
+		}()
+	}
+	waitFor(t, ctx, "both requests at the instance", func() bool { return gone.hits.Load() >= 2 })
+	in := bal.Pool().Instances[0]
+	bal.Update(nil)
+	if n := f.p.InstancesLeft([]*lb.Instance{in}); n != 2 {
+		t.Errorf("InstancesLeft cancelled %d attempts, want 2", n)
+	}
+	want := map[string]string{
+		http.MethodGet:  "no other attempt was possible",
+		http.MethodPost: "not sent again: not idempotent",
+	}
+	for range 2 {
+		r := <-results
+		if r.status != http.StatusBadGateway || !strings.Contains(r.body, "left the pool") || !strings.Contains(r.body, want[r.method]) {
+			t.Errorf("%s: %d %q, want 502 saying %q", r.method, r.status, r.body, want[r.method])
+		}
+	}
+}
