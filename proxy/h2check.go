@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -94,6 +97,8 @@ type h2check struct {
 	declared  int64
 
 	streams map[uint32]*h2Body
+
+	lingering atomic.Bool // cut: linger closes the connection
 }
 
 // h2Body is what h2check knows of a request body: the declared length (-1:
@@ -335,7 +340,40 @@ func (h *h2check) passThrough() {
 func (h *h2check) fail() {
 	h.err = errH2Malformed
 	h.held, h.raw = nil, nil
-	h.Conn.Close()
+	h.linger()
+}
+
+// h2LingerTimeout bounds how long a cut connection reads what its client
+// still sends.
+const h2LingerTimeout = time.Second
+
+// linger cuts the connection without a reset, as nginx's lingering_close
+// does: a FIN first, then what the client still sends (the rest of its
+// request's DATA) is read and dropped until it closes too or
+// h2LingerTimeout passes. A plain close with those bytes unread makes the
+// kernel answer with an RST, which can reach the client before it read the
+// close (h2spec's h2c run failed 1 in 4 that way: "connection reset by
+// peer" where RFC 9113 wants a closed connection).
+func (h *h2check) linger() {
+	tc := tcpConn(h.Conn)
+	if tc == nil || tc.CloseWrite() != nil {
+		h.Conn.Close()
+		return
+	}
+	h.lingering.Store(true)
+	go func() {
+		defer h.Conn.Close()
+		tc.SetReadDeadline(time.Now().Add(h2LingerTimeout))
+		io.Copy(io.Discard, tc)
+	}()
+}
+
+// Close closes the connection, unless it lingers: linger closes it then.
+func (h *h2check) Close() error {
+	if h.lingering.Load() {
+		return nil
+	}
+	return h.Conn.Close()
 }
 
 // headerFragment returns the header block fragment of a HEADERS payload.
