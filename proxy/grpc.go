@@ -118,9 +118,19 @@ func (x *exchange) withGRPCDeadline() context.CancelFunc {
 }
 
 // deadlineExceeded reports whether the call's grpc-timeout passed while the
-// client is still there.
+// client is still there. It reads the clock, not only the context: the
+// instance got the same grpc-timeout a moment later and may reset the
+// stream (CANCEL) for it before the proxy's own timer ran (seen under
+// -race: UNAVAILABLE where the deadline had passed).
 func (x *exchange) deadlineExceeded() bool {
-	return x.ctx.Err() == context.DeadlineExceeded && x.r.Context().Err() == nil
+	if x.r.Context().Err() != nil {
+		return false
+	}
+	if x.ctx.Err() == context.DeadlineExceeded {
+		return true
+	}
+	dl, ok := x.ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // failGRPC ends a gRPC call the proxy could not complete with a
